@@ -1,0 +1,7 @@
+"""mmar: one decoder that reads and writes interleaved text and images as discrete tokens."""
+import os as _os
+
+# TensorFlow is imported by TFDS and CLU's TensorBoard writer; keep its C++ logging quiet.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

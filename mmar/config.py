@@ -1,0 +1,145 @@
+"""Validation of an experiment ConfigDict: one clear error that names the bad field.
+
+Configs are plain Python (`configs/*.py`, `get_config(preset)`); this module checks the
+fields every job relies on before anything expensive starts, and derives the fields that
+follow from others (the vocabulary size from the text tokenizer and the image codebook).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+
+import ml_collections
+
+from mmar import vocab as vocab_lib
+
+SECTIONS = ("data", "vocab", "image_tokenizer", "model", "train", "mesh", "checkpoint",
+            "sample", "eval")
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message starts with the field's dotted path."""
+
+
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _fraction(v):
+    return isinstance(v, (int, float)) and 0.0 <= v <= 1.0
+
+
+# (dotted field, predicate, what a good value looks like)
+_CHECKS = (
+    ("data.image_size", _positive_int, "a positive int"),
+    ("data.num_train", _positive_int, "a positive int"),
+    ("data.num_test", _positive_int, "a positive int"),
+    ("data.num_unseen", _positive_int, "a positive int"),
+    ("data.seq_len", _positive_int, "a positive int"),
+    ("data.i2t_fraction", _fraction, "a number in [0, 1]"),
+    ("data.num_workers", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
+    ("data.loss_weight_text", _nonneg, "a number >= 0"),
+    ("data.loss_weight_image", _nonneg, "a number >= 0"),
+    ("image_tokenizer.levels", lambda v: len(v) > 0 and all(_positive_int(x) and x >= 2 for x in v),
+     "a non-empty tuple of ints >= 2"),
+    ("image_tokenizer.steps", _positive_int, "a positive int"),
+    ("image_tokenizer.batch_size", _positive_int, "a positive int"),
+    ("image_tokenizer.lr", lambda v: isinstance(v, float) and v > 0, "a float > 0"),
+    ("model.d_model", _positive_int, "a positive int"),
+    ("model.n_layers", _positive_int, "a positive int"),
+    ("model.n_heads", _positive_int, "a positive int"),
+    ("model.n_kv_heads", _positive_int, "a positive int"),
+    ("model.head_dim", _positive_int, "a positive int"),
+    ("model.mlp_dim", _positive_int, "a positive int"),
+    ("model.dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    ("model.remat", lambda v: v in ("none", "full"), "'none' or 'full'"),
+    ("train.steps", _positive_int, "a positive int"),
+    ("train.batch_size", _positive_int, "a positive int"),
+    ("train.lr", lambda v: isinstance(v, float) and v > 0, "a float > 0"),
+    ("train.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
+    ("train.schedule", lambda v: v in ("cosine", "constant"), "'cosine' or 'constant'"),
+    ("train.min_lr_ratio", _fraction, "a number in [0, 1]"),
+    ("train.weight_decay", _nonneg, "a number >= 0"),
+    ("train.grad_clip", _nonneg, "a number >= 0 (0 = off)"),
+    ("train.z_loss", _nonneg, "a number >= 0"),
+    ("train.log_every", _positive_int, "a positive int"),
+    ("checkpoint.every_steps", _positive_int, "a positive int"),
+    ("checkpoint.max_to_keep", _positive_int, "a positive int"),
+    ("sample.temperature_text", _nonneg, "a number >= 0 (0 = greedy)"),
+    ("sample.temperature_image", _nonneg, "a number >= 0 (0 = greedy)"),
+    ("sample.top_k_text", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0 = off)"),
+    ("sample.top_k_image", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0 = off)"),
+    ("sample.max_text_len", _positive_int, "a positive int"),
+    ("sample.batch_size", _positive_int, "a positive int"),
+    ("eval.num_examples", _positive_int, "a positive int"),
+)
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if part not in node:
+            raise ConfigError(f"{dotted}: missing from the config")
+        node = node[part]
+    return node
+
+
+def make_vocab(cfg) -> vocab_lib.Vocab:
+    text = vocab_lib.make_text_tokenizer(cfg.vocab)
+    return vocab_lib.Vocab(text.vocab_size, math.prod(cfg.image_tokenizer.levels))
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field in `_CHECKS` plus cross-field rules; fills derived fields.
+
+    Returns the same (now validated) config; raises ConfigError naming the first bad field.
+    """
+    for section in SECTIONS:
+        if section not in cfg:
+            raise ConfigError(f"{section}: section missing from the config")
+    for dotted, ok, want in _CHECKS:
+        value = _get(cfg, dotted)
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{dotted}={value!r}: must be {want}")
+    m = cfg.model
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(f"model.n_kv_heads={m.n_kv_heads}: must divide model.n_heads="
+                          f"{m.n_heads}")
+    try:
+        vocab = make_vocab(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    with cfg.unlocked():
+        if m.vocab_size == 0:
+            m.vocab_size = vocab.size
+    if m.vocab_size < vocab.image_offset + vocab.num_image_codes:
+        raise ConfigError(f"model.vocab_size={m.vocab_size}: the vocabulary needs at least "
+                          f"{vocab.image_offset + vocab.num_image_codes} ids")
+    for axis in ("data", "fsdp", "tensor"):
+        size = cfg.mesh[axis]
+        if not (isinstance(size, int) and (size == -1 or size > 0)):
+            raise ConfigError(f"mesh.{axis}={size!r}: must be a positive int or -1 (the rest)")
+    if list(cfg.mesh.values()).count(-1) > 1:
+        raise ConfigError("mesh: at most one axis may be -1")
+    return cfg
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py:preset` (the same syntax as the --config flag), unvalidated."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"mmar_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

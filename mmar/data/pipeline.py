@@ -1,0 +1,101 @@
+"""Grain input pipelines: per-process shard, shuffle, map to rows, batch, (workers).
+
+Each process reads only its slice of the records (`process_index::process_count`) and yields
+its local part of the global batch; the trainer assembles the global jax.Array. Iterators
+are Grain `DatasetIterator`s, whose state is saved in every checkpoint.
+"""
+from __future__ import annotations
+
+import grain
+import jax
+import numpy as np
+
+from mmar.data import sequences
+from mmar.vocab import ByteTokenizer, Vocab
+
+
+class CaptionCodeSource(grain.sources.RandomAccessDataSource):
+    """Captions with the image codes of their images (tokenized once, kept in memory)."""
+
+    def __init__(self, captions, codes: np.ndarray):
+        if len(captions) != len(codes):
+            raise ValueError(f"{len(captions)} captions but {len(codes)} code rows")
+        self.captions = list(captions)
+        self.codes = np.asarray(codes, np.int32).reshape(len(codes), -1)
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, i):
+        return {"caption": self.captions[i], "codes": self.codes[i]}
+
+
+class PairToRow(grain.transforms.RandomMap):
+    """A caption+codes record -> a text-to-image or image-to-text row (by `i2t_fraction`)."""
+
+    def __init__(self, vocab: Vocab, data_cfg):
+        self.vocab, self.text = vocab, ByteTokenizer()
+        self.seq_len, self.i2t = data_cfg.seq_len, data_cfg.i2t_fraction
+        self.weights = dict(text_weight=data_cfg.loss_weight_text,
+                            image_weight=data_cfg.loss_weight_image)
+
+    def random_map(self, record, rng: np.random.Generator):
+        return sequences.pair_example(
+            self.text.encode(record["caption"]), self.vocab.image_ids(record["codes"]),
+            self.vocab, self.seq_len, image_first=bool(rng.random() < self.i2t), **self.weights)
+
+
+def local_batch_size(global_batch: int) -> int:
+    n = jax.process_count()
+    if global_batch % n:
+        raise ValueError(f"train.batch_size={global_batch} must divide by the {n} processes")
+    return global_batch // n
+
+
+def _shard_shuffle_repeat(source, seed: int) -> grain.MapDataset:
+    ds = grain.MapDataset.source(source)
+    ds = ds[jax.process_index()::jax.process_count()]
+    return ds.seed(seed).shuffle().repeat()
+
+
+def _finish(ds: grain.MapDataset, global_batch: int, num_workers: int):
+    ds = ds.batch(local_batch_size(global_batch), drop_remainder=True).to_iter_dataset()
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(ds)
+
+
+def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global_batch: int,
+                    seed: int):
+    """Endless shuffled batches of rows for the decoder (a checkpointable iterator)."""
+    ds = _shard_shuffle_repeat(source, seed).random_map(PairToRow(vocab, data_cfg))
+    return _finish(ds, global_batch, data_cfg.num_workers)
+
+
+class _ImageOnly(grain.transforms.Map):
+    def map(self, record):
+        return {"images": np.asarray(record["image"], np.uint8)}
+
+
+def image_batches(source, *, global_batch: int, seed: int, num_workers: int = 0):
+    """Endless shuffled batches of uint8 images {"images": [b, H, W, 3]} for the tokenizer."""
+    ds = _shard_shuffle_repeat(source, seed).map(_ImageOnly())
+    return _finish(ds, global_batch, num_workers)
+
+
+def data_dir(data_cfg) -> str:
+    """Where TFDS data sets are prepared: data.data_dir, else $MMAR_DATA_DIR, else a cache."""
+    import os
+    return (data_cfg.data_dir or os.environ.get("MMAR_DATA_DIR")
+            or os.path.expanduser("~/.cache/mmar/datasets"))
+
+
+def shapes_split(data_cfg, split: str):
+    """The built-in shapes data set's split as a random-access source (prepared if needed)."""
+    from mmar.data import synthetic
+    from mmar.data.builders import shapes
+    if data_cfg.name != "shapes":
+        raise ValueError(f"data.name={data_cfg.name!r}: only 'shapes' is built in so far")
+    return shapes.load_split(synthetic.ShapesSpec.from_config(data_cfg), split,
+                             data_dir=data_dir(data_cfg), num_train=data_cfg.num_train,
+                             num_test=data_cfg.num_test, num_unseen=data_cfg.num_unseen)

@@ -1,0 +1,89 @@
+"""The eval job: one `report.json` that judges a run on samples, not on loss alone.
+
+Keys: tokenizer_reconstruction_accuracy (judge on autoencoder reconstructions of held-out
+images), codebook_usage, t2i_accuracy / i2t_accuracy (held-out scenes),
+t2i_accuracy_unseen_combos (colour-shape pairs never seen in training), loss_text /
+loss_image / accuracy_text / accuracy_image (held-out next-token metrics, both directions),
+train_seconds (tokenizer + decoder), and the checkpoint steps they came from.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from mmar.data import pipeline, sequences, synthetic
+from mmar.eval import judge
+from mmar.sample import generate
+from mmar.tokenizers.image import train as tokenizer_train
+from mmar.train import decoder as decoder_job
+from mmar.train import loss as loss_lib
+from mmar.vocab import ByteTokenizer
+
+
+def reconstruction_accuracy(cfg, tokenizer, split: str = "test") -> dict:
+    spec = synthetic.ShapesSpec.from_config(cfg.data)
+    source = pipeline.shapes_split(cfg.data, split)
+    recs = [source[i] for i in range(min(cfg.eval.num_examples, len(source)))]
+    codes = tokenizer.encode(np.stack([r["image"] for r in recs]))
+    recon = tokenizer.decode(codes)
+    correct = [judge.judge_image(img, r["caption"], spec) for img, r in zip(recon, recs)]
+    used = len(np.unique(codes)) / tokenizer.num_codes
+    return {"tokenizer_reconstruction_accuracy": float(np.mean(correct)),
+            "codebook_usage": float(used)}
+
+
+def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
+    """Per-modality NLL and accuracy on held-out pairs, each seen in both directions."""
+    source = pipeline.shapes_split(cfg.data, split)
+    recs = [source[i] for i in range(min(cfg.eval.num_examples, len(source)))]
+    codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
+    text = ByteTokenizer()
+    rows = [sequences.pair_example(text.encode(r["caption"]), models.vocab.image_ids(c),
+                                   models.vocab, cfg.data.seq_len, image_first=first)
+            for r, c in zip(recs, codes) for first in (False, True)]
+    batch = {k: np.stack([row[k] for row in rows]) for k in sequences.FEATURES}
+
+    @jax.jit
+    def metrics(params, batch):
+        logits = models.model_state.merge(params)(batch["tokens"], batch["positions"],
+                                                  batch["segment_ids"])
+        return loss_lib.decoder_loss(logits, batch)[1]
+
+    m = jax.device_get(metrics(models.params, batch))
+    return {k: float(m[k]) for k in ("loss_text", "loss_image", "accuracy_text",
+                                     "accuracy_image")}
+
+
+def _train_seconds(workdir: pathlib.Path) -> float:
+    total = 0.0
+    for sub in (tokenizer_train.SUBDIR, decoder_job.SUBDIR):
+        summary = workdir / sub / "summary.json"
+        if summary.exists():
+            total += json.loads(summary.read_text())["train_seconds"]
+    return total
+
+
+def run(cfg, workdir, log=print) -> dict:
+    workdir = pathlib.Path(workdir)
+    models = generate.Models(cfg, workdir)
+    report = reconstruction_accuracy(cfg, models.tokenizer)
+    log(f"[eval] tokenizer reconstruction accuracy "
+        f"{report['tokenizer_reconstruction_accuracy']:.3f}, codebook usage "
+        f"{report['codebook_usage']:.3f}")
+    report.update(heldout_loss(cfg, models))
+    samples = generate.run(cfg, workdir, log=log, models=models)
+    report["t2i_accuracy"] = float(np.mean([r["correct"] for r in samples["t2i_test"]]))
+    report["t2i_accuracy_unseen_combos"] = float(np.mean(
+        [r["correct"] for r in samples["t2i_unseen"]]))
+    report["i2t_accuracy"] = float(np.mean([r["correct"] for r in samples["i2t_test"]]))
+    report["train_seconds"] = _train_seconds(workdir)
+    report["num_examples"] = len(samples["t2i_test"])
+    report["decoder_step"] = int(models.step)
+    report["tokenizer_step"] = int(models.tokenizer.step)
+    (workdir / "report.json").write_text(json.dumps(report, indent=1))
+    log("[eval] " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in report.items()))
+    return report

@@ -1,0 +1,47 @@
+"""Parameter count and FLOPs per token of the decoder, from its config alone.
+
+Used for MFU in the trainer and benchmarks, and for compute budgets in scaling sweeps, so it
+must not need a built model. A matmul of an [n, k] by a [k, m] matrix counts 2 * n * k * m
+FLOPs (a multiply and an add); the backward pass costs twice the forward, so training costs
+3x the forward. Norms, RoPE, softmax and activations are not counted (the usual convention:
+they are a few percent and do not run on the matrix units).
+"""
+from __future__ import annotations
+
+
+def _block_matmul_params(cfg) -> int:
+    """Weights of one block that a token multiplies by: q, k, v, o and the three MLP mats."""
+    d, hd = cfg.d_model, cfg.head_dim
+    attn = d * hd * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+    return attn + 3 * d * cfg.mlp_dim
+
+
+def param_count(cfg) -> int:
+    """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
+    d = cfg.d_model
+    norms = 2 * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
+    blocks = cfg.n_layers * (_block_matmul_params(cfg) + norms)
+    embed = cfg.vocab_size * d
+    head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
+    return embed + blocks + d + head
+
+
+def forward_flops_per_token(cfg, seq_len: int) -> float:
+    """Forward FLOPs per token at sequence length `seq_len`.
+
+    Matmuls: 2 * (block matmul weights + the output head d_model x vocab; the embedding
+    lookup is a gather, not a matmul, and the head counts whether or not it is tied).
+    Attention: q.k^T and probs.v are each 2 * seq_len * head_dim FLOPs per head per token
+    over the whole row, 4 * L * S * H * D in all, halved because a causal query sees on
+    average half the row: 2 * L * S * H * D (the MaxText / PaLM convention).
+    """
+    matmul = cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
+    attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
+    return float(2 * matmul + attention)
+
+
+def flops_per_token(cfg, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward):
+    6 * (block matmul weights + d_model * vocab) + 6 * L * S * H * D (causal attention,
+    12 * L * S * H * D / 2)."""
+    return 3 * forward_flops_per_token(cfg, seq_len)

@@ -1,0 +1,193 @@
+"""The pieces of the mmar decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, Embed.
+
+Conventions shared by every layer here:
+
+- Parameters are stored in `param_dtype` (float32 master weights) and cast to the compute
+  `dtype` at use, so bfloat16 training needs no second copy of the weights.
+- Every parameter names its axes logically (`embed`, `heads`, ...; see parallel/rules.py);
+  the names are only metadata here: the trainer maps them onto the mesh.
+- Activations are pinned with `constrain`, which does nothing outside `use_mesh`.
+- Weight layouts keep heads as their own axis (q: [embed, heads, head_dim]) rather than a
+  flattened [embed, heads * head_dim], so tensor parallelism can shard heads by name.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmar.parallel.rules import constrain
+
+
+def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], names: Sequence[str],
+          dtype) -> nnx.Param:
+    """A parameter carrying logical axis names (metadata `out_sharding`).
+
+    `eager_sharding=False`: the names are logical, not mesh axes, so nothing is placed on a
+    mesh when the parameter is created; the trainer does that through parallel/rules.py.
+    """
+    if len(names) != len(shape):
+        raise ValueError(f"{len(names)} axis names {tuple(names)} for shape {tuple(shape)}")
+    init = nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype))
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, computed in float32 (the mean of squares loses too much in bf16)."""
+
+    def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+        self.scale = param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of x [B, S, N, D] at integer `positions` [B, S].
+
+    Dimension i is rotated with dimension i + D/2 by angle position * theta^(-2i/D): the
+    "rotate half" layout of Hugging Face Llama, so exported q/k weights need no permutation.
+    Positions are explicit (not 0..S-1) because packed documents restart them.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_offset=0) -> jax.Array:
+    """Which keys each query may see: [B, S, T] bool.
+
+    Query i sits at slot q_offset + i and key j at slot j (a KV cache writes new tokens at
+    its index, so q_offset is that index). A query sees a key when the key is not later
+    (causal), belongs to the same document (packing never mixes documents), and is not
+    padding (segment 0).
+    """
+    q_slots = q_offset + jnp.arange(q_segments.shape[1])
+    k_slots = jnp.arange(k_segments.shape[1])
+    causal = k_slots[None, None, :] <= q_slots[None, :, None]
+    same_doc = q_segments[:, :, None] == k_segments[:, None, :]
+    return causal & same_doc & (k_segments != 0)[:, None, :]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention: q [B, S, H, D], k/v [B, T, KVH, D], mask [B, S, T].
+
+    Query head h reads kv head h // (H / KVH) (the grouping of Hugging Face `repeat_kv`).
+    A plain einsum: on CPU it beat `jax.nn.dot_product_attention` (DESIGN.md). Logits and
+    softmax are float32. A query with no visible key (padding) gets a uniform average
+    instead of NaN; its output is never used.
+    """
+    b, s, h, d = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, s, kvh, h // kvh, d) * jnp.asarray(d ** -0.5, q.dtype)
+    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, h, d)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with GQA (n_kv_heads <= n_heads), RoPE, optional QK-norm.
+
+    QK-norm (RMSNorm over head_dim of each q and k head, before RoPE) is what kept
+    Chameleon's mixed-modal training from diverging: it bounds the attention logits.
+    """
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        d, h, kvh, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        dtype, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(cfg.init_std)
+        # Residual-stream outputs scaled down with depth (GPT-2 / nanoGPT) so the sum of
+        # 2 * n_layers branches starts at the same scale whatever the depth.
+        out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        self.q = param(rngs, init, (d, h, hd), ("embed", "heads", "head_dim"), pdt)
+        self.k = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.v = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.o = param(rngs, out_init, (h, hd, d), ("heads", "head_dim", "embed"), pdt)
+        if cfg.qk_norm:
+            norm = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=pdt, rngs=rngs)
+            self.q_norm, self.k_norm = RMSNorm(hd, **norm), RMSNorm(hd, **norm)
+        else:
+            self.q_norm = self.k_norm = None
+        self.rope_theta = cfg.rope_theta
+        self.dtype = dtype
+
+    def __call__(self, x, positions, mask, cache=None):
+        """x [B, S, E], positions [B, S], mask [B, S, T] -> (out [B, S, E], (k, v)).
+
+        Without a cache, T = S and (k, v) are this call's keys/values. With
+        `cache=(k_cache, v_cache, index)` (k_cache [B, T, KVH, D]) the new keys/values are
+        written at slots index..index+S-1, the queries attend over the whole cache, and
+        (k, v) is the updated cache.
+        """
+        dt = self.dtype
+        q = jnp.einsum("bse,ehd->bshd", x, self.q[...].astype(dt))
+        k = jnp.einsum("bse,ehd->bshd", x, self.k[...].astype(dt))
+        v = jnp.einsum("bse,ehd->bshd", x, self.v[...].astype(dt))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = constrain(apply_rope(q, positions, self.rope_theta),
+                      ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, positions, self.rope_theta),
+                      ("batch", "length", "act_kv_heads", None))
+        v = constrain(v, ("batch", "length", "act_kv_heads", None))
+        if cache is not None:
+            k_cache, v_cache, index = cache
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        out = attend(q, k.astype(dt), v.astype(dt), mask)
+        out = constrain(out, ("batch", "length", "act_heads", None))
+        out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(dt))
+        return constrain(out, ("batch", "length", "act_embed")), (k, v)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), as Llama."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        d, m, pdt = cfg.d_model, cfg.mlp_dim, jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(cfg.init_std)
+        out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        self.gate = param(rngs, init, (d, m), ("embed", "mlp"), pdt)
+        self.up = param(rngs, init, (d, m), ("embed", "mlp"), pdt)
+        self.down = param(rngs, out_init, (m, d), ("mlp", "embed"), pdt)
+        self.dtype = jnp.dtype(cfg.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.dtype
+        gate = jnp.einsum("bse,em->bsm", x, self.gate[...].astype(dt))
+        up = jnp.einsum("bse,em->bsm", x, self.up[...].astype(dt))
+        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        out = jnp.einsum("bsm,me->bse", h, self.down[...].astype(dt))
+        return constrain(out, ("batch", "length", "act_embed"))
+
+
+class Embed(nnx.Module):
+    """Token embedding table [vocab, embed]; `attend` reuses it as the tied output head."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.embedding = param(rngs, nnx.initializers.normal(cfg.init_std),
+                               (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                               jnp.dtype(cfg.param_dtype))
+        self.dtype = jnp.dtype(cfg.dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits x @ E^T, accumulated and returned in float32."""
+        logits = jnp.einsum("bse,ve->bsv", x, self.embedding[...].astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab"))

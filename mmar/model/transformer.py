@@ -1,0 +1,156 @@
+"""The mmar decoder: a Llama-family transformer over the unified text + image token space.
+
+    tokens -> Embed -> n_layers x Block -> RMSNorm -> logits (tied embedding or own head)
+    Block: x + Attention(RMSNorm(x)), then x + MLP(RMSNorm(x))
+
+The blocks are one stacked module (every block parameter has a leading `layers` axis),
+created with `nnx.vmap` and run with `nnx.scan`, so XLA compiles one block whatever the
+depth. `remat="full"` recomputes each block's activations in the backward pass, keeping
+only the residual stream between blocks.
+
+`__call__` is the training/eval forward over packed rows; `init_cache` and `decode` are the
+static-shape KV cache path used by the sampler (prefill and single steps alike).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mmar.model.layers import MLP, Attention, Embed, RMSNorm, attention_mask, param
+from mmar.parallel.rules import constrain
+
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable}
+STACKED = {nnx.PARTITION_NAME: "layers"}  # stacked params get the `layers` name at axis 0
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad `model.<field>`."""
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                  "mlp_dim"):
+        value = cfg.get(field)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"model.{field} must be a positive int, got {value!r}")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(f"model.n_kv_heads={cfg.n_kv_heads} must divide "
+                         f"model.n_heads={cfg.n_heads} (grouped-query attention)")
+    if cfg.head_dim % 2:
+        raise ValueError(f"model.head_dim={cfg.head_dim} must be even (RoPE rotates pairs)")
+    for field in ("rope_theta", "norm_eps", "init_std"):
+        if not cfg.get(field, 0) > 0:
+            raise ValueError(f"model.{field} must be > 0, got {cfg.get(field)!r}")
+    for field in ("dtype", "param_dtype"):
+        if cfg.get(field) not in DTYPES:
+            raise ValueError(f"model.{field} must be one of {DTYPES}, got {cfg.get(field)!r}")
+    if cfg.get("remat") not in ("none", *REMAT_POLICIES):
+        raise ValueError(f"model.remat must be one of {('none', *REMAT_POLICIES)}, "
+                         f"got {cfg.get('remat')!r}")
+    for field in ("qk_norm", "tie_embeddings"):
+        if not isinstance(cfg.get(field), bool):
+            raise ValueError(f"model.{field} must be a bool, got {cfg.get(field)!r}")
+
+
+class Block(nnx.Module):
+    """One pre-norm transformer layer."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        norm = dict(eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.attn_norm = RMSNorm(cfg.d_model, **norm)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, **norm)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, positions, mask, cache=None):
+        """Returns (x, (k, v)); see `Attention.__call__` for the cache."""
+        h, kv = self.attn(self.attn_norm(x), positions, mask, cache)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("batch", "length", "act_embed")), kv
+
+
+class Decoder(nnx.Module):
+    """Decoder-only transformer; `cfg` is the `model` section of the config."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        validate(cfg)
+        self.embed = Embed(cfg, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=STACKED)
+        def make_blocks(rngs):
+            return Block(cfg, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
+                                  param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.head = None if cfg.tie_embeddings else param(
+            rngs, nnx.initializers.normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
+            ("embed", "vocab"), jnp.dtype(cfg.param_dtype))
+        self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.remat_policy = REMAT_POLICIES.get(cfg.remat)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 segment_ids: jax.Array) -> jax.Array:
+        """tokens, positions, segment_ids [B, S] int32 -> logits [B, S, vocab] float32.
+
+        Rows may pack several documents: attention stays inside a segment id, segment 0 is
+        padding, and positions restart at 0 for each document.
+        """
+        mask = attention_mask(segment_ids, segment_ids)
+
+        def block_fn(block, x):
+            return block(x, positions, mask)[0]
+
+        if self.remat_policy is not None:
+            block_fn = nnx.remat(block_fn, policy=self.remat_policy)
+
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=STACKED)
+        def run(x, block):
+            return block_fn(block, x)
+
+        return self._logits(run(self.embed(tokens), self.blocks))
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict:
+        """An empty KV cache: k/v [L, B, max_len, KVH, D], segment_ids [B, max_len] (0 =
+        empty slot) and index (the next slot to write, an int32 scalar)."""
+        shape = (self.n_layers, batch_size, max_len, self.n_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
+                "index": jnp.zeros((), jnp.int32)}
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+               cache: dict) -> tuple[jax.Array, dict]:
+        """Runs T new tokens [B, T] against the cache -> (logits [B, T, vocab], new cache).
+
+        The tokens are written at slots index..index+T-1 of every row; each attends to the
+        filled slots up to its own whose segment id equals its own (and is not 0). Prefill is
+        one call with the (left-padded, pads in segment 0) prompt; then one call per step
+        with T = 1. The caller keeps index + T <= max_len (beyond it writes are clamped).
+        """
+        index = cache["index"]
+        cache_segments = jax.lax.dynamic_update_slice(
+            cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
+        mask = attention_mask(segment_ids, cache_segments, q_offset=index)
+
+        @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
+                  transform_metadata=STACKED)
+        def run(x, block, k, v):
+            x, (k, v) = block(x, positions, mask, cache=(k, v, index))
+            return x, k, v
+
+        x, k, v = run(self.embed(tokens), self.blocks, cache["k"], cache["v"])
+        new_cache = {"k": k, "v": v, "segment_ids": cache_segments,
+                     "index": index + tokens.shape[1]}
+        return self._logits(x), new_cache
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        x = self.final_norm(x)
+        if self.head is None:
+            return self.embed.attend(x)
+        logits = jnp.einsum("bse,ev->bsv", x, self.head[...].astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab"))

@@ -1,0 +1,107 @@
+"""Logical axis names -> mesh axes, and sharding constraints on activations.
+
+Every parameter in mmar names its axes logically (`embed`, `mlp`, `heads`, ...); activations
+are constrained with logical names too (`batch`, `length`, `act_embed`, ...). This table is
+the only place that says which mesh axis (`data`, `fsdp`, `tensor`) each name lands on, so a
+strategy (data parallel, FSDP, tensor parallel, or a mix) is chosen by the mesh sizes alone:
+a mesh axis of size 1 shards nothing. Per-strategy tables can be added here as more rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Parameters carry *logical* names in their `out_sharding` metadata; mmar maps them to mesh
+# axes itself (`param_shardings` below) and hands the result to `jax.jit`. Flax's eager
+# sharding would instead try to place each variable at creation time on a mesh whose axes
+# are the logical names, so it is switched off for every module that imports this one.
+nnx.use_eager_sharding(False)
+
+# (logical name, mesh axes). Parameter names first, then activation names.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # parameters: FSDP shards the model dimension, tensor parallelism the wide ones.
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    # activations: the batch is split over every data-like axis.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
+    "mmar_mesh_rules", default=None)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, rules=DEFAULT_RULES) -> PartitionSpec:
+    """PartitionSpec for a tuple of logical names; unknown names are an error, not replicas."""
+    if names is None:
+        return PartitionSpec()
+    table = dict(rules)
+    out, used = [], set()
+    for name in names:
+        if name is None:
+            out.append(None)
+            continue
+        if name not in table:
+            raise KeyError(f"logical axis {name!r} has no rule in mmar.parallel.rules "
+                           f"(known: {sorted(table)})")
+        axes = table[name]
+        axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes_t = tuple(a for a in axes_t if a not in used)  # a mesh axis shards one dim only
+        used.update(axes_t)
+        out.append(None if not axes_t else axes_t[0] if len(axes_t) == 1 else axes_t)
+    return PartitionSpec(*out)
+
+
+def named_sharding(mesh: Mesh, names, rules=DEFAULT_RULES) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, rules))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=DEFAULT_RULES):
+    """Makes `constrain` active: inside, activations are pinned to `mesh` by `rules`."""
+    token = _ACTIVE.set((mesh, rules))
+    try:
+        yield mesh
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` by logical names; a no-op outside `use_mesh`."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    if len(names) != x.ndim:
+        raise ValueError(f"constrain: {len(names)} names {tuple(names)} for an array of "
+                         f"shape {x.shape}")
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, rules))
+
+
+def param_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for an (abstract) nnx.State from each Variable's logical names."""
+    def one(var):
+        names = var.get_metadata().get("out_sharding") if isinstance(var, nnx.Variable) else None
+        if names is None:
+            return NamedSharding(mesh, PartitionSpec())
+        if len(names) != len(var.shape):
+            raise ValueError(f"parameter of shape {var.shape} has {len(names)} logical names "
+                             f"{tuple(names)}")
+        return NamedSharding(mesh, logical_to_spec(names, rules))
+    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,100 @@
+"""Jitted KV-cache decoding: text-to-image and image-to-text, constrained by modality.
+
+Inside an image only image codes can be drawn and the image ends after exactly its number of
+codes; captions draw only text ids or `<eos>`. Prompts of different lengths are left-padded
+(pad slots have segment id 0, so no query ever attends to them; positions start at 0 at the
+first real token). Temperature 0 means greedy; top-k 0 means off. Classifier-free guidance
+and top-p come with the sampling issue.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmar.vocab import Vocab
+
+NEG_INF = -1e9
+
+
+def left_pad(prompts, pad_id: int):
+    """Lists of ids -> (tokens, positions, segment_ids) [B, P], right-aligned."""
+    length = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    segments = np.zeros((len(prompts), length), np.int32)
+    positions = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, length - len(p):] = p
+        segments[i, length - len(p):] = 1
+        positions[i, length - len(p):] = np.arange(len(p))
+    return tokens, positions, segments
+
+
+def _pick(logits, allowed, key, temperature, top_k):
+    """One token per row from logits [B, V] restricted to `allowed` [V] (bool)."""
+    logits = jnp.where(allowed[None], logits.astype(jnp.float32), NEG_INF)
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+class Sampler:
+    """Holds the jitted generation function for one model (compiled once per shape)."""
+
+    def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg):
+        self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
+        ids = np.arange(vocab_rows)
+        self._allowed = {
+            "image": (ids >= vocab.image_offset) & (ids < vocab.image_offset + vocab.num_image_codes),
+            "text": (ids < vocab.text_size) | (ids == vocab.eos),
+        }
+        self._jitted = jax.jit(self._generate, static_argnums=(4, 5, 6, 7))
+
+    def images(self, params, caption_ids, num_codes: int, key) -> np.ndarray:
+        """Image codes [B, num_codes] for each caption (ids without specials)."""
+        prompts = [[self.vocab.bos, *c, self.vocab.boi] for c in caption_ids]
+        tokens, positions, segments = left_pad(prompts, self.vocab.pad)
+        ids = self._jitted(params, tokens, positions, segments, num_codes, "image",
+                           float(self.cfg.temperature_image), int(self.cfg.top_k_image), key)
+        return self.vocab.codes_from_ids(np.asarray(ids))
+
+    def captions(self, params, image_codes, key) -> list[list[int]]:
+        """Text ids per image (up to `<eos>`, at most sample.max_text_len)."""
+        v = self.vocab
+        prompts = [[v.bos, v.boi, *v.image_ids(c).tolist(), v.eoi] for c in image_codes]
+        tokens, positions, segments = left_pad(prompts, v.pad)
+        ids = np.asarray(self._jitted(params, tokens, positions, segments,
+                                      int(self.cfg.max_text_len), "text",
+                                      float(self.cfg.temperature_text),
+                                      int(self.cfg.top_k_text), key))
+        out = []
+        for row in ids.tolist():
+            out.append(row[:row.index(v.eos)] if v.eos in row else row)
+        return out
+
+    def _generate(self, params, tokens, positions, segments, steps, kind, temperature,
+                  top_k, key):
+        model = self.model_state.merge(params)
+        allowed = jnp.asarray(self._allowed[kind])
+        batch, plen = tokens.shape
+        cache = model.init_cache(batch, plen + steps)
+        logits, cache = model.decode(tokens, positions, segments, cache)
+        first_key, key = jax.random.split(key)
+        first = _pick(logits[:, -1], allowed, first_key, temperature, top_k)
+        seg = jnp.ones((batch, 1), jnp.int32)
+
+        def body(carry, step_key):
+            tok, pos, cache = carry
+            logits, cache = model.decode(tok[:, None], pos[:, None], seg, cache)
+            nxt = _pick(logits[:, -1], allowed, step_key, temperature, top_k)
+            return (nxt, pos + 1, cache), tok
+
+        (last, _, _), fed = jax.lax.scan(body, (first, positions[:, -1] + 1, cache),
+                                         jax.random.split(key, steps - 1))
+        return jnp.concatenate([fed.T, last[:, None]], axis=1)

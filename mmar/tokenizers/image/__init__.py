@@ -1,0 +1,1 @@
+"""mmar.tokenizers.image."""

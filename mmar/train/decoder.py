@@ -1,0 +1,59 @@
+"""The decoder job: encode the training images with the trained tokenizer, then train.
+
+Writes `<workdir>/decoder/` (checkpoints, metrics.jsonl, TensorBoard events, summary.json).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+from mmar import config as config_lib
+from mmar.data import pipeline
+from mmar.model import flops
+from mmar.model.transformer import Decoder
+from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers.image import train as tokenizer_train
+from mmar.train import loss as loss_lib
+from mmar.train import metrics as metrics_lib
+from mmar.train import trainer
+
+SUBDIR = "decoder"
+ROW_AXES = ("batch", "length")
+BATCH_AXES = {k: ROW_AXES for k in ("tokens", "positions", "segment_ids", "modality",
+                                    "loss_weights")}
+
+
+def decoder_task(cfg) -> trainer.Task:
+    model_cfg, seq_len = cfg.model, cfg.data.seq_len
+
+    def loss_fn(model, batch):
+        logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+        return loss_lib.decoder_loss(logits, batch, z_loss=cfg.train.z_loss)
+
+    return trainer.Task(
+        name="decoder",
+        make_module=lambda rngs: Decoder(model_cfg, rngs=rngs),
+        loss_fn=loss_fn,
+        batch_axes=BATCH_AXES,
+        tokens_per_example=seq_len,
+        flops_per_example=seq_len * flops.flops_per_token(model_cfg, seq_len),
+    )
+
+
+def run(cfg, workdir, log=print) -> trainer.Result:
+    workdir = pathlib.Path(workdir)
+    vocab = config_lib.make_vocab(cfg)
+    tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
+    captions, codes = tokenizer_train.encode_source(
+        tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
+    source = pipeline.CaptionCodeSource(captions, codes)
+    batches = pipeline.decoder_batches(source, vocab, cfg.data,
+                                       global_batch=cfg.train.batch_size, seed=cfg.seed)
+    result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh_lib.make_mesh(cfg.mesh),
+                           data_iter=batches, workdir=workdir / SUBDIR, config=cfg,
+                           seed=cfg.seed, checkpoint_every=cfg.checkpoint.every_steps,
+                           max_to_keep=cfg.checkpoint.max_to_keep,
+                           peak_flops=metrics_lib.measure_peak_flops(), log=log)
+    (workdir / SUBDIR / "summary.json").write_text(json.dumps(
+        {"steps": result.step, "train_seconds": result.seconds, **result.metrics}, indent=1))
+    return result

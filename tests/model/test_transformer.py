@@ -1,0 +1,209 @@
+"""mmar.model.transformer: numpy forward, packing, KV cache, remat, logical names."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmar.model import Decoder
+from mmar.parallel import rules
+
+
+def tiny_cfg(**overrides):
+    cfg = dict(vocab_size=48, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+               mlp_dim=24, rope_theta=10000.0, qk_norm=False, tie_embeddings=False,
+               norm_eps=1e-5, dtype="float32", param_dtype="float32", remat="none",
+               init_std=0.2)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def make(seed=0, **overrides):
+    return Decoder(tiny_cfg(**overrides), rngs=nnx.Rngs(seed))
+
+
+forward = nnx.jit(lambda model, tokens, positions, segments: model(tokens, positions, segments))
+decode = nnx.jit(lambda model, tokens, positions, segments, cache:
+                 model.decode(tokens, positions, segments, cache))
+
+
+# ---- a plain numpy forward pass from the model's parameter arrays ----
+
+def np_norm(x, scale, eps=1e-5):
+    return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) * scale
+
+
+def np_rope(x, positions, theta=10000.0):
+    half = x.shape[-1] // 2
+    angles = positions[..., None, None] * theta ** (-np.arange(half) / half)  # [B,S,1,D/2]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * np.cos(angles) - x2 * np.sin(angles),
+                           x2 * np.cos(angles) + x1 * np.sin(angles)], axis=-1)
+
+
+def np_forward(model, cfg, tokens, positions, segments):
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64),
+                     nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    b, s = tokens.shape
+    group = cfg.n_heads // cfg.n_kv_heads
+    x = p["embed"]["embedding"][tokens]
+    i, j = np.arange(s)[:, None], np.arange(s)[None, :]
+    for layer in range(cfg.n_layers):
+        w = jax.tree.map(lambda a: a[layer], p["blocks"])
+        h = np_norm(x, w["attn_norm"]["scale"])
+        q = np.einsum("bse,ehd->bshd", h, w["attn"]["q"])
+        k = np.einsum("bse,ehd->bshd", h, w["attn"]["k"])
+        v = np.einsum("bse,ehd->bshd", h, w["attn"]["v"])
+        if cfg.qk_norm:
+            q = np_norm(q, w["attn"]["q_norm"]["scale"])
+            k = np_norm(k, w["attn"]["k_norm"]["scale"])
+        q, k = np_rope(q, positions), np_rope(k, positions)
+        out = np.zeros_like(q)
+        for bi in range(b):
+            mask = (j <= i) & (segments[bi][:, None] == segments[bi][None, :])
+            for hi in range(cfg.n_heads):
+                logits = q[bi, :, hi] @ k[bi, :, hi // group].T / np.sqrt(cfg.head_dim)
+                logits = np.where(mask, logits, -np.inf)
+                probs = np.exp(logits - logits.max(-1, keepdims=True))
+                out[bi, :, hi] = probs / probs.sum(-1, keepdims=True) @ v[bi, :, hi // group]
+        x = x + np.einsum("bshd,hde->bse", out, w["attn"]["o"])
+        h = np_norm(x, w["mlp_norm"]["scale"])
+        gate = h @ w["mlp"]["gate"]
+        x = x + (gate / (1 + np.exp(-gate)) * (h @ w["mlp"]["up"])) @ w["mlp"]["down"]
+    x = np_norm(x, p["final_norm"]["scale"])
+    return x @ (p["embed"]["embedding"].T if cfg.tie_embeddings else p["head"])
+
+
+def one_doc(length, seed=0, batch=1):
+    tokens = np.random.RandomState(seed).randint(0, 48, (batch, length)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
+    return tokens, positions, np.ones((batch, length), np.int32)
+
+
+@pytest.mark.parametrize("qk_norm,tie", [(False, False), (True, True), (True, False),
+                                         (False, True)])
+def test_logits_match_numpy_forward(qk_norm, tie):
+    cfg = tiny_cfg(qk_norm=qk_norm, tie_embeddings=tie)
+    model = Decoder(cfg, rngs=nnx.Rngs(1))
+    tokens, positions, segments = one_doc(7, seed=2, batch=2)
+    logits = model(tokens, positions, segments)
+    assert logits.shape == (2, 7, 48) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, np_forward(model, cfg, tokens, positions, segments),
+                               atol=1e-4)
+
+
+def test_packed_documents_do_not_see_each_other():
+    model = make(seed=3, qk_norm=True)
+    doc_a, doc_b = one_doc(5, seed=4)[0], one_doc(4, seed=5)[0]
+    tokens = np.concatenate([doc_a, doc_b, [[0, 0, 0]]], axis=1)
+    positions = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 0, 0]], np.int32)
+    segments = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0]], np.int32)
+    packed = forward(model, tokens, positions, segments)
+    alone_a = model(*one_doc(5, seed=4))
+    alone_b = model(*one_doc(4, seed=5))
+    np.testing.assert_allclose(packed[:, :5], alone_a, atol=1e-5)
+    np.testing.assert_allclose(packed[:, 5:9], alone_b, atol=1e-5)
+
+
+def test_kv_cache_prefill_then_steps_match_forward():
+    model = make(seed=6, qk_norm=True)
+    tokens, positions, segments = one_doc(9, seed=7, batch=2)
+    full = forward(model, tokens, positions, segments)
+    cache = model.init_cache(2, 12)
+    logits, cache = decode(model, tokens[:, :5], positions[:, :5], segments[:, :5], cache)
+    np.testing.assert_allclose(logits, full[:, :5], atol=1e-4)
+    for t in range(5, 9):
+        logits, cache = decode(model, tokens[:, t:t + 1], positions[:, t:t + 1],
+                               segments[:, t:t + 1], cache)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-4)
+    assert int(cache["index"]) == 9
+    assert cache["k"].shape == (2, 2, 12, 2, 8)
+
+
+def test_kv_cache_with_left_padded_prompts():
+    """Row 0: a 6-token prompt; row 1: 3 tokens left-padded to 6. Both then decode 3 steps
+    and must match each sequence run alone without padding."""
+    model = make(seed=8, tie_embeddings=True)
+    seqs = [one_doc(9, seed=9)[0][0], one_doc(6, seed=10)[0][0]]
+    prompt_lens = [6, 3]
+    pads = [6 - n for n in prompt_lens]
+    tokens = np.zeros((2, 9), np.int32)
+    positions = np.zeros((2, 9), np.int32)
+    segments = np.zeros((2, 9), np.int32)
+    for row, (seq, pad) in enumerate(zip(seqs, pads)):
+        tokens[row, pad:] = seq
+        positions[row, pad:] = np.arange(len(seq))
+        segments[row, pad:] = 1
+    cache = model.init_cache(2, 9)
+    prefill, cache = decode(model, tokens[:, :6], positions[:, :6], segments[:, :6], cache)
+    steps = [prefill]
+    for t in range(6, 9):
+        logits, cache = decode(model, tokens[:, t:t + 1], positions[:, t:t + 1],
+                               segments[:, t:t + 1], cache)
+        steps.append(logits)
+    got = np.concatenate(steps, axis=1)
+    for row, (seq, pad) in enumerate(zip(seqs, pads)):
+        alone = model(seq[None], np.arange(len(seq))[None], np.ones((1, len(seq)), np.int32))
+        np.testing.assert_allclose(got[row, pad:], alone[0], atol=1e-4)
+
+
+def test_remat_gives_same_loss_and_grads():
+    tokens, positions, segments = one_doc(6, seed=11, batch=2)
+
+    def loss_fn(model):
+        logits = model(tokens, positions, segments)
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    results = []
+    for remat in ("none", "full"):
+        model = make(seed=12, remat=remat, qk_norm=True)
+        results.append(nnx.jit(nnx.value_and_grad(loss_fn))(model))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_a, grads_b)
+
+
+def test_every_param_has_logical_names_of_its_rank():
+    model = make(qk_norm=True)
+    specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+    allowed = {"embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers", "norm"}
+    params = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    names = jax.tree_util.tree_leaves(specs, is_leaf=lambda s: isinstance(s, jax.P))
+    assert len(params) == len(names) == 14
+    for (path, value), spec in zip(params, names):
+        key = jax.tree_util.keystr(path)
+        assert len(spec) == value.ndim, key
+        assert set(spec) <= allowed, key
+        assert (spec[0] == "layers") == key.startswith("['blocks']"), key
+
+
+def test_runs_under_a_mesh_with_constraints():
+    """Every activation name is one rules.py knows, with the right rank."""
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1])
+    model = make(qk_norm=True)
+    tokens, positions, segments = one_doc(5, seed=13)
+    with rules.use_mesh(mesh):
+        logits = nnx.jit(lambda m: m(tokens, positions, segments))(model)
+        logits2, _ = nnx.jit(lambda m: m.decode(tokens, positions, segments,
+                                                m.init_cache(1, 5)))(model)
+    np.testing.assert_allclose(logits, model(tokens, positions, segments), atol=1e-5)
+    np.testing.assert_allclose(logits2, logits, atol=1e-5)
+
+
+def test_bfloat16_compute_returns_float32_logits():
+    model = make(dtype="bfloat16", qk_norm=True)
+    tokens, positions, segments = one_doc(6, seed=14)
+    logits = model(tokens, positions, segments)
+    assert logits.dtype == jnp.float32
+    ref = make(qk_norm=True)(tokens, positions, segments)
+    np.testing.assert_allclose(logits, ref, atol=0.1)
+    assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("field,value", [("n_kv_heads", 3), ("head_dim", 7), ("dtype", "fp8"),
+                                         ("remat", "some"), ("d_model", 0),
+                                         ("qk_norm", "yes")])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"model.{field}"):
+        make(**{field: value})

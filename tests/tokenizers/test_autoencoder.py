@@ -1,0 +1,128 @@
+"""Image autoencoder: shapes, encode/decode consistency, config errors, jit step, overfit."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from mmar.tokenizers.image.autoencoder import Autoencoder, to_model_range, to_uint8
+from mmar.tokenizers.image.losses import reconstruction_loss
+
+
+def _cfg(**kw):
+  base = dict(downsample=8, channels=8, channel_mult=(1, 1, 1), num_res_blocks=1,
+              quantizer="fsq", levels=(5, 5, 5, 5), loss="l1+l2")
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def _shapes_images(n, size=32, seed=0):
+  """Flat-coloured squares on black, uint8 [n, size, size, 3]."""
+  rng = np.random.RandomState(seed)
+  out = np.zeros((n, size, size, 3), np.uint8)
+  for i in range(n):
+    for _ in range(rng.randint(1, 4)):
+      cy, cx = rng.randint(0, 4, 2) * 8
+      color = rng.choice([0, 255], 3)
+      color[rng.randint(3)] = 255
+      out[i, cy + 1:cy + 7, cx + 1:cx + 7] = color
+  return out
+
+
+@pytest.mark.parametrize("downsample,mult", [(4, (1, 2)), (8, (1, 2, 2)), (16, (1, 1, 2, 2))])
+def test_shapes(downsample, mult):
+  model = Autoencoder(_cfg(downsample=downsample, channel_mult=mult), rngs=nnx.Rngs(0))
+  x = to_model_range(_shapes_images(2))
+  recon, codes, aux = model(x)
+  h = 32 // downsample
+  assert recon.shape == (2, 32, 32, 3) and recon.dtype == jnp.float32
+  assert codes.shape == (2, h, h) and codes.dtype == jnp.int32
+  assert int(codes.min()) >= 0 and int(codes.max()) < model.num_codes == 625
+  assert float(aux["loss"]) == 0.0
+  assert model.codes_per_image(32) == h * h
+  assert model.codes_per_image((32, 64)) == h * h * 2
+  assert model.decode_codes(codes).shape == (2, 32, 32, 3)
+
+
+def test_encode_decode_matches_call():
+  model = Autoencoder(_cfg(), rngs=nnx.Rngs(1))
+  x = to_model_range(_shapes_images(3, seed=1))
+  recon, codes, _ = model(x)
+  enc = model.encode(x)
+  np.testing.assert_array_equal(np.asarray(enc), np.asarray(codes))
+  np.testing.assert_allclose(np.asarray(model.decode_codes(enc)), np.asarray(recon),
+                             atol=1e-5)
+
+
+def test_bad_config():
+  with pytest.raises(ValueError, match=r"image_tokenizer\.downsample"):
+    Autoencoder(_cfg(downsample=2, channel_mult=(1,)), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"image_tokenizer\.channel_mult"):
+    Autoencoder(_cfg(downsample=8, channel_mult=(1, 2)), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"image_tokenizer\.quantizer"):
+    Autoencoder(_cfg(quantizer="nope"), rngs=nnx.Rngs(0))
+  model = Autoencoder(_cfg(), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"image_tokenizer\.loss"):
+    reconstruction_loss(model, jnp.zeros((1, 32, 32, 3)), _cfg(loss="l3"))
+  with pytest.raises(ValueError, match="downsample"):
+    model.codes_per_image(36)
+
+
+def test_uint8_helpers():
+  u = np.arange(256, dtype=np.uint8).reshape(1, 1, -1, 1).repeat(3, -1)
+  x = to_model_range(u)
+  assert x.dtype == jnp.float32 and float(x.min()) == -1.0 and float(x.max()) == 1.0
+  np.testing.assert_array_equal(np.asarray(to_uint8(x)), u)
+  assert to_uint8(jnp.asarray([-3.0, 3.0])).tolist() == [0, 255]
+
+
+def _train(cfg, images, steps, lr=3e-3, seed=0):
+  model = Autoencoder(cfg, rngs=nnx.Rngs(seed))
+  opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, x):
+    grad_fn = nnx.value_and_grad(lambda m: reconstruction_loss(m, x, cfg), has_aux=True)
+    (loss, metrics), grads = grad_fn(model)
+    opt.update(model, grads)
+    return metrics
+
+  losses = [float(step(model, opt, images)["loss"]) for _ in range(steps)]
+  return model, losses
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2", "l1+l2"])
+def test_jit_train_step(loss):
+  cfg = _cfg(loss=loss)
+  x = to_model_range(_shapes_images(4))
+  _, losses = _train(cfg, x, 3)
+  assert all(np.isfinite(losses))
+  assert losses[-1] < losses[0]
+
+
+def test_metrics():
+  model = Autoencoder(_cfg(), rngs=nnx.Rngs(0))
+  x = to_model_range(_shapes_images(2))
+  loss, m = nnx.jit(lambda m, x: reconstruction_loss(m, x, _cfg()))(model, x)
+  for k in ("loss", "recon_loss", "l1", "mse", "psnr", "aux_loss", "usage_fraction",
+            "perplexity"):
+    assert k in m and m[k].shape == ()
+  np.testing.assert_allclose(float(m["psnr"]), 10 * np.log10(4 / float(m["mse"])), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(m["l1"] + m["mse"]), rtol=1e-6)
+
+
+def test_overfit_small_batch():
+  cfg = _cfg(downsample=4, channels=16, channel_mult=(1, 2), levels=(8, 5, 5, 5))
+  x = to_model_range(_shapes_images(8, seed=3))
+  t0 = time.time()
+  model, losses = _train(cfg, x, 150)
+  assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+  recon = model.decode_codes(model.encode(x))
+  mse = float(jnp.mean((recon - x) ** 2))
+  assert mse < 0.3 * float(jnp.mean(x ** 2) + 1.0), mse
+  assert time.time() - t0 < 60
