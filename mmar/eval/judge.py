@@ -37,6 +37,8 @@ DARK_THRESHOLD = 64.0
 # fill 1.0, circle 0.67; triangle row-profile skew -0.53 (-0.37 after a 3x3 box blur).
 TRIANGLE_SKEW = -0.2
 SQUARE_FILL = 0.85
+NOISE_FLOOR = 0.05  # colour coverage below this counts as none
+_EIGHT = np.ones((3, 3), bool)  # 8-connectivity: a blur may cut thin diagonals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +107,9 @@ def read_image(image: np.ndarray, spec: ShapesSpec) -> list[Detected]:
     cls = np.where(fg, best + 1, 0)  # 0 = background, k = spec.colors[k - 1]
     s = _expected_size(spec)
     min_area = max(2.0, 0.25 * 0.5 * s * s)  # a quarter of the smallest (triangle) area
-    eight = np.ones((3, 3), bool)  # 8-connectivity: blur may cut thin diagonals
     out = []
     for k, color in enumerate(spec.colors, start=1):
-        labels, n = ndimage.label(cls == k, structure=eight)
+        labels, n = ndimage.label(cls == k, structure=_EIGHT)
         if not n:
             continue
         weight = alpha[..., k - 1]  # soft colour coverage, conserved by a blur
@@ -125,12 +126,14 @@ def read_image(image: np.ndarray, spec: ShapesSpec) -> list[Detected]:
 def _describe_component(color, comp, sl, cls, mask, weight, area) -> Detected:
     """Shape and centroid of one component from its soft colour mass."""
     h, w = comp.shape
-    # Window: the bounding box grown by 1px (where a blur spreads the mass); keep only
-    # this component's pixels and background, never another object's.
+    # Window: the component grown by 1px (where a blur spreads its mass), background
+    # pixels only besides its own, never another object's. A small floor keeps
+    # background noise out of the moments (cubed distances amplify it).
     y0, x0 = max(sl[0].start - 1, 0), max(sl[1].start - 1, 0)
     y1, x1 = sl[0].stop + 1, sl[1].stop + 1
-    keep = mask[y0:y1, x0:x1] | (cls[y0:y1, x0:x1] == 0)
-    wt = np.where(keep, weight[y0:y1, x0:x1], 0.0)
+    own = mask[y0:y1, x0:x1]
+    keep = own | (ndimage.binary_dilation(own, _EIGHT) & (cls[y0:y1, x0:x1] == 0))
+    wt = np.where(keep, np.maximum(weight[y0:y1, x0:x1] - NOISE_FLOOR, 0.0), 0.0)
     mass = float(wt.sum())
     ys, xs = np.mgrid[y0:y0 + wt.shape[0], x0:x0 + wt.shape[1]]
     cy, cx = float((wt * ys).sum() / mass), float((wt * xs).sum() / mass)

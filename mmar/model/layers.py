@@ -183,7 +183,11 @@ class Embed(nnx.Module):
         self.dtype = jnp.dtype(cfg.dtype)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+        # Look up in a whole (all-gathered) table, as FSDP does for every weight: SPMD
+        # cannot partition a gather from a sharded table into batch-sharded rows, and would
+        # replicate the [B, S, E] result instead.
+        table = constrain(self.embedding[...], (None, None))
+        x = jnp.take(table, tokens, axis=0).astype(self.dtype)
         return constrain(x, ("batch", "length", "act_embed"))
 
     def attend(self, x: jax.Array) -> jax.Array:

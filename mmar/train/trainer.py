@@ -66,7 +66,7 @@ def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shar
                 return task.loss_fn(model_state.merge(p), batch)
 
         (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -88,10 +88,15 @@ def global_batch(local: dict, shardings: dict) -> dict:
             for k, v in local.items() if k in shardings}
 
 
-def _init_optimizer(tx, params):
-    """Optimizer state created on device; shaped-like-params leaves inherit their sharding."""
-    opt_state = jax.jit(tx.init)(params)
-    return opt_state, jax.tree.map(lambda x: x.sharding, opt_state)
+def init_optimizer(tx, params, mesh: Mesh):
+    """Optimizer state on the mesh: leaves that mirror a parameter (Adam's moments) take its
+    sharding; counters and other non-parameter leaves are replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    shardings = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params),
+                                      param_shardings,
+                                      transform_non_params=lambda _: replicated)
+    return jax.jit(tx.init, out_shardings=shardings)(params), shardings
 
 
 def train(task: Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=None,
@@ -105,7 +110,7 @@ def train(task: Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=N
     workdir = pathlib.Path(workdir)
     model_state, params = state_lib.create(task.make_module, mesh, seed)
     tx = optim.make_optimizer(cfg)
-    opt_state, opt_shardings = _init_optimizer(tx, params)
+    opt_state, opt_shardings = init_optimizer(tx, params, mesh)
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=max_to_keep)
     start = 0
     if ckpt.latest_step() is not None:

@@ -1,4 +1,6 @@
 """mmar.model.transformer: numpy forward, packing, KV cache, remat, logical names."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,7 +21,10 @@ def tiny_cfg(**overrides):
     return ml_collections.ConfigDict(cfg)
 
 
+@functools.lru_cache(maxsize=None)
 def make(seed=0, **overrides):
+    """Models are shared between tests (none mutates one): building one compiles its random
+    initialisers, the slowest part of these tests on CPU."""
     return Decoder(tiny_cfg(**overrides), rngs=nnx.Rngs(seed))
 
 
@@ -85,67 +90,66 @@ def one_doc(length, seed=0, batch=1):
                                          (False, True)])
 def test_logits_match_numpy_forward(qk_norm, tie):
     cfg = tiny_cfg(qk_norm=qk_norm, tie_embeddings=tie)
-    model = Decoder(cfg, rngs=nnx.Rngs(1))
+    model = make(qk_norm=qk_norm, tie_embeddings=tie)
     tokens, positions, segments = one_doc(7, seed=2, batch=2)
-    logits = model(tokens, positions, segments)
+    logits = forward(model, tokens, positions, segments)
     assert logits.shape == (2, 7, 48) and logits.dtype == jnp.float32
     np.testing.assert_allclose(logits, np_forward(model, cfg, tokens, positions, segments),
                                atol=1e-4)
 
 
 def test_packed_documents_do_not_see_each_other():
-    model = make(seed=3, qk_norm=True)
+    model = make(qk_norm=True)
     doc_a, doc_b = one_doc(5, seed=4)[0], one_doc(4, seed=5)[0]
     tokens = np.concatenate([doc_a, doc_b, [[0, 0, 0]]], axis=1)
     positions = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 0, 0]], np.int32)
     segments = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 2, 0, 0, 0]], np.int32)
     packed = forward(model, tokens, positions, segments)
-    alone_a = model(*one_doc(5, seed=4))
-    alone_b = model(*one_doc(4, seed=5))
+    alone_a = forward(model, *one_doc(5, seed=4))
+    alone_b = forward(model, *one_doc(4, seed=5))
     np.testing.assert_allclose(packed[:, :5], alone_a, atol=1e-5)
     np.testing.assert_allclose(packed[:, 5:9], alone_b, atol=1e-5)
 
 
-def test_kv_cache_prefill_then_steps_match_forward():
-    model = make(seed=6, qk_norm=True)
-    tokens, positions, segments = one_doc(9, seed=7, batch=2)
-    full = forward(model, tokens, positions, segments)
-    cache = model.init_cache(2, 12)
-    logits, cache = decode(model, tokens[:, :5], positions[:, :5], segments[:, :5], cache)
-    np.testing.assert_allclose(logits, full[:, :5], atol=1e-4)
-    for t in range(5, 9):
-        logits, cache = decode(model, tokens[:, t:t + 1], positions[:, t:t + 1],
-                               segments[:, t:t + 1], cache)
-        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-4)
-    assert int(cache["index"]) == 9
-    assert cache["k"].shape == (2, 2, 12, 2, 8)
-
-
-def test_kv_cache_with_left_padded_prompts():
-    """Row 0: a 6-token prompt; row 1: 3 tokens left-padded to 6. Both then decode 3 steps
-    and must match each sequence run alone without padding."""
-    model = make(seed=8, tie_embeddings=True)
-    seqs = [one_doc(9, seed=9)[0][0], one_doc(6, seed=10)[0][0]]
-    prompt_lens = [6, 3]
-    pads = [6 - n for n in prompt_lens]
-    tokens = np.zeros((2, 9), np.int32)
-    positions = np.zeros((2, 9), np.int32)
-    segments = np.zeros((2, 9), np.int32)
-    for row, (seq, pad) in enumerate(zip(seqs, pads)):
-        tokens[row, pad:] = seq
-        positions[row, pad:] = np.arange(len(seq))
-        segments[row, pad:] = 1
-    cache = model.init_cache(2, 9)
-    prefill, cache = decode(model, tokens[:, :6], positions[:, :6], segments[:, :6], cache)
-    steps = [prefill]
-    for t in range(6, 9):
+def decode_in_steps(model, tokens, positions, segments, prompt_len, max_len=12):
+    """Prefill `prompt_len` tokens, then one call per token; all logits [B, S, V]."""
+    cache = model.init_cache(tokens.shape[0], max_len)
+    logits, cache = decode(model, tokens[:, :prompt_len], positions[:, :prompt_len],
+                           segments[:, :prompt_len], cache)
+    steps = [logits]
+    for t in range(prompt_len, tokens.shape[1]):
         logits, cache = decode(model, tokens[:, t:t + 1], positions[:, t:t + 1],
                                segments[:, t:t + 1], cache)
         steps.append(logits)
-    got = np.concatenate(steps, axis=1)
-    for row, (seq, pad) in enumerate(zip(seqs, pads)):
-        alone = model(seq[None], np.arange(len(seq))[None], np.ones((1, len(seq)), np.int32))
-        np.testing.assert_allclose(got[row, pad:], alone[0], atol=1e-4)
+    assert int(cache["index"]) == tokens.shape[1]
+    assert cache["k"].shape == (2, 2, max_len, 2, 8)  # [L, B, max_len, KVH, D]
+    return np.concatenate(steps, axis=1)
+
+
+def test_kv_cache_prefill_then_steps_match_forward():
+    model = make(qk_norm=True)
+    tokens, positions, segments = one_doc(9, seed=7, batch=2)
+    got = decode_in_steps(model, tokens, positions, segments, prompt_len=5)
+    np.testing.assert_allclose(got, forward(model, tokens, positions, segments), atol=1e-4)
+
+
+def test_kv_cache_with_left_padded_prompts():
+    """Row 0: a 5-token prompt; row 1: a 2-token prompt left-padded to 5 (pads in segment 0,
+    positions from 0 at the first real token). Both decode 4 steps; each row must match
+    its sequence run alone, unpadded (the numpy forward, checked against the model above)."""
+    model = make(qk_norm=True)
+    seqs = [one_doc(9, seed=9)[0][0], one_doc(6, seed=10)[0][0]]
+    tokens, positions, segments = (np.zeros((2, 9), np.int32) for _ in range(3))
+    for row, seq in enumerate(seqs):
+        pad = 9 - len(seq)
+        tokens[row, pad:] = seq
+        positions[row, pad:] = np.arange(len(seq))
+        segments[row, pad:] = 1
+    got = decode_in_steps(model, tokens, positions, segments, prompt_len=5)
+    for row, seq in enumerate(seqs):
+        alone = np_forward(model, tiny_cfg(qk_norm=True), seq[None],
+                           np.arange(len(seq))[None], np.ones((1, len(seq)), np.int32))
+        np.testing.assert_allclose(got[row, 9 - len(seq):], alone[0], atol=1e-4)
 
 
 def test_remat_gives_same_loss_and_grads():
@@ -157,11 +161,14 @@ def test_remat_gives_same_loss_and_grads():
 
     results = []
     for remat in ("none", "full"):
-        model = make(seed=12, remat=remat, qk_norm=True)
+        model = make(remat=remat, qk_norm=True)
         results.append(nnx.jit(nnx.value_and_grad(loss_fn))(model))
     (loss_a, grads_a), (loss_b, grads_b) = results
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_a, grads_b)
+    graphdef, state = nnx.split(make(remat="full", qk_norm=True))
+    jaxpr = jax.make_jaxpr(lambda state: loss_fn(nnx.merge(graphdef, state)))(state)
+    assert "remat" in str(jaxpr)  # the block really is rematerialised
 
 
 def test_every_param_has_logical_names_of_its_rank():
@@ -180,23 +187,24 @@ def test_every_param_has_logical_names_of_its_rank():
 
 def test_runs_under_a_mesh_with_constraints():
     """Every activation name is one rules.py knows, with the right rank."""
-    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1])
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
     model = make(qk_norm=True)
     tokens, positions, segments = one_doc(5, seed=13)
     with rules.use_mesh(mesh):
         logits = nnx.jit(lambda m: m(tokens, positions, segments))(model)
         logits2, _ = nnx.jit(lambda m: m.decode(tokens, positions, segments,
                                                 m.init_cache(1, 5)))(model)
-    np.testing.assert_allclose(logits, model(tokens, positions, segments), atol=1e-5)
+    np.testing.assert_allclose(logits, forward(model, tokens, positions, segments), atol=1e-5)
     np.testing.assert_allclose(logits2, logits, atol=1e-5)
 
 
 def test_bfloat16_compute_returns_float32_logits():
     model = make(dtype="bfloat16", qk_norm=True)
     tokens, positions, segments = one_doc(6, seed=14)
-    logits = model(tokens, positions, segments)
+    logits = forward(model, tokens, positions, segments)
     assert logits.dtype == jnp.float32
-    ref = make(qk_norm=True)(tokens, positions, segments)
+    ref = forward(make(qk_norm=True), tokens, positions, segments)
     np.testing.assert_allclose(logits, ref, atol=0.1)
     assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
 

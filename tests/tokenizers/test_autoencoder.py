@@ -1,7 +1,5 @@
 """Image autoencoder: shapes, encode/decode consistency, config errors, jit step, overfit."""
 
-import time
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,6 +19,11 @@ def _cfg(**kw):
   return ml_collections.ConfigDict(base)
 
 
+def _rngs(seed=0):
+  # rbg keys: threefry random-init ops compile per parameter shape, seconds each on a busy CPU.
+  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
 def _shapes_images(n, size=32, seed=0):
   """Flat-coloured squares on black, uint8 [n, size, size, 3]."""
   rng = np.random.RandomState(seed)
@@ -34,39 +37,38 @@ def _shapes_images(n, size=32, seed=0):
   return out
 
 
-@pytest.mark.parametrize("downsample,mult", [(4, (1, 2)), (8, (1, 2, 2)), (16, (1, 1, 2, 2))])
-def test_shapes(downsample, mult):
-  model = Autoencoder(_cfg(downsample=downsample, channel_mult=mult), rngs=nnx.Rngs(0))
-  x = to_model_range(_shapes_images(2))
+@nnx.jit
+def _forward(model, x):
   recon, codes, aux = model(x)
+  return recon, codes, aux, model.encode(x), model.decode_codes(codes)
+
+
+@pytest.mark.parametrize("downsample,mult", [(4, (1, 2)), (8, (1, 2, 2)), (16, (1, 1, 2, 2))])
+def test_shapes_and_encode_decode(downsample, mult):
+  model = Autoencoder(_cfg(downsample=downsample, channel_mult=mult), rngs=_rngs(0))
+  x = to_model_range(_shapes_images(3))
+  recon, codes, aux, enc, dec = _forward(model, x)
   h = 32 // downsample
-  assert recon.shape == (2, 32, 32, 3) and recon.dtype == jnp.float32
-  assert codes.shape == (2, h, h) and codes.dtype == jnp.int32
+  assert recon.shape == (3, 32, 32, 3) and recon.dtype == jnp.float32
+  assert codes.shape == (3, h, h) and codes.dtype == jnp.int32
   assert int(codes.min()) >= 0 and int(codes.max()) < model.num_codes == 625
   assert float(aux["loss"]) == 0.0
   assert model.codes_per_image(32) == h * h
   assert model.codes_per_image((32, 64)) == h * h * 2
-  assert model.decode_codes(codes).shape == (2, 32, 32, 3)
-
-
-def test_encode_decode_matches_call():
-  model = Autoencoder(_cfg(), rngs=nnx.Rngs(1))
-  x = to_model_range(_shapes_images(3, seed=1))
-  recon, codes, _ = model(x)
-  enc = model.encode(x)
+  # encode -> decode_codes reproduces the training path (same codes, same images).
   np.testing.assert_array_equal(np.asarray(enc), np.asarray(codes))
-  np.testing.assert_allclose(np.asarray(model.decode_codes(enc)), np.asarray(recon),
-                             atol=1e-5)
+  assert dec.shape == (3, 32, 32, 3)
+  np.testing.assert_allclose(np.asarray(dec), np.asarray(recon), atol=1e-5)
 
 
 def test_bad_config():
   with pytest.raises(ValueError, match=r"image_tokenizer\.downsample"):
-    Autoencoder(_cfg(downsample=2, channel_mult=(1,)), rngs=nnx.Rngs(0))
+    Autoencoder(_cfg(downsample=2, channel_mult=(1,)), rngs=_rngs(0))
   with pytest.raises(ValueError, match=r"image_tokenizer\.channel_mult"):
-    Autoencoder(_cfg(downsample=8, channel_mult=(1, 2)), rngs=nnx.Rngs(0))
+    Autoencoder(_cfg(downsample=8, channel_mult=(1, 2)), rngs=_rngs(0))
   with pytest.raises(ValueError, match=r"image_tokenizer\.quantizer"):
-    Autoencoder(_cfg(quantizer="nope"), rngs=nnx.Rngs(0))
-  model = Autoencoder(_cfg(), rngs=nnx.Rngs(0))
+    Autoencoder(_cfg(quantizer="nope"), rngs=_rngs(0))
+  model = Autoencoder(_cfg(), rngs=_rngs(0))
   with pytest.raises(ValueError, match=r"image_tokenizer\.loss"):
     reconstruction_loss(model, jnp.zeros((1, 32, 32, 3)), _cfg(loss="l3"))
   with pytest.raises(ValueError, match="downsample"):
@@ -82,7 +84,7 @@ def test_uint8_helpers():
 
 
 def _train(cfg, images, steps, lr=3e-3, seed=0):
-  model = Autoencoder(cfg, rngs=nnx.Rngs(seed))
+  model = Autoencoder(cfg, rngs=_rngs(seed))
   opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
 
   @nnx.jit
@@ -96,33 +98,35 @@ def _train(cfg, images, steps, lr=3e-3, seed=0):
   return model, losses
 
 
-@pytest.mark.parametrize("loss", ["l1", "l2", "l1+l2"])
-def test_jit_train_step(loss):
-  cfg = _cfg(loss=loss)
-  x = to_model_range(_shapes_images(4))
-  _, losses = _train(cfg, x, 3)
-  assert all(np.isfinite(losses))
-  assert losses[-1] < losses[0]
-
-
-def test_metrics():
-  model = Autoencoder(_cfg(), rngs=nnx.Rngs(0))
+def test_metrics_and_loss_kinds():
+  model = Autoencoder(_cfg(), rngs=_rngs(0))
   x = to_model_range(_shapes_images(2))
-  loss, m = nnx.jit(lambda m, x: reconstruction_loss(m, x, _cfg()))(model, x)
+
+  @nnx.jit
+  def all_losses(model, x):
+    return {k: reconstruction_loss(model, x, _cfg(loss=k)) for k in ("l1", "l2", "l1+l2")}
+
+  out = all_losses(model, x)
+  m = out["l1+l2"][1]
   for k in ("loss", "recon_loss", "l1", "mse", "psnr", "aux_loss", "usage_fraction",
             "perplexity"):
     assert k in m and m[k].shape == ()
   np.testing.assert_allclose(float(m["psnr"]), 10 * np.log10(4 / float(m["mse"])), rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(m["l1"] + m["mse"]), rtol=1e-6)
+  np.testing.assert_allclose(float(out["l1"][0]), float(m["l1"]), rtol=1e-6)
+  np.testing.assert_allclose(float(out["l2"][0]), float(m["mse"]), rtol=1e-6)
+  np.testing.assert_allclose(float(out["l1+l2"][0]), float(m["l1"] + m["mse"]), rtol=1e-6)
+  assert 0.0 < float(m["usage_fraction"]) <= 1.0 and float(m["perplexity"]) >= 1.0
 
 
 def test_overfit_small_batch():
-  cfg = _cfg(downsample=4, channels=16, channel_mult=(1, 2), levels=(8, 5, 5, 5))
+  """150 jitted adam steps (nnx.jit + nnx.value_and_grad) on 8 fixed images: the loss falls
+  far and beats the mean-image baseline."""
+  cfg = _cfg(downsample=4, channels=8, channel_mult=(1, 2), num_res_blocks=0,
+             levels=(8, 5, 5, 5))
   x = to_model_range(_shapes_images(8, seed=3))
-  t0 = time.time()
   model, losses = _train(cfg, x, 150)
+  assert all(np.isfinite(losses))
   assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
-  recon = model.decode_codes(model.encode(x))
-  mse = float(jnp.mean((recon - x) ** 2))
-  assert mse < 0.3 * float(jnp.mean(x ** 2) + 1.0), mse
-  assert time.time() - t0 < 60
+  d = x - x.mean(0, keepdims=True)
+  baseline = float(jnp.mean(jnp.abs(d)) + jnp.mean(d ** 2))  # predict the mean image
+  assert losses[-1] < 0.8 * baseline, (losses[-1], baseline)

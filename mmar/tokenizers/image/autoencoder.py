@@ -11,7 +11,7 @@ Decoder (mirror): 3x3 conv from dim -> res block -> per stage, deepest first
 Res blocks are pre-activation (GroupNorm, SiLU, conv, GroupNorm, SiLU, conv) with a 1x1
 shortcut when the width changes, and the second conv zero-initialised so each block starts as
 the identity (stable with no warm-up on small nets). GroupNorm uses ``min(8, channels)`` groups
-(over 32 groups on 32-64 channels costs speed and gives groups of 1-2 channels).
+(the usual 32 would leave 1-2 channels per group at widths 32-64, and costs speed).
 
 Config (the ``image_tokenizer`` section; read by attribute):
 ``downsample`` (4, 8 or 16), ``channels``, ``channel_mult`` (one per stride-2 stage),

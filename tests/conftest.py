@@ -1,0 +1,25 @@
+"""Shared fixtures. `make test` sets XLA_FLAGS for 8 fake CPU devices before JAX starts."""
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One TFDS data dir for the whole session, so each data set is prepared once."""
+    path = tmp_path_factory.mktemp("datasets")
+    os.environ["MMAR_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_config(data_dir):
+    """The `test` preset of configs/t2i_shapes.py, validated, data in the session data dir."""
+    from mmar import config as config_lib
+    cfg = config_lib.load(str(ROOT / "configs/t2i_shapes.py") + ":test")
+    with cfg.unlocked():
+        cfg.data.data_dir = str(data_dir)
+    return config_lib.validate(cfg)
