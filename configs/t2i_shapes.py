@@ -39,8 +39,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.vocab = ml_collections.ConfigDict(dict(text_tokenizer="bytes"))
     c.image_tokenizer = ml_collections.ConfigDict(dict(
         quantizer="fsq", levels=(5, 5, 5), downsample=8,
-        channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, loss="l2",
-        steps=1500, batch_size=64, lr=2e-3, warmup_steps=100, log_every=100,
+        channels=16, channel_mult=(1, 2, 2), num_res_blocks=0, norm="group", loss="l2",
+        steps=1500, batch_size=64, lr=3e-3, warmup_steps=100, log_every=100,
     ))
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=0,         # 0 = derived from the text tokenizer and the image codebook

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 COMMANDS = {
@@ -36,8 +36,10 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _run(command: str) -> None:
+def _run(command: str, quiet_libraries: bool) -> None:
     from mmar import config as config_lib
+    if quiet_libraries:  # Orbax and TFDS log every file they touch at INFO
+        logging.set_verbosity(logging.ERROR)
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
     try:
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"mmar: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    app.run(lambda _: _run(command), argv=[f"mmar {command}"] + argv[2:])
+    quiet = not any(a.startswith(("--verbosity", "-v")) for a in argv[2:])
+    app.run(lambda _: _run(command, quiet), argv=[f"mmar {command}"] + argv[2:])
     return 0
 
 

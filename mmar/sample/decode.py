@@ -91,7 +91,8 @@ class Sampler:
 
         def body(carry, step_key):
             tok, pos, cache = carry
-            logits, cache = model.decode(tok[:, None], pos[:, None], seg, cache)
+            step_model = self.model_state.merge(params)  # NNX modules do not cross traces
+            logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache)
             nxt = _pick(logits[:, -1], allowed, step_key, temperature, top_k)
             return (nxt, pos + 1, cache), tok
 

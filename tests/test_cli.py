@@ -1,0 +1,90 @@
+"""The command line on the `test` preset: each stage produces its files, errors name fields."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = f"--config={ROOT / 'configs/t2i_shapes.py'}:test"
+REPORT_KEYS = ("tokenizer_reconstruction_accuracy", "t2i_accuracy", "i2t_accuracy",
+               "t2i_accuracy_unseen_combos", "loss_text", "loss_image", "train_seconds")
+
+
+def mmar(*args, data_dir, check=True):
+    env = dict(os.environ, MMAR_DATA_DIR=str(data_dir))
+    proc = subprocess.run([sys.executable, "-m", "mmar", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode:
+        raise AssertionError(f"mmar {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir):
+    return tmp_path_factory.mktemp("run")
+
+
+def test_help_lists_commands(data_dir):
+    out = mmar("--help", data_dir=data_dir).stdout
+    for command in ("tokenizer-train", "train", "sample", "eval", "demo"):
+        assert command in out
+
+
+def test_bad_config_field_is_named(data_dir, tmp_path):
+    proc = mmar("train", CONFIG, f"--workdir={tmp_path}", "--config.train.steps=-3",
+                data_dir=data_dir, check=False)
+    assert proc.returncode != 0
+    assert "train.steps=-3" in proc.stderr
+
+
+def _has_events(path):
+    return any(p.name.startswith("events.out.tfevents") for p in path.iterdir())
+
+
+def test_tokenizer_train(run_dir, data_dir):
+    out = mmar("tokenizer-train", CONFIG, f"--workdir={run_dir}", data_dir=data_dir).stdout
+    assert "[tokenizer] step 20/20" in out
+    tok = run_dir / "tokenizer"
+    assert (tok / "checkpoints" / "20").is_dir()
+    rows = [json.loads(line) for line in (tok / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20] and all("psnr" in r for r in rows)
+    assert _has_events(tok)
+
+
+def test_train(run_dir, data_dir):
+    out = mmar("train", CONFIG, f"--workdir={run_dir}", data_dir=data_dir).stdout
+    assert "[decoder] step 12/12" in out and "tok/s" in out and "MFU" in out
+    dec = run_dir / "decoder"
+    assert sorted(p.name for p in (dec / "checkpoints").iterdir() if p.name.isdigit()) == \
+        ["12", "6"]
+    rows = [json.loads(line) for line in (dec / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert {"loss_text", "loss_image", "accuracy_text", "accuracy_image"} <= set(rows[-1])
+    assert _has_events(dec)
+    assert json.loads((dec / "checkpoints" / "12" / "config" / "metadata").read_text()) \
+        if (dec / "checkpoints" / "12" / "config" / "metadata").exists() else True
+
+
+def test_sample(run_dir, data_dir):
+    mmar("sample", CONFIG, f"--workdir={run_dir}", data_dir=data_dir)
+    samples = run_dir / "samples"
+    from PIL import Image
+    grid = Image.open(samples / "t2i_test.png")
+    assert grid.size[0] > 32 and grid.size[1] > 32
+    t2i = [json.loads(x) for x in (samples / "t2i_test.jsonl").read_text().splitlines()]
+    i2t = [json.loads(x) for x in (samples / "i2t_test.jsonl").read_text().splitlines()]
+    assert len(t2i) == len(i2t) == 8
+    assert all(isinstance(r["generated"], str) for r in i2t)
+
+
+def test_eval_writes_report(run_dir, data_dir):
+    mmar("eval", CONFIG, f"--workdir={run_dir}", data_dir=data_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in REPORT_KEYS:
+        assert key in report, key
+    for key in REPORT_KEYS[:4]:
+        assert 0.0 <= report[key] <= 1.0
+    assert report["train_seconds"] > 0 and report["decoder_step"] == 12

@@ -1,0 +1,63 @@
+"""Every config file and preset builds, validates, and matches the numbers in its docstring."""
+import pathlib
+import re
+
+import jax
+import pytest
+from flax import nnx
+
+from mmar import config as config_lib
+from mmar.model import flops
+from mmar.model.transformer import Decoder
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
+
+
+def _presets(path):
+    module_text = path.read_text()
+    match = re.search(r"PRESETS = \(([^)]*)\)", module_text)
+    return [p.strip().strip("\"'") for p in match.group(1).split(",") if p.strip()]
+
+
+CASES = [(p, preset) for p in CONFIG_FILES for preset in _presets(p)]
+
+
+def test_there_are_configs():
+    assert CASES
+
+
+@pytest.mark.parametrize("path,preset", CASES, ids=[f"{p.stem}:{a}" for p, a in CASES])
+def test_config_builds_and_matches_docstring(path, preset):
+    cfg = config_lib.validate(config_lib.load(f"{path}:{preset}"))
+    model = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert n == flops.param_count(cfg.model)
+    doc = path.read_text().split('"""')[1]
+    counts = dict(re.findall(r"(\w+): ([\d,]+)", doc.split("Parameter counts")[1]))
+    assert int(counts[preset].replace(",", "")) == n, f"docstring of {path.name} is stale"
+    assert flops.flops_per_token(cfg.model, cfg.data.seq_len) > 6 * n * 0.5
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.steps", 0, "train.steps=0"),
+    ("model.dtype", "float16", "model.dtype='float16'"),
+    ("model.n_kv_heads", 3, "model.n_kv_heads=3"),
+    ("data.i2t_fraction", 1.5, "data.i2t_fraction=1.5"),
+    ("image_tokenizer.levels", (5, 1), "image_tokenizer.levels"),
+    ("mesh.data", 0, "mesh.data=0"),
+])
+def test_bad_field_is_named(field, value, message):
+    cfg = config_lib.load(f"{CONFIG_FILES[0]}:test")
+    section, name = field.split(".")
+    with cfg.unlocked():
+        cfg[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+        config_lib.validate(cfg)
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:huge")
+    with pytest.raises(config_lib.ConfigError, match="does not exist"):
+        config_lib.load("configs/nope.py:tiny")
