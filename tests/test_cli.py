@@ -13,6 +13,28 @@ REPORT_KEYS = ("tokenizer_reconstruction_accuracy", "t2i_accuracy", "i2t_accurac
                "t2i_accuracy_unseen_combos", "loss_text", "loss_image", "train_seconds")
 
 
+def doc_commands() -> dict[str, list[str]]:
+    """The stage commands shown in docs/first_run.md, by command name."""
+    text = (ROOT / "docs/first_run.md").read_text()
+    block = text.split("tests/test_cli.py runs this block")[1].split("```bash")[1]
+    block = block.split("```")[0]
+    lines = [line.split() for line in block.strip().splitlines()]
+    assert all(line[0] == "mmar" for line in lines)
+    return {line[1]: line[2:] for line in lines}
+
+
+def doc_args(command, run_dir):
+    """A documented command with the `test` preset and a temporary workdir."""
+    args = []
+    for arg in doc_commands()[command]:
+        if arg.startswith("--config="):
+            arg = f"--config={ROOT}/" + arg.split("=", 1)[1].replace(":tiny", ":test")
+        elif arg.startswith("--workdir="):
+            arg = f"--workdir={run_dir}"
+        args.append(arg)
+    return [command, *args]
+
+
 def mmar(*args, data_dir, check=True):
     env = dict(os.environ, MMAR_DATA_DIR=str(data_dir))
     proc = subprocess.run([sys.executable, "-m", "mmar", *args], cwd=ROOT, env=env,
@@ -25,6 +47,10 @@ def mmar(*args, data_dir, check=True):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     return tmp_path_factory.mktemp("run")
+
+
+def test_docs_show_every_stage():
+    assert list(doc_commands()) == ["tokenizer-train", "train", "sample", "eval"]
 
 
 def test_help_lists_commands(data_dir):
@@ -45,7 +71,7 @@ def _has_events(path):
 
 
 def test_tokenizer_train(run_dir, data_dir):
-    out = mmar("tokenizer-train", CONFIG, f"--workdir={run_dir}", data_dir=data_dir).stdout
+    out = mmar(*doc_args("tokenizer-train", run_dir), data_dir=data_dir).stdout
     assert "[tokenizer] step 20/20" in out
     tok = run_dir / "tokenizer"
     assert (tok / "checkpoints" / "20").is_dir()
@@ -55,7 +81,7 @@ def test_tokenizer_train(run_dir, data_dir):
 
 
 def test_train(run_dir, data_dir):
-    out = mmar("train", CONFIG, f"--workdir={run_dir}", data_dir=data_dir).stdout
+    out = mmar(*doc_args("train", run_dir), data_dir=data_dir).stdout
     assert "[decoder] step 12/12" in out and "tok/s" in out and "MFU" in out
     dec = run_dir / "decoder"
     assert sorted(p.name for p in (dec / "checkpoints").iterdir() if p.name.isdigit()) == \
@@ -64,12 +90,12 @@ def test_train(run_dir, data_dir):
     assert [r["step"] for r in rows] == [4, 8, 12]
     assert {"loss_text", "loss_image", "accuracy_text", "accuracy_image"} <= set(rows[-1])
     assert _has_events(dec)
-    assert json.loads((dec / "checkpoints" / "12" / "config" / "metadata").read_text()) \
-        if (dec / "checkpoints" / "12" / "config" / "metadata").exists() else True
+    saved = json.loads((dec / "checkpoints" / "12" / "config" / "metadata").read_text())
+    assert saved["train"]["steps"] == 12 and saved["preset"] == "test"
 
 
 def test_sample(run_dir, data_dir):
-    mmar("sample", CONFIG, f"--workdir={run_dir}", data_dir=data_dir)
+    mmar(*doc_args("sample", run_dir), data_dir=data_dir)
     samples = run_dir / "samples"
     from PIL import Image
     grid = Image.open(samples / "t2i_test.png")
@@ -81,7 +107,7 @@ def test_sample(run_dir, data_dir):
 
 
 def test_eval_writes_report(run_dir, data_dir):
-    mmar("eval", CONFIG, f"--workdir={run_dir}", data_dir=data_dir)
+    mmar(*doc_args("eval", run_dir), data_dir=data_dir)
     report = json.loads((run_dir / "report.json").read_text())
     for key in REPORT_KEYS:
         assert key in report, key

@@ -154,15 +154,20 @@ def plural(shape: str) -> str:
     return shape + "s"
 
 
+def article(word: str) -> str:
+    """English indefinite article for the word that follows ("an orange", "a red")."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def caption_for(kind: str, objects: Sequence[ShapeObject]) -> str:
     """The canonical caption of a scene (objects already in caption order)."""
     if kind == "single":
         (o,) = objects
-        return f"a {o.color} {o.shape}"
+        return f"{article(o.color)} {o.color} {o.shape}"
     if kind == "relation":
         a, b = objects
         rel = "left of" if a.col != b.col else "above"
-        return f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
+        return f"{article(a.color)} {a.color} {a.shape} {rel} {article(b.color)} {b.color} {b.shape}"
     o = objects[0]
     return f"{COUNT_WORDS[len(objects)]} {o.color} {plural(o.shape)}"
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from mmar.data.synthetic import COLOR_RGB, COUNT_WORDS, ShapeObject, ShapesSpec
+from mmar.data.synthetic import COLOR_RGB, COUNT_WORDS, ShapeObject, ShapesSpec, article
 
 Pair = tuple[str, str]  # (colour, shape)
 RELATIONS = ("left of", "above")
@@ -64,20 +64,22 @@ def parse_caption(caption: str, spec: ShapesSpec) -> ParsedCaption | None:
         return None
     w = caption.strip().split()
 
-    def obj(color: str, shape: str) -> Pair | None:
+    def obj(color: str, shape: str, art: str | None = None) -> Pair | None:
+        if art is not None and art != article(color):
+            return None
         return (color, shape) if color in spec.colors and shape in spec.shapes else None
 
-    if len(w) == 3 and w[0] == "a":
-        o = obj(w[1], w[2])
+    if len(w) == 3 and w[0] in ("a", "an"):
+        o = obj(w[1], w[2], w[0])
         return ParsedCaption((o,)) if o else None
     if len(w) == 3 and w[0] in _WORD_COUNTS and w[2].endswith("s"):
         o = obj(w[1], w[2][:-1])
         return ParsedCaption((o,) * _WORD_COUNTS[w[0]]) if o else None
-    if len(w) in (7, 8) and w[0] == "a":
+    if len(w) in (7, 8) and w[0] in ("a", "an"):
         rel = " ".join(w[3:-3])
-        if rel not in RELATIONS or w[-3] != "a":
+        if rel not in RELATIONS:
             return None
-        a, b = obj(w[1], w[2]), obj(w[-2], w[-1])
+        a, b = obj(w[1], w[2], w[0]), obj(w[-2], w[-1], w[-3])
         if not a or not b or a == b:  # the grammar names two different objects
             return None
         return ParsedCaption(tuple(sorted((a, b))), (a, rel, b))

@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mmar.data.synthetic import (COLOR_RGB, ShapeObject, ShapesSpec, caption_for, make_examples,
-                                 objects_from_json, render, sample_scene, shape_mask)
+from mmar.data.synthetic import (COLOR_RGB, ShapeObject, ShapesSpec, article, caption_for,
+                                 make_examples, objects_from_json, render, sample_scene, shape_mask)
 from mmar.eval.judge import parse_caption
 
 
@@ -80,8 +80,8 @@ def test_relation_is_canonical():
             assert a.col < b.col and " left of " in caption
         else:
             assert a.row < b.row and " above " in caption
-        assert caption.startswith(f"a {a.color} {a.shape} ") and caption.endswith(
-            f"a {b.color} {b.shape}")
+        assert caption.startswith(f"{article(a.color)} {a.color} {a.shape} ")
+        assert caption.endswith(f"{article(b.color)} {b.color} {b.shape}")
 
 
 def test_caption_forms():
@@ -93,6 +93,9 @@ def test_caption_forms():
         "a red circle above a blue square"
     assert caption_for("count", [r, r]) == "two red circles"
     assert caption_for("count", [b, b, b]) == "three blue squares"
+    o = ShapeObject("triangle", "orange", 0, 1)
+    assert caption_for("single", [o]) == "an orange triangle"
+    assert caption_for("relation", [r, o]) == "a red circle left of an orange triangle"
 
 
 def test_shape_masks_distinguishable_at_8px_cells():

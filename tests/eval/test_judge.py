@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mmar.data.synthetic import ShapeObject, ShapesSpec, make_examples, objects_from_json
+from mmar.data.synthetic import (ShapeObject, ShapesSpec, article, make_examples,
+                                 objects_from_json)
 from mmar.eval.judge import judge_caption, judge_image, parse_caption, read_image
 
 SPECS = {"plain": ShapesSpec(), "jitter": ShapesSpec(image_size=48, grid=4, jitter=2)}
@@ -25,13 +26,14 @@ def _perturbations(caption, spec):
     shape = w[2][:-1] if plural else w[2]
     # Replace the first object's colour / shape by the first alternative that still parses
     # (a relation must name two different objects).
-    colours = [" ".join([w[0], c] + w[2:]) for c in spec.colors if c != w[1]]
+    colours = [" ".join([w[0] if plural else article(c), c] + w[2:])
+               for c in spec.colors if c != w[1]]
     shapes = [" ".join(w[:2] + [s + ("s" if plural else "")] + w[3:])
               for s in spec.shapes if s != shape]
     out = {"colour": next(c for c in colours if parse_caption(c, spec)),
            "shape": next(s for s in shapes if parse_caption(s, spec))}
     if len(w) == 3:
-        count = {"a": "two", "two": "three", "three": "two"}[w[0]]
+        count = {"a": "two", "an": "two", "two": "three", "three": "two"}[w[0]]
         out["count"] = f"{count} {w[1]} {shape}s"
     else:
         first, second = " ".join(w[:3]), " ".join(w[-3:])
@@ -111,6 +113,9 @@ def test_parse_caption_strict():
     assert sorted(p.objects) == [("blue", "square"), ("red", "circle")]
     assert parse_caption("three green triangles", spec).objects == (("green", "triangle"),) * 3
     assert parse_caption("a yellow square above a purple circle", spec).relation[1] == "above"
+    assert parse_caption("an orange circle left of a red square", spec) is not None
+    assert parse_caption("a orange circle", spec) is None      # wrong article
+    assert parse_caption("an red circle", spec) is None
     for bad in ["", "a red", "a red circle.", "a red circles", "two red circle", "one red circle",
                 "four red circles", "a mauve circle", "a red hexagon", "an red circle",
                 "a red circle right of a blue square", "a red circle left of a red circle",

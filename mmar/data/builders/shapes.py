@@ -59,8 +59,10 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     """Coloured shapes with exact captions; splits train / test / unseen (held-out pairs)."""
 
     name = "mmar_shapes"  # distinct from any TFDS catalogue name
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    # Bump whenever generation changes: prepared data is cached by spec and version.
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Captions use 'an' before vowels ('an orange circle')."}
     BUILDER_CONFIGS = [ShapesConfig.make(ShapesSpec(), 20_000, 1_000, 1_000)]
     # TFDS would find this file through `importlib_resources` (not a dependency of ours,
     # and missing from our environment); say where it is. No checksums file sits next to
