@@ -39,32 +39,34 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.vocab = ml_collections.ConfigDict(dict(text_tokenizer="bytes"))
     c.image_tokenizer = ml_collections.ConfigDict(dict(
         quantizer="fsq", levels=(5, 5, 5), downsample=8,
-        channels=16, channel_mult=(1, 2, 2), num_res_blocks=0, norm="group", loss="l2",
-        steps=1500, batch_size=64, lr=3e-3, warmup_steps=100, log_every=100,
+        arch="patch",         # one code per 8x8 cell (see docs/design_notes.md); or "conv"
+        channels=32, channel_mult=(1, 2, 4), num_res_blocks=0, norm="group", loss="l2",
+        steps=2000, batch_size=64, lr=3e-3, warmup_steps=100, log_every=200,
     ))
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=0,         # 0 = derived from the text tokenizer and the image codebook
-        d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
+        d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=256,
         rope_theta=10000.0, qk_norm=True, tie_embeddings=False, norm_eps=1e-5,
         dtype="float32", param_dtype="float32", remat="none", init_std=0.02,
     ))
     c.train = ml_collections.ConfigDict(dict(
-        steps=3000, batch_size=64, lr=3e-3, warmup_steps=100, schedule="cosine",
+        steps=2500, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",
         min_lr_ratio=0.1, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=1.0, z_loss=1e-4,
         log_every=50,
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=2))
     c.sample = ml_collections.ConfigDict(dict(
-        temperature_text=0.0, temperature_image=0.0, top_k_text=0, top_k_image=0,
+        temperature_text=0.0, temperature_image=1.0, top_k_text=0, top_k_image=0,
+        cfg_scale_image=2.0,  # classifier-free guidance for images (1 = off)
         max_text_len=48, batch_size=50, seed=0,
     ))
     c.eval = ml_collections.ConfigDict(dict(num_examples=200, grid_columns=10))
 
     if arg == "test":
         c.data.update(num_train=256, num_test=16, num_unseen=16)
-        c.image_tokenizer.update(channels=8, channel_mult=(1, 1, 1), steps=20, batch_size=16,
-                                 log_every=10)
+        c.image_tokenizer.update(arch="conv", channels=8, channel_mult=(1, 1, 1), steps=20,
+                                 batch_size=16, log_every=10)
         c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                        mlp_dim=64)
         c.train.update(steps=12, batch_size=8, warmup_steps=2, log_every=4)

@@ -4,6 +4,12 @@ import pathlib
 
 import pytest
 
+# A persistent XLA compilation cache shared by every test and every `mmar` subprocess the
+# tests start: the same train steps are compiled by several tests.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.environ.get("TMPDIR", "/tmp"), "mmar-test-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

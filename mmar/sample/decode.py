@@ -3,8 +3,13 @@
 Inside an image only image codes can be drawn and the image ends after exactly its number of
 codes; captions draw only text ids or `<eos>`. Prompts of different lengths are left-padded
 (pad slots have segment id 0, so no query ever attends to them; positions start at 0 at the
-first real token). Temperature 0 means greedy; top-k 0 means off. Classifier-free guidance
-and top-p come with the sampling issue.
+first real token). Temperature 0 means greedy; top-k 0 means off.
+
+Classifier-free guidance for images (`sample.cfg_scale_image`, 1 = off): every caption row
+gets a twin prompt without the caption, `<bos> <boi>`, which is exactly how image-first
+(image-to-text) training rows begin, so the unconditional model is trained for free. The
+next code is drawn from `uncond + scale * (cond - uncond)` and fed to both twins. Top-p comes
+with the sampling issue.
 """
 from __future__ import annotations
 
@@ -54,15 +59,19 @@ class Sampler:
             "image": (ids >= vocab.image_offset) & (ids < vocab.image_offset + vocab.num_image_codes),
             "text": (ids < vocab.text_size) | (ids == vocab.eos),
         }
-        self._jitted = jax.jit(self._generate, static_argnums=(4, 5, 6, 7))
+        self._jitted = jax.jit(self._generate, static_argnums=(4, 5, 6, 7, 8))
 
     def images(self, params, caption_ids, num_codes: int, key) -> np.ndarray:
         """Image codes [B, num_codes] for each caption (ids without specials)."""
-        prompts = [[self.vocab.bos, *c, self.vocab.boi] for c in caption_ids]
-        tokens, positions, segments = left_pad(prompts, self.vocab.pad)
+        v, scale = self.vocab, float(self.cfg.cfg_scale_image)
+        prompts = [[v.bos, *c, v.boi] for c in caption_ids]
+        if scale != 1.0:
+            prompts += [[v.bos, v.boi]] * len(caption_ids)
+        tokens, positions, segments = left_pad(prompts, v.pad)
         ids = self._jitted(params, tokens, positions, segments, num_codes, "image",
-                           float(self.cfg.temperature_image), int(self.cfg.top_k_image), key)
-        return self.vocab.codes_from_ids(np.asarray(ids))
+                           float(self.cfg.temperature_image), int(self.cfg.top_k_image), scale,
+                           key)
+        return v.codes_from_ids(np.asarray(ids))
 
     def captions(self, params, image_codes, key) -> list[list[int]]:
         """Text ids per image (up to `<eos>`, at most sample.max_text_len)."""
@@ -72,30 +81,41 @@ class Sampler:
         ids = np.asarray(self._jitted(params, tokens, positions, segments,
                                       int(self.cfg.max_text_len), "text",
                                       float(self.cfg.temperature_text),
-                                      int(self.cfg.top_k_text), key))
+                                      int(self.cfg.top_k_text), 1.0, key))
         out = []
         for row in ids.tolist():
             out.append(row[:row.index(v.eos)] if v.eos in row else row)
         return out
 
     def _generate(self, params, tokens, positions, segments, steps, kind, temperature,
-                  top_k, key):
+                  top_k, guidance, key):
+        """`steps` constrained tokens after each prompt row. With guidance != 1 the second
+        half of the rows are the unconditional twins of the first half."""
         model = self.model_state.merge(params)
         allowed = jnp.asarray(self._allowed[kind])
-        batch, plen = tokens.shape
-        cache = model.init_cache(batch, plen + steps)
+        rows, plen = tokens.shape
+
+        def pick(logits, step_key):
+            logits = logits[:, -1].astype(jnp.float32)
+            if guidance != 1.0:
+                cond, uncond = jnp.split(logits, 2)
+                logits = uncond + guidance * (cond - uncond)
+            tok = _pick(logits, allowed, step_key, temperature, top_k)
+            return jnp.tile(tok, 2) if guidance != 1.0 else tok
+
+        cache = model.init_cache(rows, plen + steps)
         logits, cache = model.decode(tokens, positions, segments, cache)
         first_key, key = jax.random.split(key)
-        first = _pick(logits[:, -1], allowed, first_key, temperature, top_k)
-        seg = jnp.ones((batch, 1), jnp.int32)
+        first = pick(logits, first_key)
+        seg = jnp.ones((rows, 1), jnp.int32)
 
         def body(carry, step_key):
             tok, pos, cache = carry
             step_model = self.model_state.merge(params)  # NNX modules do not cross traces
             logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache)
-            nxt = _pick(logits[:, -1], allowed, step_key, temperature, top_k)
-            return (nxt, pos + 1, cache), tok
+            return (pick(logits, step_key), pos + 1, cache), tok
 
         (last, _, _), fed = jax.lax.scan(body, (first, positions[:, -1] + 1, cache),
                                          jax.random.split(key, steps - 1))
-        return jnp.concatenate([fed.T, last[:, None]], axis=1)
+        out = jnp.concatenate([fed.T, last[:, None]], axis=1)
+        return out[:rows // 2] if guidance != 1.0 else out

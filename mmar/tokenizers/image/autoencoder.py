@@ -184,6 +184,45 @@ class Decoder(nnx.Module):
     return self.conv_out(nnx.silu(self.norm_out(x)))
 
 
+class PatchEncoder(nnx.Module):
+  """Non-overlapping `downsample` x `downsample` patches -> pointwise MLP -> latent.
+
+  Each code sees exactly one patch, so identical patches always get identical codes: when
+  image content is aligned to the patch grid (the demo's shapes sit in 8px cells) the
+  decoder model never has to learn several codes for the same content. `arch="conv"`
+  (overlapping receptive fields) is the general-purpose choice.
+  """
+
+  def __init__(self, downsample: int, channels: int, out_dim: int, *, rngs: nnx.Rngs):
+    self.patch = nnx.Conv(3, channels, (downsample, downsample), strides=downsample,
+                          padding="VALID", rngs=rngs)
+    self.hidden = nnx.Conv(channels, channels, (1, 1), rngs=rngs)
+    self.out = nnx.Conv(channels, out_dim, (1, 1), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(nnx.silu(self.hidden(nnx.silu(self.patch(x)))))
+
+
+class PatchDecoder(nnx.Module):
+  """Latent -> pointwise MLP -> one `downsample` x `downsample` RGB patch per code."""
+
+  def __init__(self, downsample: int, channels: int, in_dim: int, *, rngs: nnx.Rngs):
+    self.downsample = downsample
+    self.inp = nnx.Conv(in_dim, channels, (1, 1), rngs=rngs)
+    self.hidden = nnx.Conv(channels, channels, (1, 1), rngs=rngs)
+    self.out = nnx.Conv(channels, downsample * downsample * 3, (1, 1), rngs=rngs)
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    x = self.out(nnx.silu(self.hidden(nnx.silu(self.inp(z)))))
+    b, h, w, _ = x.shape
+    p = self.downsample
+    x = x.reshape(b, h, w, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, 3)
+
+
+ARCHS = ("conv", "patch")
+
+
 class Autoencoder(nnx.Module):
   """Conv encoder -> quantizer -> conv decoder. See the module docstring."""
 
@@ -192,10 +231,18 @@ class Autoencoder(nnx.Module):
     self.downsample = downsample
     self.quantizer = make_quantizer(cfg)
     dim = self.quantizer.dim
-    self.encoder = Encoder(channels, channel_mult, num_res_blocks, dim, norm=norm,
-                           rngs=rngs)
-    self.decoder = Decoder(channels, channel_mult, num_res_blocks, dim, norm=norm,
-                           rngs=rngs)
+    arch = getattr(cfg, "arch", "conv")
+    if arch not in ARCHS:
+      raise ValueError(f"image_tokenizer.arch: must be one of {ARCHS}, got {arch!r}")
+    if arch == "patch":
+      width = channels * channel_mult[-1]
+      self.encoder = PatchEncoder(downsample, width, dim, rngs=rngs)
+      self.decoder = PatchDecoder(downsample, width, dim, rngs=rngs)
+    else:
+      self.encoder = Encoder(channels, channel_mult, num_res_blocks, dim, norm=norm,
+                             rngs=rngs)
+      self.decoder = Decoder(channels, channel_mult, num_res_blocks, dim, norm=norm,
+                             rngs=rngs)
 
   @property
   def num_codes(self) -> int:
