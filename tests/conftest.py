@@ -9,6 +9,9 @@ import pytest
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.environ.get("TMPDIR", "/tmp"), "mmar-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# Reference tests compare float32 against numpy; on GPUs the default matmul precision is TF32
+# (seen on an H100: 12 reference tests off by more than 1e-4), so the tests ask for full f32.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

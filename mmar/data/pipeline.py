@@ -30,6 +30,27 @@ class CaptionCodeSource(grain.sources.RandomAccessDataSource):
         return {"caption": self.captions[i], "codes": self.codes[i]}
 
 
+class ImageArraySource(grain.sources.RandomAccessDataSource):
+    """Every image of a split decoded once into one uint8 array.
+
+    Decoding a PNG record costs about as much as a tokenizer train step on 64 images, so the
+    tokenizer reads each record once, not once per epoch (60 MB for 20k 32x32 images).
+    """
+
+    def __init__(self, source, log=print):
+        import time
+        t0 = time.perf_counter()
+        self.images = np.stack([np.asarray(source[i]["image"], np.uint8)
+                                for i in range(len(source))])
+        log(f"[data] {len(self)} images decoded in {time.perf_counter() - t0:.1f}s")
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i]}
+
+
 class PairToRow(grain.transforms.RandomMap):
     """A caption+codes record -> a text-to-image or image-to-text row (by `i2t_fraction`)."""
 

@@ -1,21 +1,16 @@
 """mmar.model.flops: exact parameter counts and the FLOPs-per-token convention."""
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from mmar.model import Decoder
 from mmar.model import flops
+from model_configs import tiny_cfg
 
 
 def cfg_of(**overrides):
-    cfg = dict(vocab_size=48, d_model=16, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
-               mlp_dim=24, rope_theta=10000.0, qk_norm=False, tie_embeddings=False,
-               norm_eps=1e-5, dtype="float32", param_dtype="float32", remat="none",
-               init_std=0.02)
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    return tiny_cfg(**{"n_layers": 3, "init_std": 0.02, **overrides})
 
 
 @pytest.mark.parametrize("qk_norm,tie", [(False, False), (True, True)])

@@ -1,20 +1,11 @@
 """mmar.model.layers against plain numpy written out here."""
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from mmar.model import layers
-
-
-def tiny_cfg(**overrides):
-    cfg = dict(vocab_size=48, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-               mlp_dim=24, rope_theta=10000.0, qk_norm=False, tie_embeddings=False,
-               norm_eps=1e-5, dtype="float32", param_dtype="float32", remat="none",
-               init_std=0.2)
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+from model_configs import tiny_cfg
 
 
 def np_rms_norm(x, scale, eps=1e-5):

@@ -12,100 +12,101 @@ from mmar.tokenizers.image.quantizers import FSQ, codebook_usage, make_quantizer
 
 
 def _np_fsq(z, levels, eps=1e-3):
-  """Plain numpy FSQ (the paper's listing, arctanh shift): (z_q, codes)."""
-  levels = np.asarray(levels, np.float64)
-  half_l = (levels - 1) * (1 - eps) / 2
-  offset = np.where(levels % 2 == 1, 0.0, 0.5)
-  ratio = offset / half_l
-  shift = np.zeros_like(ratio)
-  for i, r in enumerate(ratio):
-    if r < 1.0:  # level 2 (r > 1): no shift
-      shift[i] = np.arctanh(r)
-  bounded = np.tanh(z.astype(np.float64) + shift) * half_l - offset
-  half_width = np.floor(levels / 2)
-  z_q = np.round(bounded) / half_width
-  digits = np.round(z_q * half_width + half_width).astype(np.int64)
-  basis = np.concatenate([[1], np.cumprod(levels[:-1])]).astype(np.int64)
-  return z_q, (digits * basis).sum(-1)
+    """Plain numpy FSQ (the paper's listing, arctanh shift): (z_q, codes)."""
+    levels = np.asarray(levels, np.float64)
+    half_l = (levels - 1) * (1 - eps) / 2
+    offset = np.where(levels % 2 == 1, 0.0, 0.5)
+    ratio = offset / half_l
+    shift = np.zeros_like(ratio)
+    for i, r in enumerate(ratio):
+        if r < 1.0:  # level 2 (r > 1): no shift
+            shift[i] = np.arctanh(r)
+    bounded = np.tanh(z.astype(np.float64) + shift) * half_l - offset
+    half_width = np.floor(levels / 2)
+    z_q = np.round(bounded) / half_width
+    digits = np.round(z_q * half_width + half_width).astype(np.int64)
+    basis = np.concatenate([[1], np.cumprod(levels[:-1])]).astype(np.int64)
+    return z_q, (digits * basis).sum(-1)
 
 
 @pytest.mark.parametrize("levels", [(5, 5, 5, 5), (8, 5, 5, 5), (4, 3), (7, 6, 2)])
 def test_matches_numpy_reference(levels):
-  fsq = FSQ(levels)
-  assert fsq.dim == len(levels)
-  assert fsq.num_codes == int(np.prod(levels))
-  z = np.random.RandomState(0).normal(0, 2, (4, 33, len(levels))).astype(np.float32)
-  z_q, codes, aux = fsq(jnp.asarray(z))
-  ref_q, ref_codes = _np_fsq(z, levels)
-  assert z_q.shape == z.shape and codes.shape == z.shape[:-1]
-  assert codes.dtype == jnp.int32
-  np.testing.assert_allclose(np.asarray(z_q), ref_q, atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(codes), ref_codes)
-  assert float(aux["loss"]) == 0.0
-  assert np.all(np.abs(np.asarray(z_q)) <= 1.0)
+    fsq = FSQ(levels)
+    assert fsq.dim == len(levels)
+    assert fsq.num_codes == int(np.prod(levels))
+    z = np.random.RandomState(0).normal(0, 2, (4, 33, len(levels))).astype(np.float32)
+    z_q, codes, aux = fsq(jnp.asarray(z))
+    ref_q, ref_codes = _np_fsq(z, levels)
+    assert z_q.shape == z.shape and codes.shape == z.shape[:-1]
+    assert codes.dtype == jnp.int32
+    np.testing.assert_allclose(np.asarray(z_q), ref_q, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(codes), ref_codes)
+    assert float(aux["loss"]) == 0.0
+    assert np.all(np.abs(np.asarray(z_q)) <= 1.0)
 
 
 @pytest.mark.parametrize("levels", [(3, 4), (5, 5, 5, 5), (8, 5, 5, 5)])
 def test_round_trip_and_range(levels):
-  fsq = FSQ(levels)
-  z = jnp.asarray(np.random.RandomState(1).normal(0, 3, (256, len(levels))), jnp.float32)
-  z_q, codes, _ = fsq(z)
-  assert int(codes.min()) >= 0 and int(codes.max()) < fsq.num_codes
-  np.testing.assert_array_equal(np.asarray(fsq.codes_to_vectors(codes)), np.asarray(z_q))
-  np.testing.assert_array_equal(np.asarray(fsq.vectors_to_codes(z_q)), np.asarray(codes))
-  all_codes = jnp.arange(fsq.num_codes, dtype=jnp.int32)
-  np.testing.assert_array_equal(
-      np.asarray(fsq.vectors_to_codes(fsq.codes_to_vectors(all_codes))), np.asarray(all_codes))
+    fsq = FSQ(levels)
+    z = jnp.asarray(np.random.RandomState(1).normal(0, 3, (256, len(levels))), jnp.float32)
+    z_q, codes, _ = fsq(z)
+    assert int(codes.min()) >= 0 and int(codes.max()) < fsq.num_codes
+    np.testing.assert_array_equal(np.asarray(fsq.codes_to_vectors(codes)), np.asarray(z_q))
+    np.testing.assert_array_equal(np.asarray(fsq.vectors_to_codes(z_q)), np.asarray(codes))
+    all_codes = jnp.arange(fsq.num_codes, dtype=jnp.int32)
+    np.testing.assert_array_equal(
+        np.asarray(fsq.vectors_to_codes(fsq.codes_to_vectors(all_codes))), np.asarray(all_codes)
+    )
 
 
 def test_every_code_reachable_from_latents():
-  levels = (3, 4)
-  fsq = FSQ(levels)
-  # Inverse of the bound: pick a latent z whose bounded value is each integer on the grid.
-  half_l = (np.asarray(levels) - 1) * (1 - fsq.eps) / 2
-  offset = np.where(np.asarray(levels) % 2 == 1, 0.0, 0.5)
-  shift = np.arctanh(offset / half_l)
-  grids = [np.arange(l) - l // 2 for l in levels]  # integer values of the rounded bound
-  zs = []
-  for point in itertools.product(*grids):
-    target = np.asarray(point, np.float64)
-    zs.append(np.arctanh(np.clip((target + offset) / half_l, -0.9999, 0.9999)) - shift)
-  _, codes, _ = fsq(jnp.asarray(np.stack(zs), jnp.float32))
-  assert sorted(np.asarray(codes).tolist()) == list(range(fsq.num_codes))
-  # The implicit codebook spans exactly the normalised grid.
-  book = np.asarray(fsq.implicit_codebook())
-  assert book.shape == (12, 2)
-  np.testing.assert_allclose(sorted(set(book[:, 0])), [-1.0, 0.0, 1.0])
-  np.testing.assert_allclose(sorted(set(book[:, 1])), [-1.0, -0.5, 0.0, 0.5])
+    levels = (3, 4)
+    fsq = FSQ(levels)
+    # Inverse of the bound: pick a latent z whose bounded value is each integer on the grid.
+    half_l = (np.asarray(levels) - 1) * (1 - fsq.eps) / 2
+    offset = np.where(np.asarray(levels) % 2 == 1, 0.0, 0.5)
+    shift = np.arctanh(offset / half_l)
+    grids = [np.arange(l) - l // 2 for l in levels]  # integer values of the rounded bound
+    zs = []
+    for point in itertools.product(*grids):
+        target = np.asarray(point, np.float64)
+        zs.append(np.arctanh(np.clip((target + offset) / half_l, -0.9999, 0.9999)) - shift)
+    _, codes, _ = fsq(jnp.asarray(np.stack(zs), jnp.float32))
+    assert sorted(np.asarray(codes).tolist()) == list(range(fsq.num_codes))
+    # The implicit codebook spans exactly the normalised grid.
+    book = np.asarray(fsq.implicit_codebook())
+    assert book.shape == (12, 2)
+    np.testing.assert_allclose(sorted(set(book[:, 0])), [-1.0, 0.0, 1.0])
+    np.testing.assert_allclose(sorted(set(book[:, 1])), [-1.0, -0.5, 0.0, 0.5])
 
 
 def test_straight_through_gradient():
-  fsq = FSQ((5, 4, 3))
-  rng = np.random.RandomState(2)
-  z = jnp.asarray(rng.normal(0, 1, (16, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(0, 1, (16, 3)), jnp.float32)
-  g = jax.grad(lambda z: jnp.sum(fsq(z)[0] * w))(z)
-  half = jnp.asarray([2.0, 2.0, 1.0])
-  g_ref = jax.grad(lambda z: jnp.sum(fsq.bound(z) / half * w))(z)
-  np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6)
-  assert np.all(np.asarray(g) != 0)
+    fsq = FSQ((5, 4, 3))
+    rng = np.random.RandomState(2)
+    z = jnp.asarray(rng.normal(0, 1, (16, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(0, 1, (16, 3)), jnp.float32)
+    g = jax.grad(lambda z: jnp.sum(fsq(z)[0] * w))(z)
+    half = jnp.asarray([2.0, 2.0, 1.0])
+    g_ref = jax.grad(lambda z: jnp.sum(fsq.bound(z) / half * w))(z)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-6)
+    assert np.all(np.asarray(g) != 0)
 
 
 def test_codebook_usage():
-  u = codebook_usage(jnp.asarray([0, 1, 2, 3]), 8)
-  assert float(u["usage_fraction"]) == pytest.approx(0.5)
-  assert float(u["perplexity"]) == pytest.approx(4.0, rel=1e-5)
-  u = jax.jit(codebook_usage, static_argnums=1)(jnp.zeros((3, 5), jnp.int32), 10)
-  assert float(u["usage_fraction"]) == pytest.approx(0.1)
-  assert float(u["perplexity"]) == pytest.approx(1.0)
+    u = codebook_usage(jnp.asarray([0, 1, 2, 3]), 8)
+    assert float(u["usage_fraction"]) == pytest.approx(0.5)
+    assert float(u["perplexity"]) == pytest.approx(4.0, rel=1e-5)
+    u = jax.jit(codebook_usage, static_argnums=1)(jnp.zeros((3, 5), jnp.int32), 10)
+    assert float(u["usage_fraction"]) == pytest.approx(0.1)
+    assert float(u["perplexity"]) == pytest.approx(1.0)
 
 
 def test_make_quantizer():
-  cfg = ml_collections.ConfigDict(dict(quantizer="fsq", levels=(8, 5, 5, 5)))
-  q = make_quantizer(cfg)
-  assert isinstance(q, FSQ) and q.num_codes == 1000
-  cfg.quantizer = "vq"
-  with pytest.raises(ValueError, match=r"image_tokenizer\.quantizer.*fsq"):
-    make_quantizer(cfg)
-  with pytest.raises(ValueError, match=r"image_tokenizer\.levels"):
-    FSQ((5, 1))
+    cfg = ml_collections.ConfigDict(dict(quantizer="fsq", levels=(8, 5, 5, 5)))
+    q = make_quantizer(cfg)
+    assert isinstance(q, FSQ) and q.num_codes == 1000
+    cfg.quantizer = "vq"
+    with pytest.raises(ValueError, match=r"image_tokenizer\.quantizer.*fsq"):
+        make_quantizer(cfg)
+    with pytest.raises(ValueError, match=r"image_tokenizer\.levels"):
+        FSQ((5, 1))

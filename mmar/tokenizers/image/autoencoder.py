@@ -36,251 +36,270 @@ DOWNSAMPLES = (4, 8, 16)
 
 
 def to_model_range(images) -> jax.Array:
-  """uint8 images ``[..., 3]`` in [0, 255] -> float32 in [-1, 1]."""
-  return jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
+    """uint8 images ``[..., 3]`` in [0, 255] -> float32 in [-1, 1]."""
+    return jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
 
 
 def to_uint8(images) -> jax.Array:
-  """float images in [-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
-  x = (jnp.asarray(images, jnp.float32) + 1.0) * 127.5
-  return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
+    """float images in [-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
+    x = (jnp.asarray(images, jnp.float32) + 1.0) * 127.5
+    return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
 
 
 NORMS = ("group", "none")
 
 
 def _groups(ch: int) -> int:
-  g = min(8, ch)
-  while ch % g:
-    g -= 1
-  return g
+    g = min(8, ch)
+    while ch % g:
+        g -= 1
+    return g
 
 
 def _identity(x: jax.Array) -> jax.Array:
-  return x
+    return x
 
 
 def _norm(kind: str, ch: int, rngs: nnx.Rngs):
-  if kind == "none":
-    return _identity
-  return nnx.GroupNorm(ch, num_groups=_groups(ch), rngs=rngs)
+    if kind == "none":
+        return _identity
+    return nnx.GroupNorm(ch, num_groups=_groups(ch), rngs=rngs)
 
 
 class ResBlock(nnx.Module):
+    def __init__(self, in_ch: int, out_ch: int, *, norm: str = "group", rngs: nnx.Rngs):
+        self.norm1 = _norm(norm, in_ch, rngs)
+        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", rngs=rngs)
+        self.norm2 = _norm(norm, out_ch, rngs)
+        self.conv2 = nnx.Conv(
+            out_ch, out_ch, (3, 3), padding="SAME", kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
+        self.skip = nnx.Conv(in_ch, out_ch, (1, 1), rngs=rngs) if in_ch != out_ch else None
 
-  def __init__(self, in_ch: int, out_ch: int, *, norm: str = "group", rngs: nnx.Rngs):
-    self.norm1 = _norm(norm, in_ch, rngs)
-    self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", rngs=rngs)
-    self.norm2 = _norm(norm, out_ch, rngs)
-    self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), padding="SAME",
-                          kernel_init=nnx.initializers.zeros, rngs=rngs)
-    self.skip = (nnx.Conv(in_ch, out_ch, (1, 1), rngs=rngs) if in_ch != out_ch else None)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.conv1(nnx.silu(self.norm1(x)))
-    h = self.conv2(nnx.silu(self.norm2(h)))
-    if self.skip is not None:
-      x = self.skip(x)
-    return x + h
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.conv1(nnx.silu(self.norm1(x)))
+        h = self.conv2(nnx.silu(self.norm2(h)))
+        if self.skip is not None:
+            x = self.skip(x)
+        return x + h
 
 
 class Downsample(nnx.Module):
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(ch, ch, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
 
-  def __init__(self, ch: int, *, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(ch, ch, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.conv(x)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(x)
 
 
 class Upsample(nnx.Module):
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(ch, ch, (3, 3), padding="SAME", rngs=rngs)
 
-  def __init__(self, ch: int, *, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(ch, ch, (3, 3), padding="SAME", rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return self.conv(x)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return self.conv(x)
 
 
 def _validate(cfg: Any) -> tuple[int, int, tuple[int, ...], int, str]:
-  downsample = int(cfg.downsample)
-  if downsample not in DOWNSAMPLES:
-    raise ValueError(
-        f"image_tokenizer.downsample: must be one of {DOWNSAMPLES}, got {cfg.downsample!r}")
-  stages = int(math.log2(downsample))
-  channel_mult = tuple(int(m) for m in cfg.channel_mult)
-  if len(channel_mult) != stages or any(m < 1 for m in channel_mult):
-    raise ValueError(
-        f"image_tokenizer.channel_mult: needs log2(downsample) = {stages} positive entries "
-        f"(one per stride-2 stage), got {tuple(cfg.channel_mult)}")
-  channels = int(cfg.channels)
-  if channels < 1:
-    raise ValueError(f"image_tokenizer.channels: must be >= 1, got {cfg.channels!r}")
-  num_res_blocks = int(cfg.num_res_blocks)
-  if num_res_blocks < 0:
-    raise ValueError(
-        f"image_tokenizer.num_res_blocks: must be >= 0, got {cfg.num_res_blocks!r}")
-  norm = getattr(cfg, "norm", "group")
-  if norm not in NORMS:
-    raise ValueError(f"image_tokenizer.norm: must be one of {NORMS}, got {norm!r}")
-  return downsample, channels, channel_mult, num_res_blocks, norm
+    downsample = int(cfg.downsample)
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(
+            f"image_tokenizer.downsample: must be one of {DOWNSAMPLES}, got {cfg.downsample!r}"
+        )
+    stages = int(math.log2(downsample))
+    channel_mult = tuple(int(m) for m in cfg.channel_mult)
+    if len(channel_mult) != stages or any(m < 1 for m in channel_mult):
+        raise ValueError(
+            f"image_tokenizer.channel_mult: needs log2(downsample) = {stages} positive entries "
+            f"(one per stride-2 stage), got {tuple(cfg.channel_mult)}"
+        )
+    channels = int(cfg.channels)
+    if channels < 1:
+        raise ValueError(f"image_tokenizer.channels: must be >= 1, got {cfg.channels!r}")
+    num_res_blocks = int(cfg.num_res_blocks)
+    if num_res_blocks < 0:
+        raise ValueError(
+            f"image_tokenizer.num_res_blocks: must be >= 0, got {cfg.num_res_blocks!r}"
+        )
+    norm = getattr(cfg, "norm", "group")
+    if norm not in NORMS:
+        raise ValueError(f"image_tokenizer.norm: must be one of {NORMS}, got {norm!r}")
+    return downsample, channels, channel_mult, num_res_blocks, norm
 
 
 class Encoder(nnx.Module):
+    def __init__(
+        self,
+        channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int,
+        out_dim: int,
+        *,
+        norm: str = "group",
+        rngs: nnx.Rngs,
+    ):
+        self.conv_in = nnx.Conv(3, channels, (3, 3), padding="SAME", rngs=rngs)
+        blocks = []
+        ch = channels
+        for mult in channel_mult:
+            out = channels * mult
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(ch, out, norm=norm, rngs=rngs))
+                ch = out
+            if ch != out:  # num_res_blocks == 0: widen in the 1x1 of a plain conv
+                blocks.append(nnx.Conv(ch, out, (1, 1), rngs=rngs))
+                ch = out
+            blocks.append(Downsample(ch, rngs=rngs))
+        self.blocks = nnx.List(blocks)
+        self.mid = ResBlock(ch, ch, norm=norm, rngs=rngs)
+        self.norm_out = _norm(norm, ch, rngs)
+        self.conv_out = nnx.Conv(ch, out_dim, (1, 1), rngs=rngs)
 
-  def __init__(self, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
-               out_dim: int, *, norm: str = "group", rngs: nnx.Rngs):
-    self.conv_in = nnx.Conv(3, channels, (3, 3), padding="SAME", rngs=rngs)
-    blocks = []
-    ch = channels
-    for mult in channel_mult:
-      out = channels * mult
-      for _ in range(num_res_blocks):
-        blocks.append(ResBlock(ch, out, norm=norm, rngs=rngs))
-        ch = out
-      if ch != out:  # num_res_blocks == 0: widen in the 1x1 of a plain conv
-        blocks.append(nnx.Conv(ch, out, (1, 1), rngs=rngs))
-        ch = out
-      blocks.append(Downsample(ch, rngs=rngs))
-    self.blocks = nnx.List(blocks)
-    self.mid = ResBlock(ch, ch, norm=norm, rngs=rngs)
-    self.norm_out = _norm(norm, ch, rngs)
-    self.conv_out = nnx.Conv(ch, out_dim, (1, 1), rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.conv_in(x)
-    for block in self.blocks:
-      x = block(x)
-    x = self.mid(x)
-    return self.conv_out(nnx.silu(self.norm_out(x)))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.conv_in(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.mid(x)
+        return self.conv_out(nnx.silu(self.norm_out(x)))
 
 
 class Decoder(nnx.Module):
+    def __init__(
+        self,
+        channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int,
+        in_dim: int,
+        *,
+        norm: str = "group",
+        rngs: nnx.Rngs,
+    ):
+        ch = channels * channel_mult[-1]
+        self.conv_in = nnx.Conv(in_dim, ch, (3, 3), padding="SAME", rngs=rngs)
+        self.mid = ResBlock(ch, ch, norm=norm, rngs=rngs)
+        blocks = []
+        for mult in reversed(channel_mult):
+            out = channels * mult
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(ch, out, norm=norm, rngs=rngs))
+                ch = out
+            if ch != out:
+                blocks.append(nnx.Conv(ch, out, (1, 1), rngs=rngs))
+                ch = out
+            blocks.append(Upsample(ch, rngs=rngs))
+        self.blocks = nnx.List(blocks)
+        self.norm_out = _norm(norm, ch, rngs)
+        self.conv_out = nnx.Conv(ch, 3, (3, 3), padding="SAME", rngs=rngs)
 
-  def __init__(self, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
-               in_dim: int, *, norm: str = "group", rngs: nnx.Rngs):
-    ch = channels * channel_mult[-1]
-    self.conv_in = nnx.Conv(in_dim, ch, (3, 3), padding="SAME", rngs=rngs)
-    self.mid = ResBlock(ch, ch, norm=norm, rngs=rngs)
-    blocks = []
-    for mult in reversed(channel_mult):
-      out = channels * mult
-      for _ in range(num_res_blocks):
-        blocks.append(ResBlock(ch, out, norm=norm, rngs=rngs))
-        ch = out
-      if ch != out:
-        blocks.append(nnx.Conv(ch, out, (1, 1), rngs=rngs))
-        ch = out
-      blocks.append(Upsample(ch, rngs=rngs))
-    self.blocks = nnx.List(blocks)
-    self.norm_out = _norm(norm, ch, rngs)
-    self.conv_out = nnx.Conv(ch, 3, (3, 3), padding="SAME", rngs=rngs)
-
-  def __call__(self, z: jax.Array) -> jax.Array:
-    x = self.mid(self.conv_in(z))
-    for block in self.blocks:
-      x = block(x)
-    return self.conv_out(nnx.silu(self.norm_out(x)))
+    def __call__(self, z: jax.Array) -> jax.Array:
+        x = self.mid(self.conv_in(z))
+        for block in self.blocks:
+            x = block(x)
+        return self.conv_out(nnx.silu(self.norm_out(x)))
 
 
 class PatchEncoder(nnx.Module):
-  """Non-overlapping `downsample` x `downsample` patches -> pointwise MLP -> latent.
+    """Non-overlapping `downsample` x `downsample` patches -> pointwise MLP -> latent.
 
-  Each code sees exactly one patch, so identical patches always get identical codes: when
-  image content is aligned to the patch grid (the demo's shapes sit in 8px cells) the
-  decoder model never has to learn several codes for the same content. `arch="conv"`
-  (overlapping receptive fields) is the general-purpose choice.
-  """
+    Each code sees exactly one patch, so identical patches always get identical codes: when
+    image content is aligned to the patch grid (the demo's shapes sit in 8px cells) the
+    decoder model never has to learn several codes for the same content. `arch="conv"`
+    (overlapping receptive fields) is the general-purpose choice.
+    """
 
-  def __init__(self, downsample: int, channels: int, out_dim: int, *, rngs: nnx.Rngs):
-    self.patch = nnx.Conv(3, channels, (downsample, downsample), strides=downsample,
-                          padding="VALID", rngs=rngs)
-    self.hidden = nnx.Conv(channels, channels, (1, 1), rngs=rngs)
-    self.out = nnx.Conv(channels, out_dim, (1, 1), rngs=rngs)
+    def __init__(self, downsample: int, channels: int, out_dim: int, *, rngs: nnx.Rngs):
+        self.patch = nnx.Conv(
+            3, channels, (downsample, downsample), strides=downsample, padding="VALID", rngs=rngs
+        )
+        self.hidden = nnx.Conv(channels, channels, (1, 1), rngs=rngs)
+        self.out = nnx.Conv(channels, out_dim, (1, 1), rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.out(nnx.silu(self.hidden(nnx.silu(self.patch(x)))))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.out(nnx.silu(self.hidden(nnx.silu(self.patch(x)))))
 
 
 class PatchDecoder(nnx.Module):
-  """Latent -> pointwise MLP -> one `downsample` x `downsample` RGB patch per code."""
+    """Latent -> pointwise MLP -> one `downsample` x `downsample` RGB patch per code."""
 
-  def __init__(self, downsample: int, channels: int, in_dim: int, *, rngs: nnx.Rngs):
-    self.downsample = downsample
-    self.inp = nnx.Conv(in_dim, channels, (1, 1), rngs=rngs)
-    self.hidden = nnx.Conv(channels, channels, (1, 1), rngs=rngs)
-    self.out = nnx.Conv(channels, downsample * downsample * 3, (1, 1), rngs=rngs)
+    def __init__(self, downsample: int, channels: int, in_dim: int, *, rngs: nnx.Rngs):
+        self.downsample = downsample
+        self.inp = nnx.Conv(in_dim, channels, (1, 1), rngs=rngs)
+        self.hidden = nnx.Conv(channels, channels, (1, 1), rngs=rngs)
+        self.out = nnx.Conv(channels, downsample * downsample * 3, (1, 1), rngs=rngs)
 
-  def __call__(self, z: jax.Array) -> jax.Array:
-    x = self.out(nnx.silu(self.hidden(nnx.silu(self.inp(z)))))
-    b, h, w, _ = x.shape
-    p = self.downsample
-    x = x.reshape(b, h, w, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * p, w * p, 3)
+    def __call__(self, z: jax.Array) -> jax.Array:
+        x = self.out(nnx.silu(self.hidden(nnx.silu(self.inp(z)))))
+        b, h, w, _ = x.shape
+        p = self.downsample
+        x = x.reshape(b, h, w, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, h * p, w * p, 3)
 
 
 ARCHS = ("conv", "patch")
 
 
 class Autoencoder(nnx.Module):
-  """Conv encoder -> quantizer -> conv decoder. See the module docstring."""
+    """Conv encoder -> quantizer -> conv decoder. See the module docstring."""
 
-  def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-    downsample, channels, channel_mult, num_res_blocks, norm = _validate(cfg)
-    self.downsample = downsample
-    self.quantizer = make_quantizer(cfg)
-    dim = self.quantizer.dim
-    arch = getattr(cfg, "arch", "conv")
-    if arch not in ARCHS:
-      raise ValueError(f"image_tokenizer.arch: must be one of {ARCHS}, got {arch!r}")
-    if arch == "patch":
-      width = channels * channel_mult[-1]
-      self.encoder = PatchEncoder(downsample, width, dim, rngs=rngs)
-      self.decoder = PatchDecoder(downsample, width, dim, rngs=rngs)
-    else:
-      self.encoder = Encoder(channels, channel_mult, num_res_blocks, dim, norm=norm,
-                             rngs=rngs)
-      self.decoder = Decoder(channels, channel_mult, num_res_blocks, dim, norm=norm,
-                             rngs=rngs)
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        downsample, channels, channel_mult, num_res_blocks, norm = _validate(cfg)
+        self.downsample = downsample
+        self.quantizer = make_quantizer(cfg)
+        dim = self.quantizer.dim
+        arch = getattr(cfg, "arch", "conv")
+        if arch not in ARCHS:
+            raise ValueError(f"image_tokenizer.arch: must be one of {ARCHS}, got {arch!r}")
+        if arch == "patch":
+            width = channels * channel_mult[-1]
+            self.encoder = PatchEncoder(downsample, width, dim, rngs=rngs)
+            self.decoder = PatchDecoder(downsample, width, dim, rngs=rngs)
+        else:
+            self.encoder = Encoder(
+                channels, channel_mult, num_res_blocks, dim, norm=norm, rngs=rngs
+            )
+            self.decoder = Decoder(
+                channels, channel_mult, num_res_blocks, dim, norm=norm, rngs=rngs
+            )
 
-  @property
-  def num_codes(self) -> int:
-    return self.quantizer.num_codes
+    @property
+    def num_codes(self) -> int:
+        return self.quantizer.num_codes
 
-  def codes_shape(self, image_size) -> tuple[int, int]:
-    """``(h, w)`` of the code grid for an ``image_size`` (int or ``(H, W)``)."""
-    h, w = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
-    if h % self.downsample or w % self.downsample:
-      raise ValueError(
-          f"image size {(h, w)} is not divisible by image_tokenizer.downsample = "
-          f"{self.downsample}")
-    return h // self.downsample, w // self.downsample
+    def codes_shape(self, image_size) -> tuple[int, int]:
+        """``(h, w)`` of the code grid for an ``image_size`` (int or ``(H, W)``)."""
+        h, w = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
+        if h % self.downsample or w % self.downsample:
+            raise ValueError(
+                f"image size {(h, w)} is not divisible by image_tokenizer.downsample = "
+                f"{self.downsample}"
+            )
+        return h // self.downsample, w // self.downsample
 
-  def codes_per_image(self, image_size) -> int:
-    h, w = self.codes_shape(image_size)
-    return h * w
+    def codes_per_image(self, image_size) -> int:
+        h, w = self.codes_shape(image_size)
+        return h * w
 
-  def _check_images(self, images: jax.Array) -> None:
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"expected images [B, H, W, 3], got shape {images.shape}")
-    self.codes_shape(images.shape[1:3])
+    def _check_images(self, images: jax.Array) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected images [B, H, W, 3], got shape {images.shape}")
+        self.codes_shape(images.shape[1:3])
 
-  def encode_latents(self, images: jax.Array) -> jax.Array:
-    """Continuous encoder output ``[B, h, w, dim]`` (before quantization)."""
-    self._check_images(images)
-    return self.encoder(images.astype(jnp.float32))
+    def encode_latents(self, images: jax.Array) -> jax.Array:
+        """Continuous encoder output ``[B, h, w, dim]`` (before quantization)."""
+        self._check_images(images)
+        return self.encoder(images.astype(jnp.float32))
 
-  def encode(self, images: jax.Array) -> jax.Array:
-    """images float [-1, 1] ``[B, H, W, 3]`` -> codes int32 ``[B, h, w]``."""
-    _, codes, _ = self.quantizer(self.encode_latents(images))
-    return codes
+    def encode(self, images: jax.Array) -> jax.Array:
+        """images float [-1, 1] ``[B, H, W, 3]`` -> codes int32 ``[B, h, w]``."""
+        _, codes, _ = self.quantizer(self.encode_latents(images))
+        return codes
 
-  def decode_codes(self, codes: jax.Array) -> jax.Array:
-    """codes int ``[B, h, w]`` -> images float (roughly [-1, 1]) ``[B, H, W, 3]``."""
-    return self.decoder(self.quantizer.codes_to_vectors(codes))
+    def decode_codes(self, codes: jax.Array) -> jax.Array:
+        """codes int ``[B, h, w]`` -> images float (roughly [-1, 1]) ``[B, H, W, 3]``."""
+        return self.decoder(self.quantizer.codes_to_vectors(codes))
 
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
-    """Training path: ``(recon, codes, aux)``; gradients pass the quantizer (straight-through)."""
-    z_q, codes, aux = self.quantizer(self.encode_latents(images))
-    return self.decoder(z_q), codes, aux
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+        """Training path: ``(recon, codes, aux)``; gradients pass the quantizer (straight-through)."""
+        z_q, codes, aux = self.quantizer(self.encode_latents(images))
+        return self.decoder(z_q), codes, aux

@@ -23,46 +23,46 @@ LOSSES = ("l1", "l2", "l1+l2")
 
 
 def psnr_from_mse(mse: jax.Array) -> jax.Array:
-  """PSNR in dB for images in [-1, 1] (peak-to-peak 2), i.e. the same as on [0, 1] pixels."""
-  return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+    """PSNR in dB for images in [-1, 1] (peak-to-peak 2), i.e. the same as on [0, 1] pixels."""
+    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
 
 
 def reconstruction_loss(model, images: jax.Array, cfg: Any) -> tuple[jax.Array, dict]:
-  """Pixel reconstruction loss plus the quantizer's aux loss.
+    """Pixel reconstruction loss plus the quantizer's aux loss.
 
-  Args:
-    model: an ``Autoencoder`` (``model(images) -> (recon, codes, aux)``).
-    images: float ``[B, H, W, 3]`` in [-1, 1].
-    cfg: the ``image_tokenizer`` config section.
+    Args:
+      model: an ``Autoencoder`` (``model(images) -> (recon, codes, aux)``).
+      images: float ``[B, H, W, 3]`` in [-1, 1].
+      cfg: the ``image_tokenizer`` config section.
 
-  Returns:
-    ``(loss, metrics)``; metrics: ``loss, recon_loss, l1, mse, psnr, aux_loss,
-    usage_fraction, perplexity`` (all scalars; codebook stats are of this batch).
-  """
-  kind = getattr(cfg, "loss", None)
-  if kind not in LOSSES:
-    raise ValueError(f"image_tokenizer.loss: unknown loss {kind!r}; allowed values: {LOSSES}")
-  aux_weight = float(getattr(cfg, "aux_loss_weight", 1.0))
+    Returns:
+      ``(loss, metrics)``; metrics: ``loss, recon_loss, l1, mse, psnr, aux_loss,
+      usage_fraction, perplexity`` (all scalars; codebook stats are of this batch).
+    """
+    kind = getattr(cfg, "loss", None)
+    if kind not in LOSSES:
+        raise ValueError(f"image_tokenizer.loss: unknown loss {kind!r}; allowed values: {LOSSES}")
+    aux_weight = float(getattr(cfg, "aux_loss_weight", 1.0))
 
-  images = images.astype(jnp.float32)
-  recon, codes, aux = model(images)
-  diff = recon.astype(jnp.float32) - images
-  l1 = jnp.mean(jnp.abs(diff))
-  mse = jnp.mean(jnp.square(diff))
-  recon_loss = {"l1": l1, "l2": mse, "l1+l2": l1 + mse}[kind]
-  aux_loss = jnp.asarray(aux.get("loss", 0.0), jnp.float32)
-  loss = recon_loss + aux_weight * aux_loss
+    images = images.astype(jnp.float32)
+    recon, codes, aux = model(images)
+    diff = recon.astype(jnp.float32) - images
+    l1 = jnp.mean(jnp.abs(diff))
+    mse = jnp.mean(jnp.square(diff))
+    recon_loss = {"l1": l1, "l2": mse, "l1+l2": l1 + mse}[kind]
+    aux_loss = jnp.asarray(aux.get("loss", 0.0), jnp.float32)
+    loss = recon_loss + aux_weight * aux_loss
 
-  metrics = {
-      "loss": loss,
-      "recon_loss": recon_loss,
-      "l1": l1,
-      "mse": mse,
-      "psnr": psnr_from_mse(jax.lax.stop_gradient(mse)),
-      "aux_loss": aux_loss,
-  }
-  metrics.update(codebook_usage(codes, model.num_codes))
-  for k, v in aux.items():
-    if k != "loss":
-      metrics[f"aux/{k}"] = v
-  return loss, metrics
+    metrics = {
+        "loss": loss,
+        "recon_loss": recon_loss,
+        "l1": l1,
+        "mse": mse,
+        "psnr": psnr_from_mse(jax.lax.stop_gradient(mse)),
+        "aux_loss": aux_loss,
+    }
+    metrics.update(codebook_usage(codes, model.num_codes))
+    for k, v in aux.items():
+        if k != "loss":
+            metrics[f"aux/{k}"] = v
+    return loss, metrics

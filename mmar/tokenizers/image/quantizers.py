@@ -32,125 +32,127 @@ QUANTIZERS = ("fsq",)
 
 
 def round_ste(x: jax.Array) -> jax.Array:
-  """Round to the nearest integer with a straight-through (identity) gradient."""
-  return x + jax.lax.stop_gradient(jnp.round(x) - x)
+    """Round to the nearest integer with a straight-through (identity) gradient."""
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
 class FSQ(nnx.Module):
-  """Finite Scalar Quantization (Mentzer et al. 2023, "FSQ: VQ-VAE Made Simple").
+    """Finite Scalar Quantization (Mentzer et al. 2023, "FSQ: VQ-VAE Made Simple").
 
-  Each latent dim ``i`` is bounded with ``tanh`` to an interval that holds exactly
-  ``levels[i]`` integers, rounded (straight-through) and divided by ``levels[i] // 2``, so an
-  odd level count gives the symmetric grid ``{-1, ..., 0, ..., 1}`` and an even one gives
-  ``{-1, ..., 0, ..., 1 - 2/L}`` (the half-offset trick of the paper's reference code: the
-  bounded value is shifted by 0.5 so that an even number of integers fits, with the shift
-  inside the tanh chosen so that ``bound(0) == 0``; a level of 2 gets no shift: its values are
-  -1 and 0, and z = 0 lies on the boundary between them).
+    Each latent dim ``i`` is bounded with ``tanh`` to an interval that holds exactly
+    ``levels[i]`` integers, rounded (straight-through) and divided by ``levels[i] // 2``, so an
+    odd level count gives the symmetric grid ``{-1, ..., 0, ..., 1}`` and an even one gives
+    ``{-1, ..., 0, ..., 1 - 2/L}`` (the half-offset trick of the paper's reference code: the
+    bounded value is shifted by 0.5 so that an even number of integers fits, with the shift
+    inside the tanh chosen so that ``bound(0) == 0``; a level of 2 gets no shift: its values are
+    -1 and 0, and z = 0 lies on the boundary between them).
 
-  The implicit codebook is the product grid; a code index is the mixed-radix number whose
-  digit ``i`` (least significant first) is the level index of dim ``i``. No parameters, no aux
-  loss. ``eps`` keeps the tanh range strictly inside the outermost rounding cells.
+    The implicit codebook is the product grid; a code index is the mixed-radix number whose
+    digit ``i`` (least significant first) is the level index of dim ``i``. No parameters, no aux
+    loss. ``eps`` keeps the tanh range strictly inside the outermost rounding cells.
 
-  Deviation from the paper's listing: the listing uses ``tan(offset / half_l)`` for the inner
-  shift; ``arctanh`` is the value that makes ``bound(0) == 0`` exactly (the later reference
-  implementations use it). The grid and the code indices are identical either way.
-  """
+    Deviation from the paper's listing: the listing uses ``tan(offset / half_l)`` for the inner
+    shift; ``arctanh`` is the value that makes ``bound(0) == 0`` exactly (the later reference
+    implementations use it). The grid and the code indices are identical either way.
+    """
 
-  def __init__(self, levels: Sequence[int], eps: float = 1e-3):
-    levels = tuple(int(l) for l in levels)
-    if not levels or any(l < 2 for l in levels):
-      raise ValueError(
-          f"image_tokenizer.levels: every FSQ level must be an integer >= 2, got {levels}")
-    if math.prod(levels) > np.iinfo(np.int32).max:
-      raise ValueError(
-          f"image_tokenizer.levels: prod(levels) = {math.prod(levels)} does not fit int32")
-    self.levels = levels
-    self.eps = float(eps)
+    def __init__(self, levels: Sequence[int], eps: float = 1e-3):
+        levels = tuple(int(l) for l in levels)
+        if not levels or any(l < 2 for l in levels):
+            raise ValueError(
+                f"image_tokenizer.levels: every FSQ level must be an integer >= 2, got {levels}"
+            )
+        if math.prod(levels) > np.iinfo(np.int32).max:
+            raise ValueError(
+                f"image_tokenizer.levels: prod(levels) = {math.prod(levels)} does not fit int32"
+            )
+        self.levels = levels
+        self.eps = float(eps)
 
-  # ---- static properties -------------------------------------------------------------------
+    # ---- static properties -------------------------------------------------------------------
 
-  @property
-  def dim(self) -> int:
-    return len(self.levels)
+    @property
+    def dim(self) -> int:
+        return len(self.levels)
 
-  @property
-  def num_codes(self) -> int:
-    return math.prod(self.levels)
+    @property
+    def num_codes(self) -> int:
+        return math.prod(self.levels)
 
-  def _levels(self) -> np.ndarray:
-    return np.asarray(self.levels, np.float32)
+    def _levels(self) -> np.ndarray:
+        return np.asarray(self.levels, np.float32)
 
-  def _half_width(self) -> np.ndarray:
-    return np.asarray([l // 2 for l in self.levels], np.float32)
+    def _half_width(self) -> np.ndarray:
+        return np.asarray([l // 2 for l in self.levels], np.float32)
 
-  def _basis(self) -> np.ndarray:
-    return np.concatenate([[1], np.cumprod(self.levels[:-1])]).astype(np.int32)
+    def _basis(self) -> np.ndarray:
+        return np.concatenate([[1], np.cumprod(self.levels[:-1])]).astype(np.int32)
 
-  # ---- quantization ------------------------------------------------------------------------
+    # ---- quantization ------------------------------------------------------------------------
 
-  def bound(self, z: jax.Array) -> jax.Array:
-    """Map ``z`` to a range holding ``levels[i]`` integers (before rounding)."""
-    levels = self._levels()
-    half_l = (levels - 1.0) * (1.0 - self.eps) / 2.0
-    offset = np.where(np.asarray(self.levels) % 2 == 1, 0.0, 0.5).astype(np.float32)
-    ratio = offset / half_l
-    # Level 2 has no integer inside its open range; z = 0 then sits on the decision boundary.
-    # (the minimum only keeps arctanh finite on the discarded branch; even levels >= 4 have
-    # ratio <= 1/3.)
-    shift = np.where(ratio < 1.0, np.arctanh(np.minimum(ratio, 0.5)), 0.0).astype(np.float32)
-    return jnp.tanh(z + shift) * half_l - offset
+    def bound(self, z: jax.Array) -> jax.Array:
+        """Map ``z`` to a range holding ``levels[i]`` integers (before rounding)."""
+        levels = self._levels()
+        half_l = (levels - 1.0) * (1.0 - self.eps) / 2.0
+        offset = np.where(np.asarray(self.levels) % 2 == 1, 0.0, 0.5).astype(np.float32)
+        ratio = offset / half_l
+        # Level 2 has no integer inside its open range; z = 0 then sits on the decision boundary.
+        # (the minimum only keeps arctanh finite on the discarded branch; even levels >= 4 have
+        # ratio <= 1/3.)
+        shift = np.where(ratio < 1.0, np.arctanh(np.minimum(ratio, 0.5)), 0.0).astype(np.float32)
+        return jnp.tanh(z + shift) * half_l - offset
 
-  def quantize(self, z: jax.Array) -> jax.Array:
-    """Bounded, rounded (straight-through) and normalised to [-1, 1]."""
-    return round_ste(self.bound(z)) / self._half_width()
+    def quantize(self, z: jax.Array) -> jax.Array:
+        """Bounded, rounded (straight-through) and normalised to [-1, 1]."""
+        return round_ste(self.bound(z)) / self._half_width()
 
-  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
-    if z.shape[-1] != self.dim:
-      raise ValueError(f"FSQ expects a last axis of size {self.dim}, got shape {z.shape}")
-    z_q = self.quantize(z.astype(jnp.float32))
-    codes = self.vectors_to_codes(z_q)
-    return z_q, codes, {"loss": jnp.zeros((), jnp.float32)}
+    def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"FSQ expects a last axis of size {self.dim}, got shape {z.shape}")
+        z_q = self.quantize(z.astype(jnp.float32))
+        codes = self.vectors_to_codes(z_q)
+        return z_q, codes, {"loss": jnp.zeros((), jnp.float32)}
 
-  # ---- code <-> vector ---------------------------------------------------------------------
+    # ---- code <-> vector ---------------------------------------------------------------------
 
-  def vectors_to_codes(self, z_q: jax.Array) -> jax.Array:
-    """Quantized vectors in [-1, 1] -> int32 code indices in ``[0, num_codes)``."""
-    half = self._half_width()
-    digits = jnp.round(jax.lax.stop_gradient(z_q) * half + half).astype(jnp.int32)
-    return jnp.sum(digits * self._basis(), axis=-1).astype(jnp.int32)
+    def vectors_to_codes(self, z_q: jax.Array) -> jax.Array:
+        """Quantized vectors in [-1, 1] -> int32 code indices in ``[0, num_codes)``."""
+        half = self._half_width()
+        digits = jnp.round(jax.lax.stop_gradient(z_q) * half + half).astype(jnp.int32)
+        return jnp.sum(digits * self._basis(), axis=-1).astype(jnp.int32)
 
-  def codes_to_vectors(self, codes: jax.Array) -> jax.Array:
-    """int code indices ``[...]`` -> quantized vectors ``[..., dim]`` (exact inverse)."""
-    codes = jnp.asarray(codes).astype(jnp.int32)[..., None]
-    digits = (codes // self._basis()) % np.asarray(self.levels, np.int32)
-    half = self._half_width()
-    return (digits.astype(jnp.float32) - half) / half
+    def codes_to_vectors(self, codes: jax.Array) -> jax.Array:
+        """int code indices ``[...]`` -> quantized vectors ``[..., dim]`` (exact inverse)."""
+        codes = jnp.asarray(codes).astype(jnp.int32)[..., None]
+        digits = (codes // self._basis()) % np.asarray(self.levels, np.int32)
+        half = self._half_width()
+        return (digits.astype(jnp.float32) - half) / half
 
-  def implicit_codebook(self) -> jax.Array:
-    """All ``num_codes`` vectors, ``[num_codes, dim]``, row ``k`` is code ``k``."""
-    return self.codes_to_vectors(jnp.arange(self.num_codes, dtype=jnp.int32))
+    def implicit_codebook(self) -> jax.Array:
+        """All ``num_codes`` vectors, ``[num_codes, dim]``, row ``k`` is code ``k``."""
+        return self.codes_to_vectors(jnp.arange(self.num_codes, dtype=jnp.int32))
 
 
 def codebook_usage(codes: jax.Array, num_codes: int) -> dict[str, jax.Array]:
-  """Fraction of codes used and the perplexity (exp entropy) of the code histogram.
+    """Fraction of codes used and the perplexity (exp entropy) of the code histogram.
 
-  ``num_codes`` must be static (a Python int); works under jit.
-  """
-  counts = jnp.bincount(jnp.ravel(codes).astype(jnp.int32), length=num_codes)
-  total = jnp.maximum(jnp.sum(counts), 1)
-  probs = counts.astype(jnp.float32) / total
-  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)),
-                               0.0))
-  return {
-      "usage_fraction": jnp.mean((counts > 0).astype(jnp.float32)),
-      "perplexity": jnp.exp(entropy),
-  }
+    ``num_codes`` must be static (a Python int); works under jit.
+    """
+    counts = jnp.bincount(jnp.ravel(codes).astype(jnp.int32), length=num_codes)
+    total = jnp.maximum(jnp.sum(counts), 1)
+    probs = counts.astype(jnp.float32) / total
+    entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0))
+    return {
+        "usage_fraction": jnp.mean((counts > 0).astype(jnp.float32)),
+        "perplexity": jnp.exp(entropy),
+    }
 
 
 def make_quantizer(cfg: Any) -> nnx.Module:
-  """Build the quantizer named by the ``image_tokenizer`` config section."""
-  name = getattr(cfg, "quantizer", None)
-  if name == "fsq":
-    return FSQ(cfg.levels)
-  raise ValueError(
-      f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}")
+    """Build the quantizer named by the ``image_tokenizer`` config section."""
+    name = getattr(cfg, "quantizer", None)
+    if name == "fsq":
+        return FSQ(cfg.levels)
+    raise ValueError(
+        f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
+    )

@@ -39,7 +39,7 @@ def tokenizer_task(cfg) -> trainer.Task:
 
 def run(cfg, workdir, log=print) -> trainer.Result:
     workdir = pathlib.Path(workdir) / SUBDIR
-    source = pipeline.shapes_split(cfg.data, "train")
+    source = pipeline.ImageArraySource(pipeline.shapes_split(cfg.data, "train"), log=log)
     batches = pipeline.image_batches(source, global_batch=cfg.image_tokenizer.batch_size,
                                      seed=cfg.seed, num_workers=cfg.data.num_workers)
     mesh = mesh_lib.make_mesh(cfg.mesh)
