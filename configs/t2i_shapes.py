@@ -30,7 +30,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         heldout_combos=("green triangle", "blue circle", "red square"),
         num_train=20000, num_test=200, num_unseen=200,
         data_dir="",          # "" = $MMAR_DATA_DIR or ~/.cache/mmar/datasets
-        i2t_fraction=0.5,     # share of training pairs that put the image first
+        i2t_fraction=0.6,     # share of training pairs that put the image first
         seq_len=64,           # bos + caption + boi + codes + eoi + eos, padded
         num_workers=0,        # Grain worker processes (0 = in the main process)
         loss_weight_text=1.0,
@@ -50,7 +50,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         dtype="float32", param_dtype="float32", remat="none", init_std=0.02,
     ))
     c.train = ml_collections.ConfigDict(dict(
-        steps=2500, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",
+        steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",
         min_lr_ratio=0.1, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=1.0, z_loss=1e-4,
         log_every=50,
     ))

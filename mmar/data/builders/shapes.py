@@ -109,6 +109,7 @@ def prepare(spec: ShapesSpec, *, data_dir: str, num_train: int, num_test: int,
         n = num_train + num_test + num_unseen
         print(f"preparing shapes data set ({n} examples) in {builder.data_dir}", flush=True)
         t0 = time.perf_counter()
+        tfds.disable_progress_bar()  # one line of ours instead of per-split tqdm bars
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
