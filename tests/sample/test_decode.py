@@ -22,27 +22,38 @@ def setup(test_config):
     return cfg, model_state, params, vocab
 
 
-def _greedy_reference(model, prompt, allowed, steps):
-    """No cache: rerun the whole sequence for every new token."""
-    seq = list(prompt)
+def _last_logits(model, seq):
+    t = jnp.asarray([seq], jnp.int32)
+    return np.asarray(model(t, jnp.arange(len(seq))[None], jnp.ones_like(t))[0, -1])
+
+
+def _greedy_reference(model, prompt, allowed, steps, uncond_prompt=None, scale=1.0):
+    """No cache: rerun the whole sequence for every new token; with `uncond_prompt`, the
+    guided logits uncond + scale * (cond - uncond) of two full forward passes."""
+    generated = []
     for _ in range(steps):
-        t = jnp.asarray([seq], jnp.int32)
-        logits = model(t, jnp.arange(len(seq))[None], jnp.ones_like(t))[0, -1]
-        logits = np.where(allowed, np.asarray(logits), -np.inf)
-        seq.append(int(np.argmax(logits)))
-    return seq[len(prompt):]
+        logits = _last_logits(model, list(prompt) + generated)
+        if uncond_prompt is not None:
+            uncond = _last_logits(model, list(uncond_prompt) + generated)
+            logits = uncond + scale * (logits - uncond)
+        generated.append(int(np.argmax(np.where(allowed, logits, -np.inf))))
+    return generated
 
 
-def test_greedy_images_match_full_forward(setup):
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_greedy_images_match_full_forward(setup, scale):
     cfg, model_state, params, vocab = setup
-    sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=0.0))
+    sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=0.0,
+                                                cfg_scale_image=scale))
     sampler = Sampler(model_state, vocab, cfg.model.vocab_size, sample_cfg)
     captions = [[97, 32, 98], [99, 100, 101, 102, 103, 104]]   # different lengths: left pad
     codes = sampler.images(params, captions, 6, jax.random.key(0))
     model = model_state.merge(params)
     allowed = sampler._allowed["image"]
+    uncond = [vocab.bos, vocab.boi] if scale != 1.0 else None
     for caption, got in zip(captions, codes):
-        ref = _greedy_reference(model, [vocab.bos, *caption, vocab.boi], allowed, 6)
+        ref = _greedy_reference(model, [vocab.bos, *caption, vocab.boi], allowed, 6,
+                                uncond, scale)
         np.testing.assert_array_equal(vocab.image_ids(got), ref)
 
 
@@ -65,6 +76,7 @@ def test_top_k_one_is_greedy(setup):
     cfg, model_state, params, vocab = setup
     greedy = Sampler(model_state, vocab, cfg.model.vocab_size,
                      ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=0.0)))
+    # (both with the config's guidance scale: top-1 of the guided logits is their argmax)
     top1 = Sampler(model_state, vocab, cfg.model.vocab_size,
                    ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=1.0,
                                                   top_k_image=1)))
