@@ -94,6 +94,14 @@ def test_train(run_dir, data_dir):
     assert saved["train"]["steps"] == 12 and saved["preset"] == "test"
 
 
+def test_train_again_keeps_the_finished_run(run_dir, data_dir):
+    summary = run_dir / "decoder" / "summary.json"
+    before = summary.read_text()
+    out = mmar(*doc_args("train", run_dir), data_dir=data_dir).stdout
+    assert "resumed from step 12" in out and "already trained to step 12" in out
+    assert summary.read_text() == before
+
+
 def test_sample(run_dir, data_dir):
     mmar(*doc_args("sample", run_dir), data_dir=data_dir)
     samples = run_dir / "samples"

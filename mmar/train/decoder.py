@@ -4,7 +4,6 @@ Writes `<workdir>/decoder/` (checkpoints, metrics.jsonl, TensorBoard events, sum
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 from mmar import config as config_lib
@@ -54,6 +53,5 @@ def run(cfg, workdir, log=print) -> trainer.Result:
                            seed=cfg.seed, checkpoint_every=cfg.checkpoint.every_steps,
                            max_to_keep=cfg.checkpoint.max_to_keep,
                            peak_flops=metrics_lib.measure_peak_flops(), log=log)
-    (workdir / SUBDIR / "summary.json").write_text(json.dumps(
-        {"steps": result.step, "train_seconds": result.seconds, **result.metrics}, indent=1))
+    trainer.write_summary(workdir / SUBDIR / "summary.json", result, log=log)
     return result

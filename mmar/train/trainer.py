@@ -9,6 +9,7 @@ progress line, and a hard stop on a non-finite loss (the bad update is never app
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import signal
 import time
@@ -51,6 +52,7 @@ class Result:
     step: int
     metrics: dict
     seconds: float
+    start_step: int = 0     # > 0 when resumed; == step when there was nothing left to train
 
 
 def batch_shardings(task: Task, mesh: Mesh) -> dict:
@@ -162,7 +164,20 @@ def train(task: Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=N
         signal.signal(signal.SIGTERM, previous)
         ckpt.close()
         writer.flush()
-    return Result(model_state, params, step, last, time.perf_counter() - t0)
+    return Result(model_state, params, step, last, time.perf_counter() - t0, start)
+
+
+def write_summary(path, result: Result, log=print) -> None:
+    """`summary.json` of a run: steps, metrics and training seconds summed over resumes."""
+    path = pathlib.Path(path)
+    if result.step == result.start_step:
+        log(f"already trained to step {result.step}; keeping {path}")
+        return
+    seconds = result.seconds
+    if result.start_step and path.exists():
+        seconds += json.loads(path.read_text()).get("train_seconds", 0.0)
+    path.write_text(json.dumps({"steps": result.step, "train_seconds": seconds,
+                                **result.metrics}, indent=1))
 
 
 def load_params(task: Task, mesh: Mesh, workdir, step: int | None = None):

@@ -5,7 +5,6 @@ events, summary.json); the decoder job then encodes its images with that checkpo
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
@@ -46,8 +45,7 @@ def run(cfg, workdir, log=print) -> trainer.Result:
     result = trainer.train(tokenizer_task(cfg), cfg=cfg.image_tokenizer, mesh=mesh,
                            data_iter=batches, workdir=workdir, config=cfg, seed=cfg.seed,
                            checkpoint_every=cfg.image_tokenizer.steps, log=log)
-    (workdir / "summary.json").write_text(json.dumps(
-        {"steps": result.step, "train_seconds": result.seconds, **result.metrics}, indent=1))
+    trainer.write_summary(workdir / "summary.json", result, log=log)
     return result
 
 
