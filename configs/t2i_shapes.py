@@ -30,7 +30,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         heldout_combos=("green triangle", "blue circle", "red square"),
         num_train=20000, num_test=200, num_unseen=200,
         data_dir="",          # "" = $MMAR_DATA_DIR or ~/.cache/mmar/datasets
-        i2t_fraction=0.6,     # share of training pairs that put the image first
+        i2t_fraction=0.7,     # share of training pairs that put the image first
         seq_len=64,           # bos + caption + boi + codes + eoi + eos, padded
         num_workers=0,        # Grain worker processes (0 = in the main process)
         loss_weight_text=1.0,
