@@ -47,6 +47,7 @@ def _run(command: str, quiet_libraries: bool) -> None:
     except config_lib.ConfigError as e:
         raise app.UsageError(f"bad config: {e}") from None
     workdir = _WORKDIR.value
+    # Imported here, not at the top, so that `mmar --help` does not load JAX and TensorFlow.
     from mmar.eval import report
     from mmar.sample import generate
     from mmar.tokenizers.image import train as tokenizer_train
