@@ -6,6 +6,9 @@ are Grain `DatasetIterator`s, whose state is saved in every checkpoint.
 """
 from __future__ import annotations
 
+import os
+import time
+
 import grain
 import jax
 import numpy as np
@@ -38,7 +41,6 @@ class ImageArraySource(grain.sources.RandomAccessDataSource):
     """
 
     def __init__(self, source, log=print):
-        import time
         t0 = time.perf_counter()
         self.images = np.stack([np.asarray(source[i]["image"], np.uint8)
                                 for i in range(len(source))])
@@ -106,7 +108,6 @@ def image_batches(source, *, global_batch: int, seed: int, num_workers: int = 0)
 
 def data_dir(data_cfg) -> str:
     """Where TFDS data sets are prepared: data.data_dir, else $MMAR_DATA_DIR, else a cache."""
-    import os
     return (data_cfg.data_dir or os.environ.get("MMAR_DATA_DIR")
             or os.path.expanduser("~/.cache/mmar/datasets"))
 

@@ -34,8 +34,3 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     devices = list(devices) if devices is not None else jax.devices()
     sizes = axis_sizes(mesh_cfg, len(devices))
     return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=(AxisType.Auto,) * 3)
-
-
-def data_parallel_size(mesh: Mesh) -> int:
-    """How many ways the batch is split (the `batch` rule maps to data and fsdp)."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]

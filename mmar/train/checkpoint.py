@@ -56,14 +56,6 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {"step": step, **{k: restored[k] for k in items}}
 
-    def restore_config(self, step: int | None = None) -> dict:
-        step = self.latest_step() if step is None else step
-        return self.manager.restore(step, args=ocp.args.Composite(
-            config=ocp.args.JsonRestore()))["config"]
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

@@ -66,8 +66,7 @@ class Progress:
 
     def __init__(self, total_steps: int, start_step: int = 0, name: str = "train"):
         self.total, self.name = total_steps, name
-        self._t0, self._s0 = time.perf_counter(), start_step
-        self._last_t, self._last_s = self._t0, start_step
+        self._last_t, self._last_s = time.perf_counter(), start_step
 
     def line(self, step: int, scalars: dict, *, tokens_per_step: int = 0,
              flops_per_step: float = 0.0, peak_flops: float = 0.0) -> str:

@@ -32,11 +32,16 @@ class ModelState:
         return nnx.merge(self.graphdef, state, self.other)
 
 
+def _abstract(make_module, mesh: Mesh, seed: int):
+    """Graph, abstract Params, the rest of the state (abstract) and the param shardings."""
+    abstract_module = nnx.eval_shape(lambda: make_module(nnx.Rngs(seed)))
+    graphdef, abstract, other = nnx.split(abstract_module, nnx.Param, ...)
+    return graphdef, abstract, other, nnx.to_pure_dict(rules.param_shardings(abstract, mesh))
+
+
 def create(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int):
     """Returns (ModelState, params) with params sharded on `mesh` by their logical names."""
-    abstract_module = nnx.eval_shape(lambda: make_module(nnx.Rngs(seed)))
-    graphdef, abstract, _ = nnx.split(abstract_module, nnx.Param, ...)
-    shardings = nnx.to_pure_dict(rules.param_shardings(abstract, mesh))
+    graphdef, abstract, _, shardings = _abstract(make_module, mesh, seed)
 
     def init():
         _, params, other = nnx.split(make_module(nnx.Rngs(seed)), nnx.Param, ...)
@@ -45,6 +50,15 @@ def create(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     params, other = jax.jit(init, out_shardings=(shardings, replicated))()
     return ModelState(graphdef, abstract, shardings, other), params
+
+
+def create_abstract(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh):
+    """(ModelState, params as ShapeDtypeStructs): what a checkpoint restore needs, without
+    running (and compiling) the initialisers. Modules whose only state is Params only."""
+    graphdef, abstract, other, shardings = _abstract(make_module, mesh, 0)
+    if jax.tree.leaves(other):
+        raise ValueError("create_abstract: the module has non-Param state; use create()")
+    return ModelState(graphdef, abstract, shardings, other), nnx.to_pure_dict(abstract)
 
 
 def param_count(params) -> int:

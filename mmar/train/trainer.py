@@ -182,7 +182,7 @@ def write_summary(path, result: Result, log=print) -> None:
 
 def load_params(task: Task, mesh: Mesh, workdir, step: int | None = None):
     """The trained params of `task` from `<workdir>/checkpoints` onto `mesh`."""
-    model_state, params = state_lib.create(task.make_module, mesh, 0)
+    model_state, params = state_lib.create_abstract(task.make_module, mesh)
     ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", async_save=False)
     try:
         restored = ckpt.restore(step, params=params, param_shardings=model_state.shardings)
