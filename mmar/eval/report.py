@@ -14,7 +14,7 @@ import pathlib
 import jax
 import numpy as np
 
-from mmar.data import pipeline, sequences, synthetic
+from mmar.data import sequences, synthetic
 from mmar.eval import judge
 from mmar.sample import generate
 from mmar.tokenizers.image import train as tokenizer_train
@@ -23,10 +23,9 @@ from mmar.train import loss as loss_lib
 from mmar.vocab import ByteTokenizer
 
 
-def reconstruction_accuracy(cfg, tokenizer, split: str = "test") -> dict:
+def reconstruction_accuracy(cfg, models: generate.Models, split: str = "test") -> dict:
     spec = synthetic.ShapesSpec.from_config(cfg.data)
-    source = pipeline.shapes_split(cfg.data, split)
-    recs = [source[i] for i in range(min(cfg.eval.num_examples, len(source)))]
+    tokenizer, recs = models.tokenizer, models.records(split)
     codes = tokenizer.encode(np.stack([r["image"] for r in recs]))
     recon = tokenizer.decode(codes)
     correct = [judge.judge_image(img, r["caption"], spec) for img, r in zip(recon, recs)]
@@ -37,8 +36,7 @@ def reconstruction_accuracy(cfg, tokenizer, split: str = "test") -> dict:
 
 def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
     """Per-modality NLL and accuracy on held-out pairs, each seen in both directions."""
-    source = pipeline.shapes_split(cfg.data, split)
-    recs = [source[i] for i in range(min(cfg.eval.num_examples, len(source)))]
+    recs = models.records(split)
     codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
     text = ByteTokenizer()
     rows = [sequences.pair_example(text.encode(r["caption"]), models.vocab.image_ids(c),
@@ -69,7 +67,7 @@ def _train_seconds(workdir: pathlib.Path) -> float:
 def run(cfg, workdir, log=print) -> dict:
     workdir = pathlib.Path(workdir)
     models = generate.Models(cfg, workdir)
-    report = reconstruction_accuracy(cfg, models.tokenizer)
+    report = reconstruction_accuracy(cfg, models)
     log(f"[eval] tokenizer reconstruction accuracy "
         f"{report['tokenizer_reconstruction_accuracy']:.3f}, codebook usage "
         f"{report['codebook_usage']:.3f}")

@@ -37,6 +37,15 @@ class Models:
             decoder_task(cfg), mesh, pathlib.Path(workdir) / SUBDIR)
         self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample)
         self.num_codes = (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
+        self._records = {}
+
+    def records(self, split: str) -> list[dict]:
+        """The first eval.num_examples records of a split, read once per split and run."""
+        if split not in self._records:
+            source = pipeline.shapes_split(self.cfg.data, split)
+            n = min(self.cfg.eval.num_examples, len(source))
+            self._records[split] = [source[i] for i in range(n)]
+        return self._records[split]
 
 
 def image_grid(images: np.ndarray, columns: int, scale: int = 3) -> Image.Image:
@@ -61,9 +70,8 @@ def _batches(items, size):
 def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) -> list[dict]:
     cfg, text = models.cfg, ByteTokenizer()
     spec = synthetic.ShapesSpec.from_config(cfg.data)
-    source = pipeline.shapes_split(cfg.data, split)
-    n = min(cfg.eval.num_examples, len(source))
-    captions = [source[i]["caption"] for i in range(n)]
+    captions = [r["caption"] for r in models.records(split)]
+    n = len(captions)
     key = jax.random.key(cfg.sample.seed)
     images = []
     for chunk in _batches(captions, cfg.sample.batch_size):
@@ -85,9 +93,8 @@ def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) 
 def image_to_text(models: Models, split: str, out_dir: pathlib.Path, log=print) -> list[dict]:
     cfg, text = models.cfg, ByteTokenizer()
     spec = synthetic.ShapesSpec.from_config(cfg.data)
-    source = pipeline.shapes_split(cfg.data, split)
-    n = min(cfg.eval.num_examples, len(source))
-    recs = [source[i] for i in range(n)]
+    recs = models.records(split)
+    n = len(recs)
     codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
     key = jax.random.key(cfg.sample.seed + 1)
     generated = []
