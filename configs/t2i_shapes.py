@@ -53,8 +53,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",
         min_lr_ratio=0.1, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=1.0, z_loss=1e-4,
         log_every=50,
+        grad_accum=1,         # microbatches per step; batch_size is the global batch
+        on_nonfinite="stop",  # or "skip": drop the step, go on (up to max_skipped_steps)
+        max_skipped_steps=100,
+        profile_steps=(),     # (first, last): profiler trace of those steps -> workdir/profile
     ))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Mesh axes inside a slice (ICI) and across slices (DCN); -1 = the rest. See docs/training.md.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
+                                            dcn_tensor=1, strategy="fsdp_tp"))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=2))
     c.sample = ml_collections.ConfigDict(dict(
         temperature_text=0.0, temperature_image=1.0, top_k_text=0, top_k_image=0,

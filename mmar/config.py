@@ -13,7 +13,9 @@ import pathlib
 import ml_collections
 
 from mmar import vocab as vocab_lib
+from mmar.parallel import rules
 
+STRATEGIES = tuple(rules.STRATEGIES)
 SECTIONS = ("data", "vocab", "image_tokenizer", "model", "train", "mesh", "checkpoint",
             "sample", "eval")
 
@@ -57,7 +59,7 @@ _CHECKS = (
     ("model.head_dim", _positive_int, "a positive int"),
     ("model.mlp_dim", _positive_int, "a positive int"),
     ("model.dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
-    ("model.remat", lambda v: v in ("none", "full"), "'none' or 'full'"),
+    ("model.remat", lambda v: v in ("none", "full", "dots"), "'none', 'full' or 'dots'"),
     ("train.steps", _positive_int, "a positive int"),
     ("train.batch_size", _positive_int, "a positive int"),
     ("train.lr", lambda v: isinstance(v, float) and v > 0, "a float > 0"),
@@ -68,6 +70,12 @@ _CHECKS = (
     ("train.grad_clip", _nonneg, "a number >= 0 (0 = off)"),
     ("train.z_loss", _nonneg, "a number >= 0"),
     ("train.log_every", _positive_int, "a positive int"),
+    ("train.grad_accum", _positive_int, "a positive int (microbatches per step)"),
+    ("train.on_nonfinite", lambda v: v in ("stop", "skip"), "'stop' or 'skip'"),
+    ("train.max_skipped_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
+    ("train.profile_steps", lambda v: len(v) == 0 or (len(v) == 2 and 0 < v[0] <= v[1]),
+     "() or (first, last) with 0 < first <= last"),
+    ("mesh.strategy", lambda v: v in STRATEGIES, f"one of {STRATEGIES}"),
     ("checkpoint.every_steps", _positive_int, "a positive int"),
     ("checkpoint.max_to_keep", _positive_int, "a positive int"),
     ("sample.temperature_text", _nonneg, "a number >= 0 (0 = greedy)"),
@@ -124,12 +132,18 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if m.vocab_size < vocab.image_offset + vocab.num_image_codes:
         raise ConfigError(f"model.vocab_size={m.vocab_size}: the vocabulary needs at least "
                           f"{vocab.image_offset + vocab.num_image_codes} ids")
-    for axis in ("data", "fsdp", "tensor"):
-        size = cfg.mesh[axis]
-        if not (isinstance(size, int) and (size == -1 or size > 0)):
-            raise ConfigError(f"mesh.{axis}={size!r}: must be a positive int or -1 (the rest)")
-    if list(cfg.mesh.values()).count(-1) > 1:
-        raise ConfigError("mesh: at most one axis may be -1")
+    for group in (("data", "fsdp", "tensor"), ("dcn_data", "dcn_fsdp", "dcn_tensor")):
+        for axis in group:
+            size = cfg.mesh.get(axis, 1)
+            if not (isinstance(size, int) and (size == -1 or size > 0)):
+                raise ConfigError(f"mesh.{axis}={size!r}: must be a positive int or -1 "
+                                  "(the rest)")
+        if [cfg.mesh.get(a, 1) for a in group].count(-1) > 1:
+            raise ConfigError(f"mesh: at most one of {group} may be -1")
+    accum, batch = cfg.train.grad_accum, cfg.train.batch_size
+    if batch % accum:
+        raise ConfigError(f"train.batch_size={batch}: must be a multiple of "
+                          f"train.grad_accum={accum}")
     return cfg
 
 

@@ -22,7 +22,10 @@ from mmar.model.layers import MLP, Attention, Embed, RMSNorm, attention_mask, pa
 from mmar.parallel.rules import constrain
 
 DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable}
+# "full" keeps only the residual stream between blocks; "dots" also keeps every matmul output
+# (less recompute, more memory: the usual middle ground on TPUs).
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 STACKED = {nnx.PARTITION_NAME: "layers"}  # stacked params get the `layers` name at axis 0
 
 

@@ -4,7 +4,9 @@ Every parameter in mmar names its axes logically (`embed`, `mlp`, `heads`, ...);
 are constrained with logical names too (`batch`, `length`, `act_embed`, ...). This table is
 the only place that says which mesh axis (`data`, `fsdp`, `tensor`) each name lands on, so a
 strategy (data parallel, FSDP, tensor parallel, or a mix) is chosen by the mesh sizes alone:
-a mesh axis of size 1 shards nothing. Per-strategy tables can be added here as more rows.
+a mesh axis of size 1 shards nothing. `STRATEGIES` holds one short table per strategy
+(`mesh.strategy` in the config picks it); the default, `fsdp_tp`, covers pure data
+parallelism too when the `fsdp` and `tensor` axes have size 1.
 """
 from __future__ import annotations
 
@@ -22,18 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # are the logical names, so it is switched off for every module that imports this one.
 nnx.use_eager_sharding(False)
 
-# (logical name, mesh axes). Parameter names first, then activation names.
-DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    # parameters: FSDP shards the model dimension, tensor parallelism the wide ones.
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("layers", None),
-    ("norm", None),
-    # activations: the batch is split over every data-like axis.
+# Activations: the batch is split over every data-like axis; the wide activation dims follow
+# their weights onto `tensor` (with a `tensor` axis of size 1 that is a no-op).
+_ACTIVATIONS = (
     ("batch", ("data", "fsdp")),
     ("length", None),
     ("act_embed", None),
@@ -42,6 +35,37 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_kv_heads", "tensor"),
     ("act_vocab", "tensor"),
 )
+_ALWAYS_REPLICATED = (("head_dim", None), ("layers", None), ("norm", None))
+
+# One short table per strategy: (logical parameter name, mesh axes). A strategy names the
+# mesh axes it uses; `mesh.validate_strategy` refuses a mesh whose other axes are > 1.
+STRATEGIES: dict[str, tuple[tuple[str, str | tuple[str, ...] | None], ...]] = {
+    # data parallel: every device holds every parameter.
+    "dp": (("embed", None), ("mlp", None), ("heads", None), ("kv_heads", None),
+           ("vocab", None)),
+    # FSDP (ZeRO-3): parameters split along the model dimension, gathered per layer.
+    "fsdp": (("embed", "fsdp"), ("mlp", None), ("heads", None), ("kv_heads", None),
+             ("vocab", None)),
+    # tensor parallel (Megatron): heads, MLP width and vocabulary split over `tensor`.
+    "tp": (("embed", None), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
+           ("vocab", "tensor")),
+    # both, the default: FSDP over `fsdp`, tensor parallelism over `tensor`.
+    "fsdp_tp": (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+                ("kv_heads", "tensor"), ("vocab", "tensor")),
+}
+# The mesh axes each strategy shards over (besides `data`, which only ever splits the batch).
+STRATEGY_AXES = {"dp": ("data", "fsdp"), "fsdp": ("data", "fsdp"), "tp": ("data", "tensor"),
+                 "fsdp_tp": ("data", "fsdp", "tensor")}
+
+
+def for_strategy(name: str) -> tuple:
+    """The full rule table (parameters, then activations) of a strategy in `STRATEGIES`."""
+    if name not in STRATEGIES:
+        raise KeyError(f"mesh.strategy={name!r}: one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name] + _ALWAYS_REPLICATED + _ACTIVATIONS
+
+
+DEFAULT_RULES = for_strategy("fsdp_tp")
 
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
     "mmar_mesh_rules", default=None)

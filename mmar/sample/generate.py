@@ -32,9 +32,9 @@ class Models:
     def __init__(self, cfg, workdir):
         self.cfg, self.vocab = cfg, config_lib.make_vocab(cfg)
         self.tokenizer = ImageTokenizer(cfg, workdir)
-        mesh = mesh_lib.make_mesh(cfg.mesh)
+        mesh, rule_table = mesh_lib.from_config(cfg.mesh)
         self.model_state, self.params, self.step = trainer.load_params(
-            decoder_task(cfg), mesh, pathlib.Path(workdir) / SUBDIR)
+            decoder_task(cfg), mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample)
         self.num_codes = (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
         self._records = {}

@@ -14,6 +14,7 @@ from mmar.parallel import mesh as mesh_lib
 from mmar.tokenizers.image import train as tokenizer_train
 from mmar.train import loss as loss_lib
 from mmar.train import metrics as metrics_lib
+from mmar.train import step as step_lib
 from mmar.train import trainer
 
 SUBDIR = "decoder"
@@ -22,14 +23,14 @@ BATCH_AXES = {k: ROW_AXES for k in ("tokens", "positions", "segment_ids", "modal
                                     "loss_weights")}
 
 
-def decoder_task(cfg) -> trainer.Task:
+def decoder_task(cfg) -> step_lib.Task:
     model_cfg, seq_len = cfg.model, cfg.data.seq_len
 
     def loss_fn(model, batch):
         logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
         return loss_lib.decoder_loss(logits, batch, z_loss=cfg.train.z_loss)
 
-    return trainer.Task(
+    return step_lib.Task(
         name="decoder",
         make_module=lambda rngs: Decoder(model_cfg, rngs=rngs),
         loss_fn=loss_fn,
@@ -48,7 +49,8 @@ def run(cfg, workdir, log=print) -> trainer.Result:
     source = pipeline.CaptionCodeSource(captions, codes)
     batches = pipeline.decoder_batches(source, vocab, cfg.data,
                                        global_batch=cfg.train.batch_size, seed=cfg.seed)
-    result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh_lib.make_mesh(cfg.mesh),
+    mesh, rule_table = mesh_lib.from_config(cfg.mesh)
+    result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, rule_table=rule_table,
                            data_iter=batches, workdir=workdir / SUBDIR, config=cfg,
                            seed=cfg.seed, checkpoint_every=cfg.checkpoint.every_steps,
                            max_to_keep=cfg.checkpoint.max_to_keep,

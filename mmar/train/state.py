@@ -32,16 +32,18 @@ class ModelState:
         return nnx.merge(self.graphdef, state, self.other)
 
 
-def _abstract(make_module, mesh: Mesh, seed: int):
+def _abstract(make_module, mesh: Mesh, seed: int, rule_table):
     """Graph, abstract Params, the rest of the state (abstract) and the param shardings."""
     abstract_module = nnx.eval_shape(lambda: make_module(nnx.Rngs(seed)))
     graphdef, abstract, other = nnx.split(abstract_module, nnx.Param, ...)
-    return graphdef, abstract, other, nnx.to_pure_dict(rules.param_shardings(abstract, mesh))
+    shardings = rules.param_shardings(abstract, mesh, rule_table)
+    return graphdef, abstract, other, nnx.to_pure_dict(shardings)
 
 
-def create(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int):
+def create(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int,
+           rule_table=rules.DEFAULT_RULES):
     """Returns (ModelState, params) with params sharded on `mesh` by their logical names."""
-    graphdef, abstract, _, shardings = _abstract(make_module, mesh, seed)
+    graphdef, abstract, _, shardings = _abstract(make_module, mesh, seed, rule_table)
 
     def init():
         _, params, other = nnx.split(make_module(nnx.Rngs(seed)), nnx.Param, ...)
@@ -52,10 +54,11 @@ def create(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh, seed: int)
     return ModelState(graphdef, abstract, shardings, other), params
 
 
-def create_abstract(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh):
+def create_abstract(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh,
+                    rule_table=rules.DEFAULT_RULES):
     """(ModelState, params as ShapeDtypeStructs): what a checkpoint restore needs, without
     running (and compiling) the initialisers. Modules whose only state is Params only."""
-    graphdef, abstract, other, shardings = _abstract(make_module, mesh, 0)
+    graphdef, abstract, other, shardings = _abstract(make_module, mesh, 0, rule_table)
     if jax.tree.leaves(other):
         raise ValueError("create_abstract: the module has non-Param state; use create()")
     return ModelState(graphdef, abstract, shardings, other), nnx.to_pure_dict(abstract)
@@ -63,3 +66,21 @@ def create_abstract(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh):
 
 def param_count(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+def parameter_overview(params, shardings) -> str:
+    """A table of every parameter: path, shape, dtype, mesh axes per dimension, size; and the
+    total. Works on concrete or abstract (ShapeDtypeStruct) params alike."""
+    rows = []
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    specs = jax.tree.leaves(shardings, is_leaf=lambda x: hasattr(x, "spec"))
+    for (path, x), sharding in zip(flat, specs):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        rows.append((name, str(tuple(x.shape)), str(x.dtype), str(tuple(sharding.spec)),
+                     f"{x.size:,}"))
+    header = ("parameter", "shape", "dtype", "mesh axes", "size")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 4 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths)))
+    total = sum(x.size for _, x in flat)
+    return "\n".join([fmt(header), *map(fmt, rows), f"total: {total:,} parameters"]) + "\n"

@@ -1,10 +1,11 @@
 """The one training loop. Every model (decoder, image tokenizer) runs through `train`.
 
-What differs between models is a `Task`: how to build the module, its loss, and the logical
-axis names of each batch array. The loop itself owns: sharded init on the mesh, the jitted
-step with explicit in/out shardings, resume from the latest checkpoint (params, optimizer,
-data iterator), periodic and final Orbax checkpoints, a save on SIGTERM, CLU metrics and a
-progress line, and a hard stop on a non-finite loss (the bad update is never applied).
+What differs between models is a `Task` (step.py): how to build the module, its loss, and
+the logical axis names of each batch array. The loop itself owns: sharded init on the mesh,
+the jitted step (step.py), resume from the newest good checkpoint (params, optimizer, data
+iterator), periodic and final Orbax checkpoints, a save on SIGTERM, CLU metrics, a progress
+line, a parameter table, an optional profiler trace, and the non-finite policy: a bad update
+is never applied; the run stops (`train.on_nonfinite="stop"`) or skips the step ("skip").
 """
 from __future__ import annotations
 
@@ -13,36 +14,22 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from mmar.parallel import rules
 from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import metrics as metrics_lib
 from mmar.train import optim
 from mmar.train import state as state_lib
+from mmar.train import step as step_lib
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-@dataclasses.dataclass
-class Task:
-    """The differences between models, as hooks for the one loop."""
-
-    name: str
-    make_module: Callable[[nnx.Rngs], nnx.Module]
-    loss_fn: Callable[[nnx.Module, dict], tuple[jax.Array, dict]]   # -> (loss, metrics)
-    batch_axes: dict[str, tuple]            # logical axis names of each batch array
-    tokens_per_example: int = 0             # for tokens/s in the progress line
-    flops_per_example: float = 0.0          # training FLOPs, for MFU
 
 
 @dataclasses.dataclass
@@ -53,100 +40,104 @@ class Result:
     metrics: dict
     seconds: float
     start_step: int = 0     # > 0 when resumed; == step when there was nothing left to train
+    skipped_steps: int = 0  # non-finite steps skipped under train.on_nonfinite="skip"
 
 
-def batch_shardings(task: Task, mesh: Mesh) -> dict:
-    return {k: rules.named_sharding(mesh, names) for k, names in task.batch_axes.items()}
+class _Profile:
+    """A profiler trace of steps [first, last] (1-based, inclusive) into <workdir>/profile."""
+
+    def __init__(self, steps, workdir, log):
+        self.first, self.last = (tuple(steps) + (0, 0))[:2] if steps else (0, 0)
+        self.dir, self.log, self.on = pathlib.Path(workdir) / "profile", log, False
+
+    def before(self, step: int):
+        if self.first and step == self.first:
+            jax.profiler.start_trace(str(self.dir))
+            self.on = True
+
+    def after(self, step: int, outputs):
+        if self.on and step >= self.last:
+            jax.block_until_ready(outputs)
+            jax.profiler.stop_trace()
+            self.on = False
+            self.log(f"profiler trace of steps {self.first}-{self.last} in {self.dir}")
+
+    def close(self):
+        if self.on:
+            jax.profiler.stop_trace()
 
 
-def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shardings):
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def step(params, opt_state, batch):
-        def loss_of(p):
-            with rules.use_mesh(mesh):
-                return task.loss_fn(model_state.merge(p), batch)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        # A non-finite step keeps the old state; the host sees `nonfinite` and stops.
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
-                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
-        return keep(new_params, params), keep(new_opt, opt_state), metrics
-
-    return jax.jit(step, in_shardings=(param_shardings, opt_shardings,
-                                       batch_shardings(task, mesh)),
-                   out_shardings=(param_shardings, opt_shardings, replicated),
-                   donate_argnums=(0, 1))
-
-
-def global_batch(local: dict, shardings: dict) -> dict:
-    """Process-local numpy arrays -> global jax.Arrays on the mesh."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
-            for k, v in local.items() if k in shardings}
-
-
-def init_optimizer(tx, params, mesh: Mesh):
-    """Optimizer state on the mesh: leaves that mirror a parameter (Adam's moments) take its
-    sharding; counters and other non-parameter leaves are replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    shardings = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params),
-                                      param_shardings,
-                                      transform_non_params=lambda _: replicated)
-    return jax.jit(tx.init, out_shardings=shardings)(params), shardings
-
-
-def train(task: Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=None,
+def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=None,
           seed: int = 0, checkpoint_every: int = 1000, max_to_keep: int = 2,
-          peak_flops: float = 0.0, log=print) -> Result:
-    """Trains `task` for cfg.steps (cfg: lr, warmup_steps, steps, log_every, ... ).
+          peak_flops: float = 0.0, rule_table=rules.DEFAULT_RULES, log=print) -> Result:
+    """Trains `task` for cfg.steps (cfg: lr, warmup_steps, steps, log_every, grad_accum,
+    on_nonfinite, profile_steps, ...).
 
-    Resumes from `<workdir>/checkpoints` when it holds a checkpoint, and writes metrics to
-    `<workdir>/` (TensorBoard events + metrics.jsonl).
+    Resumes from the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt one is
+    skipped with a warning), and writes metrics to `<workdir>/` (TensorBoard events +
+    metrics.jsonl, main process only).
     """
     workdir = pathlib.Path(workdir)
-    model_state, params = state_lib.create(task.make_module, mesh, seed)
+    grad_accum = int(cfg.get("grad_accum", 1))
+    on_nonfinite = cfg.get("on_nonfinite", "stop")
+    model_state, params = state_lib.create(task.make_module, mesh, seed, rule_table)
     tx = optim.make_optimizer(cfg)
-    opt_state, opt_shardings = init_optimizer(tx, params, mesh)
+    opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=max_to_keep)
     start = 0
-    if ckpt.latest_step() is not None:
-        restored = ckpt.restore(params=params, param_shardings=model_state.shardings,
-                                opt_state=opt_state, opt_shardings=opt_shardings,
-                                data_iter=data_iter)
+    restored = ckpt.restore_newest_good(params=params, param_shardings=model_state.shardings,
+                                        opt_state=opt_state, opt_shardings=opt_shardings,
+                                        data_iter=data_iter, log=log)
+    if restored is not None:
         params, opt_state, start = restored["params"], restored["opt_state"], restored["step"]
         log(f"[{task.name}] resumed from step {start} in {ckpt.directory}")
-    n_params = state_lib.param_count(params)
-    log(f"[{task.name}] {n_params:,} parameters, mesh {dict(mesh.shape)}, steps {cfg.steps}")
+    if jax.process_index() == 0:
+        (workdir / "parameters.txt").parent.mkdir(parents=True, exist_ok=True)
+        (workdir / "parameters.txt").write_text(
+            state_lib.parameter_overview(params, model_state.shardings))
+    log(f"[{task.name}] {state_lib.param_count(params):,} parameters (table in "
+        f"{workdir / 'parameters.txt'}), mesh {dict(mesh.shape)}, steps {cfg.steps}, "
+        f"grad_accum {grad_accum}")
 
-    step_fn = make_train_step(task, model_state, tx, mesh, model_state.shardings,
-                              opt_shardings)
-    shardings = batch_shardings(task, mesh)
+    step_fn = step_lib.make_train_step(task, model_state, tx, mesh, model_state.shardings,
+                              opt_shardings, rule_table=rule_table, grad_accum=grad_accum)
+    shardings = step_lib.batch_shardings(task, mesh, rule_table)
     writer = metrics_lib.make_writer(workdir, is_main=jax.process_index() == 0)
     progress = metrics_lib.Progress(cfg.steps, start, task.name)
+    profile = _Profile(cfg.get("profile_steps", ()), workdir, log)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
-    t0, step, last = time.perf_counter(), start, {}
+    t0, step, last, skipped = time.perf_counter(), start, {}, 0
     pending = []
     try:
         while step < cfg.steps:
-            batch = global_batch(next(data_iter), shardings)
+            batch = step_lib.global_batch(next(data_iter), shardings)
+            if step == start:
+                step_lib.check_batch(next(iter(batch.values())).shape[0], grad_accum, mesh)
+            profile.before(step + 1)
             params, opt_state, metrics = step_fn(params, opt_state, batch)
             step += 1
-            pending.append(metrics)
+            profile.after(step, metrics)
+            pending.append((step, metrics))
             if step % cfg.log_every == 0 or step == cfg.steps or stop["signal"]:
                 host = jax.device_get(pending)
                 pending = []
-                if any(m["nonfinite"] for m in host):
+                bad = [s for s, m in host if m["nonfinite"]]
+                if bad and on_nonfinite == "stop":
                     raise NonFiniteLossError(
-                        f"[{task.name}] non-finite loss or gradient before step {step}; the "
-                        f"last good state is in {ckpt.directory} (step {ckpt.latest_step()})")
-                last = {k: float(np.mean([m[k] for m in host])) for k in host[0]
+                        f"[{task.name}] non-finite loss or gradient at step {bad[0]}; the "
+                        f"update was not applied and the last good state is in "
+                        f"{ckpt.directory} (step {ckpt.latest_step()})")
+                if bad:
+                    skipped += len(bad)
+                    log(f"[{task.name}] WARNING: skipped non-finite steps {bad} "
+                        f"({skipped} so far, train.on_nonfinite='skip')")
+                    if skipped > cfg.get("max_skipped_steps", 100):
+                        raise NonFiniteLossError(
+                            f"[{task.name}] {skipped} non-finite steps skipped, more than "
+                            f"train.max_skipped_steps={cfg.get('max_skipped_steps', 100)}")
+                good = [m for s, m in host if not m["nonfinite"]] or [host[-1][1]]
+                last = {k: float(np.mean([m[k] for m in good])) for k in good[0]
                         if k != "nonfinite"}
                 last["learning_rate"] = float(optim.learning_rate_schedule(cfg)(step - 1))
                 writer.write_scalars(step, last)
@@ -162,9 +153,10 @@ def train(task: Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=N
                 break
     finally:
         signal.signal(signal.SIGTERM, previous)
+        profile.close()
         ckpt.close()
         writer.flush()
-    return Result(model_state, params, step, last, time.perf_counter() - t0, start)
+    return Result(model_state, params, step, last, time.perf_counter() - t0, start, skipped)
 
 
 def write_summary(path, result: Result, log=print) -> None:
@@ -180,9 +172,10 @@ def write_summary(path, result: Result, log=print) -> None:
                                 **result.metrics}, indent=1))
 
 
-def load_params(task: Task, mesh: Mesh, workdir, step: int | None = None):
+def load_params(task: step_lib.Task, mesh: Mesh, workdir, step: int | None = None,
+                rule_table=rules.DEFAULT_RULES):
     """The trained params of `task` from `<workdir>/checkpoints` onto `mesh`."""
-    model_state, params = state_lib.create_abstract(task.make_module, mesh)
+    model_state, params = state_lib.create_abstract(task.make_module, mesh, rule_table)
     ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", async_save=False)
     try:
         restored = ckpt.restore(step, params=params, param_shardings=model_state.shardings)

@@ -8,7 +8,8 @@ import pytest
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
 from mmar.train import loss as loss_lib
-from mmar.train import optim, state, trainer
+from mmar.train import optim, state
+from mmar.train import step as step_lib
 from mmar.train.decoder import BATCH_AXES
 
 MODEL = ml_collections.ConfigDict(dict(
@@ -24,7 +25,7 @@ def _task():
     def loss_fn(model, batch):
         logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
         return loss_lib.decoder_loss(logits, batch, z_loss=1e-4)
-    return trainer.Task("decoder", lambda rngs: Decoder(MODEL, rngs=rngs), loss_fn, BATCH_AXES)
+    return step_lib.Task("decoder", lambda rngs: Decoder(MODEL, rngs=rngs), loss_fn, BATCH_AXES)
 
 
 def _batch(seed=0, b=8, s=16):
@@ -44,14 +45,14 @@ def _run(mesh_shape, steps=2):
     task = _task()
     model_state, params = state.create(task.make_module, mesh, seed=0)
     tx = optim.make_optimizer(TRAIN)
-    opt_state, opt_shardings = trainer.init_optimizer(tx, params, mesh)
-    step = trainer.make_train_step(task, model_state, tx, mesh, model_state.shardings,
+    opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
+    step = step_lib.make_train_step(task, model_state, tx, mesh, model_state.shardings,
                                    opt_shardings)
-    shardings = trainer.batch_shardings(task, mesh)
+    shardings = step_lib.batch_shardings(task, mesh)
     losses = []
     for i in range(steps):
         params, opt_state, metrics = step(params, opt_state,
-                                          trainer.global_batch(_batch(i), shardings))
+                                          step_lib.global_batch(_batch(i), shardings))
         losses.append(float(metrics["loss"]))
         grad_norm = float(metrics["grad_norm"])
     return losses, grad_norm, jax.device_get(params), params

@@ -14,12 +14,13 @@ import numpy as np
 from mmar.data import pipeline
 from mmar.parallel import mesh as mesh_lib
 from mmar.tokenizers.image import autoencoder, losses
+from mmar.train import step as step_lib
 from mmar.train import trainer
 
 SUBDIR = "tokenizer"
 
 
-def tokenizer_task(cfg) -> trainer.Task:
+def tokenizer_task(cfg) -> step_lib.Task:
     tok_cfg = cfg.image_tokenizer
     size = cfg.data.image_size
 
@@ -27,7 +28,7 @@ def tokenizer_task(cfg) -> trainer.Task:
         return losses.reconstruction_loss(model, autoencoder.to_model_range(batch["images"]),
                                           tok_cfg)
 
-    return trainer.Task(
+    return step_lib.Task(
         name="tokenizer",
         make_module=lambda rngs: autoencoder.Autoencoder(tok_cfg, rngs=rngs),
         loss_fn=loss_fn,
@@ -41,8 +42,9 @@ def run(cfg, workdir, log=print) -> trainer.Result:
     source = pipeline.ImageArraySource(pipeline.shapes_split(cfg.data, "train"), log=log)
     batches = pipeline.image_batches(source, global_batch=cfg.image_tokenizer.batch_size,
                                      seed=cfg.seed, num_workers=cfg.data.num_workers)
-    mesh = mesh_lib.make_mesh(cfg.mesh)
+    mesh, rule_table = mesh_lib.from_config(cfg.mesh)
     result = trainer.train(tokenizer_task(cfg), cfg=cfg.image_tokenizer, mesh=mesh,
+                           rule_table=rule_table,
                            data_iter=batches, workdir=workdir, config=cfg, seed=cfg.seed,
                            checkpoint_every=cfg.image_tokenizer.steps, log=log)
     trainer.write_summary(workdir / "summary.json", result, log=log)
@@ -54,9 +56,9 @@ class ImageTokenizer:
 
     def __init__(self, cfg, workdir):
         task = tokenizer_task(cfg)
-        mesh = mesh_lib.make_mesh(cfg.mesh)
+        mesh, rule_table = mesh_lib.from_config(cfg.mesh)
         self.model_state, self.params, self.step = trainer.load_params(
-            task, mesh, pathlib.Path(workdir) / SUBDIR)
+            task, mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.num_codes = int(np.prod(cfg.image_tokenizer.levels))
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))

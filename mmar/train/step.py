@@ -1,0 +1,132 @@
+"""The jitted train step: shardings in and out, gradient accumulation, the non-finite guard.
+
+Batch semantics are one number: `train.batch_size` is the global batch in rows, split over
+the data-like mesh axes (`data` x `fsdp`, ICI x DCN) and, when `train.grad_accum` > 1, into
+that many microbatches run one after another inside the step. So
+
+    train.batch_size = rows per device per microbatch x data-parallel devices x grad_accum
+
+and nothing else changes with accumulation: the optimizer sees one update per step, the
+learning rate schedule counts steps, the loss is the mean of the microbatch losses.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mmar.parallel import rules
+
+
+@dataclasses.dataclass
+class Task:
+    """The differences between models, as hooks for the one loop."""
+
+    name: str
+    make_module: Callable[[nnx.Rngs], nnx.Module]
+    loss_fn: Callable[[nnx.Module, dict], tuple[jax.Array, dict]]   # -> (loss, metrics)
+    batch_axes: dict[str, tuple]            # logical axis names of each batch array
+    tokens_per_example: int = 0             # for tokens/s in the progress line
+    flops_per_example: float = 0.0          # training FLOPs, for MFU
+
+
+def batch_shardings(task: Task, mesh: Mesh, rule_table=rules.DEFAULT_RULES) -> dict:
+    return {k: rules.named_sharding(mesh, names, rule_table)
+            for k, names in task.batch_axes.items()}
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, field="train.batch_size"):
+    """The global batch must split evenly into microbatches and over data-parallel devices."""
+    dp = data_parallel_size(mesh)
+    if batch_size % (grad_accum * dp):
+        raise ValueError(f"{field}={batch_size}: must be a multiple of train.grad_accum="
+                         f"{grad_accum} x {dp} data-parallel devices (mesh data x fsdp)")
+
+
+def _microbatches(batch: dict, task: Task, accum: int, mesh: Mesh, rule_table) -> dict:
+    """[B, ...] -> [accum, B/accum, ...], taking every accum-th row, so that each device's
+    rows feed every microbatch and no microbatch waits on a few devices."""
+    def split(name, x):
+        micro = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+        names = (None, *task.batch_axes[name])
+        return jax.lax.with_sharding_constraint(
+            micro, rules.named_sharding(mesh, names, rule_table))
+    return {k: split(k, v) for k, v in batch.items()}
+
+
+def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shardings, *,
+                    rule_table=rules.DEFAULT_RULES, grad_accum: int = 1):
+    """jit(step)(params, opt_state, batch) -> (params, opt_state, metrics).
+
+    A step whose loss or gradient norm is not finite returns the old params and optimizer
+    state unchanged and reports `nonfinite` = 1; the caller decides to stop or go on.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def loss_and_grads(params, batch):
+        def loss_of(p):
+            with rules.use_mesh(mesh, rule_table):
+                return task.loss_fn(model_state.merge(p), batch)
+        return jax.value_and_grad(loss_of, has_aux=True)(params)
+
+    def accumulated(params, batch):
+        micro = _microbatches(batch, task, grad_accum, mesh, rule_table)
+
+        def body(total, mb):
+            return jax.tree.map(jnp.add, total, loss_and_grads(params, mb)), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                             jax.eval_shape(loss_and_grads, params, first))
+        total, _ = jax.lax.scan(body, zeros, micro)
+        return jax.tree.map(lambda x: x / grad_accum, total)
+
+    def step(params, opt_state, batch):
+        if grad_accum > 1:
+            (loss, metrics), grads = accumulated(params, batch)
+        else:
+            (loss, metrics), grads = loss_and_grads(params, batch)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
+                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
+        return keep(new_params, params), keep(new_opt, opt_state), metrics
+
+    return jax.jit(step, in_shardings=(param_shardings, opt_shardings,
+                                       batch_shardings(task, mesh, rule_table)),
+                   out_shardings=(param_shardings, opt_shardings, replicated),
+                   donate_argnums=(0, 1))
+
+
+def global_batch(local: dict, shardings: dict) -> dict:
+    """Process-local numpy arrays -> global jax.Arrays on the mesh."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+            for k, v in local.items() if k in shardings}
+
+
+def optimizer_shardings(tx, abstract_params, param_shardings, mesh: Mesh):
+    """Leaves that mirror a parameter (Adam's moments) take its sharding; counters and other
+    non-parameter leaves are replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params),
+                                 param_shardings, transform_non_params=lambda _: replicated)
+
+
+def init_optimizer(tx, params, mesh: Mesh):
+    """Optimizer state created directly in its sharding on the mesh."""
+    shardings = optimizer_shardings(tx, params, jax.tree.map(lambda x: x.sharding, params),
+                                    mesh)
+    return jax.jit(tx.init, out_shardings=shardings)(params), shardings
