@@ -37,6 +37,7 @@ def decoder_task(cfg) -> step_lib.Task:
         batch_axes=BATCH_AXES,
         tokens_per_example=seq_len,
         flops_per_example=seq_len * flops.flops_per_token(model_cfg, seq_len),
+        batch_weight=loss_lib.scored_weight,
     )
 
 

@@ -21,6 +21,11 @@ def token_losses(logits, tokens):
     return log_z - target_logit, log_z, correct
 
 
+def scored_weight(batch):
+    """The total loss weight of a batch: what `decoder_loss` divides by."""
+    return jnp.sum(batch["loss_weights"][:, 1:].astype(jnp.float32))
+
+
 def decoder_loss(logits, batch, *, z_loss: float = 0.0):
     """(weighted mean of NLL + z_loss * log_z^2, metrics with per-modality loss/accuracy)."""
     nll, log_z, correct = token_losses(logits, batch["tokens"])

@@ -7,7 +7,9 @@ that many microbatches run one after another inside the step. So
     train.batch_size = rows per device per microbatch x data-parallel devices x grad_accum
 
 and nothing else changes with accumulation: the optimizer sees one update per step, the
-learning rate schedule counts steps, the loss is the mean of the microbatch losses.
+learning rate schedule counts steps, and the loss, gradients and metrics are the microbatch
+ones averaged with the task's `batch_weight` (the decoder's: its scored tokens), which is
+what the whole batch at once would give.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ class Task:
     batch_axes: dict[str, tuple]            # logical axis names of each batch array
     tokens_per_example: int = 0             # for tokens/s in the progress line
     flops_per_example: float = 0.0          # training FLOPs, for MFU
+    # What the loss averages over in a batch (e.g. the sum of token loss weights), so that
+    # accumulated microbatches weigh as they would in one big batch. None: equal weights.
+    batch_weight: Callable[[dict], jax.Array] | None = None
 
 
 def batch_shardings(task: Task, mesh: Mesh, rule_table=rules.DEFAULT_RULES) -> dict:
@@ -82,14 +87,19 @@ def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shar
     def accumulated(params, batch):
         micro = _microbatches(batch, task, grad_accum, mesh, rule_table)
 
+        def weighted(mb):
+            w = task.batch_weight(mb) if task.batch_weight else jnp.float32(1.0)
+            w = jnp.asarray(w, jnp.float32)
+            return w, jax.tree.map(lambda x: w * x, loss_and_grads(params, mb))
+
         def body(total, mb):
-            return jax.tree.map(jnp.add, total, loss_and_grads(params, mb)), None
+            return jax.tree.map(jnp.add, total, weighted(mb)), None
 
         first = jax.tree.map(lambda x: x[0], micro)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                             jax.eval_shape(loss_and_grads, params, first))
-        total, _ = jax.lax.scan(body, zeros, micro)
-        return jax.tree.map(lambda x: x / grad_accum, total)
+                             jax.eval_shape(weighted, first))
+        (weight, total), _ = jax.lax.scan(body, zeros, micro)
+        return jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), total)
 
     def step(params, opt_state, batch):
         if grad_accum > 1:
