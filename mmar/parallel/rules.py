@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Sequence
 
 import jax
@@ -71,13 +72,20 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.Context
     "mmar_mesh_rules", default=None)
 
 
-def logical_to_spec(names: Sequence[str | None] | None, rules=DEFAULT_RULES) -> PartitionSpec:
-    """PartitionSpec for a tuple of logical names; unknown names are an error, not replicas."""
+def logical_to_spec(names: Sequence[str | None] | None, rules=DEFAULT_RULES, *,
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None
+                    ) -> PartitionSpec:
+    """PartitionSpec for a tuple of logical names; unknown names are an error, not replicas.
+
+    Given the array's `shape` and the `mesh`, a dimension that the mesh axes do not divide
+    is replicated instead (e.g. 1 KV head under 2-way tensor parallelism): the usual GQA
+    choice, and the parameter table of every run shows where it happened.
+    """
     if names is None:
         return PartitionSpec()
     table = dict(rules)
     out, used = [], set()
-    for name in names:
+    for i, name in enumerate(names):
         if name is None:
             out.append(None)
             continue
@@ -87,13 +95,16 @@ def logical_to_spec(names: Sequence[str | None] | None, rules=DEFAULT_RULES) -> 
         axes = table[name]
         axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
         axes_t = tuple(a for a in axes_t if a not in used)  # a mesh axis shards one dim only
+        if shape is not None and mesh is not None:
+            if shape[i] % math.prod(mesh.shape[a] for a in axes_t):
+                axes_t = ()
         used.update(axes_t)
         out.append(None if not axes_t else axes_t[0] if len(axes_t) == 1 else axes_t)
     return PartitionSpec(*out)
 
 
-def named_sharding(mesh: Mesh, names, rules=DEFAULT_RULES) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(names, rules))
+def named_sharding(mesh: Mesh, names, rules=DEFAULT_RULES, shape=None) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, rules, shape=shape, mesh=mesh))
 
 
 @contextlib.contextmanager
@@ -115,7 +126,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if len(names) != x.ndim:
         raise ValueError(f"constrain: {len(names)} names {tuple(names)} for an array of "
                          f"shape {x.shape}")
-    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, rules))
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, names, rules, x.shape))
 
 
 def param_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
@@ -127,5 +138,5 @@ def param_shardings(abstract_state, mesh: Mesh, rules=DEFAULT_RULES):
         if len(names) != len(var.shape):
             raise ValueError(f"parameter of shape {var.shape} has {len(names)} logical names "
                              f"{tuple(names)}")
-        return NamedSharding(mesh, logical_to_spec(names, rules))
+        return named_sharding(mesh, names, rules, var.shape)
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))

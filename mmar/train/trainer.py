@@ -136,15 +136,17 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
                         raise NonFiniteLossError(
                             f"[{task.name}] {skipped} non-finite steps skipped, more than "
                             f"train.max_skipped_steps={cfg.get('max_skipped_steps', 100)}")
-                good = [m for s, m in host if not m["nonfinite"]] or [host[-1][1]]
-                last = {k: float(np.mean([m[k] for m in good])) for k in good[0]
-                        if k != "nonfinite"}
-                last["learning_rate"] = float(optim.learning_rate_schedule(cfg)(step - 1))
-                writer.write_scalars(step, last)
-                bsz = next(iter(batch.values())).shape[0]
-                log(progress.line(step, last, tokens_per_step=bsz * task.tokens_per_example,
-                                  flops_per_step=bsz * task.flops_per_example,
-                                  peak_flops=peak_flops))
+                good = [m for s, m in host if not m["nonfinite"]]
+                if good:
+                    last = {k: float(np.mean([m[k] for m in good])) for k in good[0]
+                            if k != "nonfinite"}
+                    last["learning_rate"] = float(optim.learning_rate_schedule(cfg)(step - 1))
+                    writer.write_scalars(step, last)
+                    bsz = next(iter(batch.values())).shape[0]
+                    log(progress.line(step, last,
+                                      tokens_per_step=bsz * task.tokens_per_example,
+                                      flops_per_step=bsz * task.flops_per_example,
+                                      peak_flops=peak_flops))
             if step % checkpoint_every == 0 or step == cfg.steps or stop["signal"]:
                 ckpt.save(step, params=params, opt_state=opt_state, data_iter=data_iter,
                           config=config, force=True)

@@ -1,5 +1,6 @@
-"""The one loop: exact resume after SIGTERM (params, optimizer, data iterator) and a hard
-stop on a non-finite loss."""
+"""The one loop: exact resume after SIGTERM (params, optimizer, data iterator), the
+non-finite policies (stop, skip), falling back from a corrupt checkpoint, and restoring onto
+a different mesh."""
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 
 from mmar.data import pipeline
 from mmar.parallel import mesh as mesh_lib
+from mmar.parallel import rules
 from mmar.train import trainer
 from mmar.train.decoder import decoder_task
 from mmar import config as config_lib
@@ -76,3 +78,83 @@ def test_nonfinite_loss_stops_and_is_not_checkpointed(test_config, tmp_path):
     with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
         _train(cfg, batches, tmp_path, task=task)
     assert not any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
+
+
+class _PoisonStep:
+    """Wraps a batch iterator; the batch of step `step` (1-based) gets a NaN loss weight.
+    Keeps Grain's checkpoint interface."""
+
+    def __init__(self, inner, step):
+        self.inner, self.step, self.n = inner, step, 0
+
+    def __next__(self):
+        batch = dict(next(self.inner))
+        self.n += 1
+        if self.n == self.step:
+            batch["loss_weights"] = batch["loss_weights"].copy()
+            batch["loss_weights"][0, 1] = np.nan
+        return batch
+
+    def get_state(self):          # bytes: how Grain checkpoints a non-Dataset iterator
+        return json.dumps(self.inner.get_state()).encode()
+
+    def set_state(self, state):
+        self.inner.set_state(json.loads(state))
+
+    def start_prefetch(self):
+        pass
+
+
+def test_nonfinite_skip_policy_drops_the_step_and_goes_on(test_config, tmp_path):
+    cfg, batches = _setup(test_config)
+    cfg.train.on_nonfinite = "skip"
+    messages = []
+    result = _train(cfg, _PoisonStep(batches, 3), tmp_path, log=messages.append)
+    assert result.step == 6 and result.skipped_steps == 1
+    assert any("skipped non-finite steps [3]" in m for m in messages)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(result.params)))
+    losses = _losses(tmp_path)
+    assert 3 not in losses and all(np.isfinite(v) for v in losses.values())
+
+    cfg2, batches = _setup(test_config)
+    cfg2.train.update(on_nonfinite="skip", max_skipped_steps=0)
+    with pytest.raises(trainer.NonFiniteLossError, match="max_skipped_steps=0"):
+        _train(cfg2, _PoisonStep(batches, 2), tmp_path / "strict")
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(test_config, tmp_path):
+    cfg, batches = _setup(test_config, steps=4)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, data_iter=batches,
+                  workdir=tmp_path, checkpoint_every=2, max_to_keep=3, log=lambda m: None)
+    for f in (tmp_path / "checkpoints" / "4" / "params").rglob("*"):
+        if f.is_file():                       # every params file of step 4 garbled
+            f.write_bytes(b"\0garbage")
+    cfg, batches = _setup(test_config, steps=5)
+    messages = []
+    result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, data_iter=batches,
+                           workdir=tmp_path, checkpoint_every=100, max_to_keep=3,
+                           log=messages.append)
+    assert any("checkpoint step 4" in m and "unreadable" in m for m in messages)
+    assert result.start_step == 2 and result.step == 5
+
+
+def test_restore_onto_a_different_mesh_continues_the_same_run(test_config, tmp_path):
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 devices")
+    cfg, batches = _setup(test_config)
+    straight = _train(cfg, batches, tmp_path / "straight")
+    cfg, batches = _setup(test_config, steps=3)
+    cfg.mesh.update(data=8, fsdp=1, tensor=1, strategy="dp")
+    _train(cfg, batches, tmp_path / "moved")
+    cfg, batches = _setup(test_config)
+    cfg.mesh.update(data=1, fsdp=2, tensor=2, strategy="fsdp_tp")   # 4 devices, sharded
+    mesh = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:4])
+    moved = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, data_iter=batches,
+                          workdir=tmp_path / "moved", checkpoint_every=100,
+                          rule_table=rules.for_strategy("fsdp_tp"), log=lambda m: None)
+    assert moved.start_step == 3
+    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "moved")
+    np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)],
+                               rtol=1e-5)
+    assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(moved.params))
