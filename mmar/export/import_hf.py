@@ -150,6 +150,8 @@ def load_params(hf_dir, base_cfg=None, seed: int = 0):
         if name not in hf.GLOBAL_MAP:
             raise ValueError(f"mmar parameter {name!r} has no transformers equivalent")
         kind = hf.GLOBAL_MAP[name][1]
+        if name == "final_norm.scale":
+            return get(hf_names[name], leaf.shape)
         rows = (hf_vocab, leaf.shape[1]) if name == "embed.embedding" else (hf_vocab, leaf.shape[0])
         value = get(hf_names[name], rows)  # both stored [vocab, embed] in transformers
         if text_size is not None:
