@@ -19,7 +19,7 @@ from mmar.export import assets, hf, import_hf  # noqa: E402
 from mmar.export import safetensors_io as st  # noqa: E402
 from mmar.sample.decode import Sampler  # noqa: E402
 from mmar.train import state as state_lib  # noqa: E402
-from tests.export import helpers  # noqa: E402
+import export_helpers as helpers  # noqa: E402
 
 CASES = {  # dense models: without / with QK-norm, MHA and GQA, tied and untied
     "llama_mha": dict(qk_norm=False, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8),

@@ -75,3 +75,21 @@ def mmar_logits(cfg, params, tokens):
     b, s = tokens.shape
     positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s))
     return np.asarray(model(tokens, positions, np.ones((b, s), np.int32)))
+
+
+def save_llm(directory, qwen3: bool, tied: bool = False, text_vocab: int = 300):
+    """A random transformers text LLM, every weight perturbed, saved as safetensors."""
+    import torch
+    import transformers
+    kw = dict(vocab_size=text_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
+              tie_word_embeddings=tied, max_position_embeddings=128)
+    config = transformers.Qwen3Config(**kw) if qwen3 else transformers.LlamaConfig(**kw)
+    cls = transformers.Qwen3ForCausalLM if qwen3 else transformers.LlamaForCausalLM
+    torch.manual_seed(0)
+    model = cls(config).float()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return model

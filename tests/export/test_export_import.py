@@ -13,30 +13,14 @@ transformers = pytest.importorskip("transformers")
 
 from mmar.export import hf, import_hf  # noqa: E402
 from mmar.export.orbax_reader import CheckpointReader  # noqa: E402
-from tests.export import helpers  # noqa: E402
+import export_helpers as helpers  # noqa: E402
 
 TEXT_VOCAB = 300
 
 
-def save_llm(directory, qwen3: bool, tied: bool = False):
-    """A random transformers text LLM (vocabulary 300), saved as safetensors."""
-    kw = dict(vocab_size=TEXT_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
-              tie_word_embeddings=tied, max_position_embeddings=128)
-    config = transformers.Qwen3Config(**kw) if qwen3 else transformers.LlamaConfig(**kw)
-    cls = transformers.Qwen3ForCausalLM if qwen3 else transformers.LlamaForCausalLM
-    torch.manual_seed(0)
-    model = cls(config).float()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(directory)
-    return model
-
-
 @pytest.mark.parametrize("qwen3,tied", [(False, False), (True, True)])
 def test_import_text_llm_extends_vocab(tmp_path, qwen3, tied):
-    model = save_llm(tmp_path / "llm", qwen3, tied)
+    model = helpers.save_llm(tmp_path / "llm", qwen3, tied)
     base = helpers.make_config()
     cfg, params, text_size = import_hf.load_params(tmp_path / "llm", base)
     assert text_size == TEXT_VOCAB
@@ -57,7 +41,7 @@ def test_import_text_llm_extends_vocab(tmp_path, qwen3, tied):
 
 
 def test_import_cli_writes_a_checkpoint_mmar_can_export(tmp_path):
-    save_llm(tmp_path / "llm", qwen3=False)
+    helpers.save_llm(tmp_path / "llm", qwen3=False)
     env = dict(os.environ, PYTHONPATH=str(helpers.ROOT))
     proc = subprocess.run([sys.executable, "-m", "mmar", "import", str(tmp_path / "llm"),
                            "--out", str(tmp_path / "run"),
@@ -78,7 +62,7 @@ def test_import_cli_writes_a_checkpoint_mmar_can_export(tmp_path):
                                          ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
                                          ("model_type", "mistral")])
 def test_import_refuses_what_cannot_map(tmp_path, field, value):
-    save_llm(tmp_path / "llm", qwen3=False)
+    helpers.save_llm(tmp_path / "llm", qwen3=False)
     path = tmp_path / "llm" / "config.json"
     config = json.loads(path.read_text())
     config[field] = value
@@ -88,7 +72,7 @@ def test_import_refuses_what_cannot_map(tmp_path, field, value):
 
 
 def test_import_names_a_missing_tensor_and_a_bad_file(tmp_path):
-    save_llm(tmp_path / "llm", qwen3=False)
+    helpers.save_llm(tmp_path / "llm", qwen3=False)
     with pytest.raises(ValueError, match="not an mmar export: pass --config"):
         import_hf.load_params(tmp_path / "llm")
     (tmp_path / "llm" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad")

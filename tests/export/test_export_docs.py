@@ -9,8 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mmar import cli  # noqa: E402
-from tests.export import helpers  # noqa: E402
-from tests.export.test_import import save_llm  # noqa: E402
+import export_helpers as helpers  # noqa: E402
 
 DOC = helpers.ROOT / "docs/export.md"
 
@@ -25,10 +24,10 @@ def test_docs_export_commands_and_python(tmp_path, monkeypatch):
     (tmp_path / "configs").symlink_to(helpers.ROOT / "configs")
     cfg = helpers.make_config()  # the test preset: QK-norm on -> Qwen3
     params = helpers.write_run(tmp_path / "runs/demo", cfg)
-    save_llm(tmp_path / "runs/llm", qwen3=False)
+    helpers.save_llm(tmp_path / "runs/llm", qwen3=False)
 
     commands = [shlex.split(line) for line in
-                doc_block("tests/export/test_docs.py runs this block", "bash").strip().splitlines()]
+                doc_block("tests/export/test_export_docs.py runs this block", "bash").strip().splitlines()]
     assert [c[:2] for c in commands] == [["mmar", "export"]] * 3 + [["mmar", "import"]] * 2
     for command in commands:
         assert cli.main(command) == 0, command
@@ -43,7 +42,7 @@ def test_docs_export_commands_and_python(tmp_path, monkeypatch):
     llm = CheckpointReader(tmp_path / "runs/from_llm/decoder/checkpoints/0")
     assert llm.shape("embed.embedding")[0] % 128 == 0
 
-    code = doc_block("tests/export/test_docs.py runs this block too", "python")
+    code = doc_block("tests/export/test_export_docs.py runs this block too", "python")
     exec(compile(code, str(DOC), "exec"), {})
     from PIL import Image
     assert Image.open(tmp_path / "runs/demo/red_circle.png").size == (32, 32)
