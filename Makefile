@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmar-installed
+# torch + transformers for the export tests only (requirements-export.txt), own stamp.
+EXPORT_STAMP := $(VENV)/.mmar-export-installed
 # 8 fake CPU devices so the sharding tests see a mesh; quiet TensorFlow's C++ logging.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 TF_CPP_MIN_LOG_LEVEL=2
 
@@ -22,7 +24,11 @@ $(STAMP): requirements.txt setup.py
 demo: install
 	TF_CPP_MIN_LOG_LEVEL=2 $(VENV)/bin/mmar demo --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
 
-test: install
+$(EXPORT_STAMP): requirements-export.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-export.txt
+	touch $(EXPORT_STAMP)
+
+test: install $(EXPORT_STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q tests
 
 clean:

@@ -27,6 +27,8 @@ setup(
         "pillow",
         "scipy",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"],
+                    # loading exports in transformers (exact pins: requirements-export.txt)
+                    "export": ["torch>=2.4", "transformers>=5.0", "safetensors>=0.4"]},
     entry_points={"console_scripts": ["mmar=mmar.cli:main"]},
 )

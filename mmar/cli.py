@@ -17,7 +17,10 @@ COMMANDS = {
     "sample": "text-to-image and image-to-text samples -> WORKDIR/samples",
     "eval": "judge samples, held-out loss, tokenizer reconstruction -> WORKDIR/report.json",
     "demo": "tokenizer-train, train and eval in one go (what `make demo` runs)",
+    "export": "CHECKPOINT --format hf --out DIR: transformers/safetensors (docs/export.md)",
+    "import": "HF_DIR --out DIR: a transformers Llama/Qwen3 checkpoint -> mmar params",
 }
+PATH_COMMANDS = ("export", "import")  # take paths (argparse), not --config/--workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config, e.g. configs/t2i_shapes.py:tiny", lock_config=True)
@@ -73,6 +76,9 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"mmar: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if command in PATH_COMMANDS:
+        from mmar.export import cli as export_cli  # lazily, like the stage modules
+        return export_cli.main(command, argv[2:])
     quiet = not any(a.startswith(("--verbosity", "-v")) for a in argv[2:])
     app.run(lambda _: _run(command, quiet), argv=[f"mmar {command}"] + argv[2:])
     return 0

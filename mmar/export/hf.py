@@ -1,0 +1,216 @@
+"""mmar decoder <-> Hugging Face transformers: the weight mapping, config.json, and export.
+
+Why the mapping is this short: mmar's decoder was written in the Llama layout on purpose.
+RoPE rotates dimension i with i + head_dim/2 (transformers' `rotate_half`) with the same
+frequencies theta^(-2i/head_dim), so q/k need no permutation; RMSNorm is x/rms(x) * w (not
+1 + w) with the same epsilon; query head h reads kv head h // (H/KVH) as `repeat_kv`; QK-norm
+is an RMSNorm over head_dim before RoPE, exactly Qwen3's q_norm/k_norm. What changes is only
+the layout: mmar keeps heads as an axis ([embed, heads, head_dim]) and stacks layers on a
+leading axis; transformers has one [out, in] matrix per layer.
+
+    QK-norm off -> LlamaForCausalLM        QK-norm on -> Qwen3ForCausalLM
+    Mixture-of-Transformers or any parameter not in the table -> no transformers
+    equivalent: `--format mmar` (mmar's own safetensors layout, docs/export.md).
+
+z-loss is a training term only; it changes no weight.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+
+import numpy as np
+
+from mmar.export import assets
+from mmar.export import orbax_reader
+from mmar.export import safetensors_io as st
+
+DEFAULT_MAX_SHARD = "5GB"
+FORMATS = ("hf", "mmar")
+
+# mmar stacked name -> (transformers name inside `model.layers.{i}.`, kind)
+LAYER_MAP = {
+    "blocks.attn_norm.scale": ("input_layernorm.weight", "copy"),
+    "blocks.attn.q": ("self_attn.q_proj.weight", "in_heads"),
+    "blocks.attn.k": ("self_attn.k_proj.weight", "in_heads"),
+    "blocks.attn.v": ("self_attn.v_proj.weight", "in_heads"),
+    "blocks.attn.o": ("self_attn.o_proj.weight", "heads_out"),
+    "blocks.attn.q_norm.scale": ("self_attn.q_norm.weight", "copy"),
+    "blocks.attn.k_norm.scale": ("self_attn.k_norm.weight", "copy"),
+    "blocks.mlp_norm.scale": ("post_attention_layernorm.weight", "copy"),
+    "blocks.mlp.gate": ("mlp.gate_proj.weight", "transpose"),
+    "blocks.mlp.up": ("mlp.up_proj.weight", "transpose"),
+    "blocks.mlp.down": ("mlp.down_proj.weight", "transpose"),
+}
+GLOBAL_MAP = {
+    "embed.embedding": ("model.embed_tokens.weight", "copy"),
+    "final_norm.scale": ("model.norm.weight", "copy"),
+    "head": ("lm_head.weight", "transpose"),
+}
+
+
+def to_hf(kind: str, w: np.ndarray) -> np.ndarray:
+    """One layer's mmar array -> the transformers [out, in] (or vector) layout."""
+    if kind == "copy":
+        return w
+    if kind == "transpose":
+        return w.T
+    if kind == "in_heads":      # [embed, heads, head_dim] -> [heads * head_dim, embed]
+        return w.reshape(w.shape[0], -1).T
+    if kind == "heads_out":     # [heads, head_dim, embed] -> [embed, heads * head_dim]
+        return w.reshape(-1, w.shape[-1]).T
+    raise ValueError(kind)
+
+
+def to_mmar(kind: str, w: np.ndarray, mmar_shape) -> np.ndarray:
+    """The inverse of `to_hf`, given the mmar shape of one layer."""
+    if kind == "copy":
+        return w.reshape(mmar_shape)
+    return w.T.reshape(mmar_shape)
+
+
+def expected_names(model_cfg) -> set[str]:
+    names = set(LAYER_MAP) | set(GLOBAL_MAP)
+    if not model_cfg.qk_norm:
+        names -= {"blocks.attn.q_norm.scale", "blocks.attn.k_norm.scale"}
+    if model_cfg.tie_embeddings:
+        names.discard("head")
+    return names
+
+
+def architecture(model_cfg) -> tuple[str, str]:
+    return ("qwen3", "Qwen3ForCausalLM") if model_cfg.qk_norm else ("llama", "LlamaForCausalLM")
+
+
+def check_mappable(model_cfg, names) -> None:
+    """Raises ValueError unless the checkpoint maps exactly onto Llama / Qwen3."""
+    if model_cfg.get("mot", False):
+        raise ValueError("model.mot=True: a Mixture-of-Transformers decoder has no transformers "
+                         "equivalent; export it with --format mmar (docs/export.md)")
+    extra = sorted(set(names) - expected_names(model_cfg))
+    missing = sorted(expected_names(model_cfg) - set(names))
+    if extra or missing:
+        raise ValueError(f"the checkpoint's parameters do not map onto {architecture(model_cfg)[1]}"
+                         f": unexpected {extra}, missing {missing}; use --format mmar")
+
+
+def hf_config(cfg, vocab, dtype: str) -> dict:
+    """config.json for transformers (Llama, or Qwen3 with QK-norm)."""
+    m = cfg.model
+    model_type, arch = architecture(m)
+    out = {
+        "architectures": [arch], "model_type": model_type,
+        "vocab_size": m.vocab_size, "hidden_size": m.d_model, "intermediate_size": m.mlp_dim,
+        "num_hidden_layers": m.n_layers, "num_attention_heads": m.n_heads,
+        "num_key_value_heads": m.n_kv_heads, "head_dim": m.head_dim, "hidden_act": "silu",
+        # RoPE has no length limit; this is the trained length (serving engines cap on it).
+        "max_position_embeddings": int(cfg.data.get("seq_len", 2048)),
+        "rms_norm_eps": m.norm_eps, "rope_theta": m.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+        "attention_bias": False, "attention_dropout": 0.0,
+        "tie_word_embeddings": bool(m.tie_embeddings), "initializer_range": m.init_std,
+        "bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad,
+        "dtype": dtype, "use_cache": True,
+    }
+    if model_type == "llama":
+        out.update(mlp_bias=False, pretraining_tp=1)
+    else:
+        out.update(use_sliding_window=False, sliding_window=None,
+                   max_window_layers=m.n_layers, layer_types=["full_attention"] * m.n_layers)
+    return out
+
+
+def parse_size(text) -> int:
+    """'5GB', '200MB', '10KB' or a byte count -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", str(text).upper())
+    if not match:
+        raise ValueError(f"--max_shard_size={text!r}: expected e.g. 5GB, 200MB or a byte count")
+    unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}
+    return int(float(match.group(1)) * unit[match.group(2)])
+
+
+def _plan_hf(reader, cfg, dtype) -> list[st.Planned]:
+    """The transformers tensors in order, each produced from one layer slice when asked."""
+    m = cfg.model
+    plan = []
+
+    def add(hf_name, mmar_name, kind, index=None):
+        shape = reader.shape(mmar_name)[0 if index is None else 1:]
+        hf_shape = to_hf(kind, np.empty(shape, np.bool_)).shape
+        plan.append(st.Planned(hf_name, hf_shape, dtype,
+                               lambda: to_hf(kind, reader.read(mmar_name, index))))
+
+    add("model.embed_tokens.weight", "embed.embedding", "copy")
+    for i in range(m.n_layers):
+        for name, (hf_name, kind) in LAYER_MAP.items():
+            if name in reader.names:
+                add(f"model.layers.{i}.{hf_name}", name, kind, i)
+    add("model.norm.weight", "final_norm.scale", "copy")
+    if not m.tie_embeddings:
+        add("lm_head.weight", "head", "transpose")
+    return plan
+
+
+def _plan_mmar(reader, dtype) -> list[st.Planned]:
+    return [st.Planned(name, reader.shape(name), dtype, lambda name=name: reader.read(name))
+            for name in reader.names]
+
+
+def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
+           max_shard_size=DEFAULT_MAX_SHARD, image_tokenizer=None, log=print) -> pathlib.Path:
+    """Writes `out_dir` from an mmar decoder checkpoint (a run workdir, its decoder dir or a
+    step dir). The image tokenizer is taken from `image_tokenizer` or the run workdir."""
+    from mmar import config as config_lib
+    if fmt not in FORMATS:
+        raise ValueError(f"--format={fmt!r}: one of {FORMATS}")
+    step_dir = orbax_reader.find_step_dir(checkpoint, "decoder")
+    reader = orbax_reader.CheckpointReader(step_dir)
+    cfg = reader.config()
+    vocab = config_lib.make_vocab(cfg)
+    if fmt == "hf":
+        check_mappable(cfg.model, reader.names)
+    dtype = dtype or cfg.model.param_dtype
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--dtype={dtype!r}: one of ('float32', 'bfloat16')")
+    np_dtype = np.dtype(st.DTYPES["F32" if dtype == "float32" else "BF16"])
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob(f"*{st.INDEX}")):
+        old.unlink()  # a re-export with other shard counts must not leave stale shards
+    plan = _plan_hf(reader, cfg, np_dtype) if fmt == "hf" else _plan_mmar(reader, np_dtype)
+    files = st.write_sharded(out_dir, plan, parse_size(max_shard_size))
+    if fmt == "hf":
+        (out_dir / "config.json").write_text(json.dumps(hf_config(cfg, vocab, dtype), indent=1))
+    elif (out_dir / "config.json").exists():
+        (out_dir / "config.json").unlink()  # only a transformers export has one
+    (out_dir / "mmar_config.json").write_text(cfg.to_json(indent=1))
+    assets.write_generation_config(out_dir, vocab)
+    assets.write_text_tokenizer(out_dir, vocab, cfg)
+    tok_dir = _tokenizer_step_dir(step_dir, image_tokenizer)
+    codes_shape = None
+    if tok_dir is not None:
+        codes_shape = assets.export_image_tokenizer(tok_dir, out_dir / assets.IMAGE_DIR, cfg)
+    else:
+        shutil.rmtree(out_dir / assets.IMAGE_DIR, ignore_errors=True)
+        log(f"[export] no image tokenizer checkpoint found near {step_dir}; exported the "
+            "decoder only (pass --image_tokenizer=DIR)")
+    assets.write_mmar_json(out_dir, cfg, vocab, fmt=fmt, step=int(step_dir.name)
+                           if step_dir.name.isdigit() else None, codes_shape=codes_shape)
+    arch = architecture(cfg.model)[1] if fmt == "hf" else "mmar layout"
+    log(f"[export] {step_dir} -> {out_dir} ({arch}, {dtype}, {len(plan)} tensors in "
+        f"{len(files)} file(s))")
+    return out_dir
+
+
+def _tokenizer_step_dir(decoder_step_dir, image_tokenizer):
+    if image_tokenizer:
+        return orbax_reader.find_step_dir(image_tokenizer, "tokenizer")
+    run_dir = orbax_reader.run_dir_of(decoder_step_dir, "decoder")
+    if run_dir is None:
+        return None
+    try:
+        return orbax_reader.find_step_dir(run_dir / "tokenizer", "tokenizer")
+    except FileNotFoundError:
+        return None
