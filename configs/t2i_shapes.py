@@ -35,6 +35,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         num_workers=0,        # Grain worker processes (0 = in the main process)
         loss_weight_text=1.0,
         loss_weight_image=1.0,
+        caption_dropout=0.0,  # P(drop a caption before its image): CFG training (docs/data.md)
     ))
     c.vocab = ml_collections.ConfigDict(dict(text_tokenizer="bytes"))
     c.image_tokenizer = ml_collections.ConfigDict(dict(

@@ -45,6 +45,7 @@ _CHECKS = (
     ("data.num_workers", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("data.loss_weight_text", _nonneg, "a number >= 0"),
     ("data.loss_weight_image", _nonneg, "a number >= 0"),
+    ("data.caption_dropout", _fraction, "a number in [0, 1]"),
     ("image_tokenizer.levels", lambda v: len(v) > 0 and all(_positive_int(x) and x >= 2 for x in v),
      "a non-empty tuple of ints >= 2"),
     ("image_tokenizer.steps", _positive_int, "a positive int"),

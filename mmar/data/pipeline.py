@@ -59,13 +59,22 @@ class PairToRow(grain.transforms.RandomMap):
     def __init__(self, vocab: Vocab, data_cfg):
         self.vocab, self.text = vocab, ByteTokenizer()
         self.seq_len, self.i2t = data_cfg.seq_len, data_cfg.i2t_fraction
+        self.caption_dropout = data_cfg.caption_dropout
         self.weights = dict(text_weight=data_cfg.loss_weight_text,
                             image_weight=data_cfg.loss_weight_image)
 
+    def segments(self, record, rng: np.random.Generator):
+        """[caption, image] or [image, caption]; a t2i caption dropped by `caption_dropout`."""
+        caption = (sequences.TEXT, self.text.encode(record["caption"]))
+        image = (sequences.IMAGE, self.vocab.image_ids(record["codes"]))
+        if rng.random() < self.i2t:
+            return [image, caption]
+        return sequences.drop_captions([caption, image], self.caption_dropout, rng)
+
     def random_map(self, record, rng: np.random.Generator):
-        return sequences.pair_example(
-            self.text.encode(record["caption"]), self.vocab.image_ids(record["codes"]),
-            self.vocab, self.seq_len, image_first=bool(rng.random() < self.i2t), **self.weights)
+        tokens, modality = sequences.document_tokens(self.segments(record, rng), self.vocab)
+        return sequences.pad_row(tokens, modality, self.vocab, self.seq_len, **self.weights,
+                                 what=f"caption {record['caption']!r} with its image")
 
 
 def local_batch_size(global_batch: int) -> int:
