@@ -13,7 +13,7 @@ import grain
 import jax
 import numpy as np
 
-from mmar.data import sequences
+from mmar.data import packing, sequences
 from mmar.vocab import ByteTokenizer, Vocab
 
 
@@ -77,6 +77,14 @@ class PairToRow(grain.transforms.RandomMap):
                                  what=f"caption {record['caption']!r} with its image")
 
 
+class PairToDocument(PairToRow):
+    """A caption+codes record -> an unpadded document, for packing (`data.pack=True`)."""
+
+    def random_map(self, record, rng: np.random.Generator):
+        return sequences.document_example(self.segments(record, rng), self.vocab,
+                                          **self.weights)
+
+
 def local_batch_size(global_batch: int) -> int:
     n = jax.process_count()
     if global_batch % n:
@@ -90,8 +98,10 @@ def _shard_shuffle_repeat(source, seed: int) -> grain.MapDataset:
     return ds.seed(seed).shuffle().repeat()
 
 
-def _finish(ds: grain.MapDataset, global_batch: int, num_workers: int):
-    ds = ds.batch(local_batch_size(global_batch), drop_remainder=True).to_iter_dataset()
+def _finish(ds, global_batch: int, num_workers: int):
+    ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
+    if isinstance(ds, grain.MapDataset):
+        ds = ds.to_iter_dataset()
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(ds)
@@ -99,8 +109,19 @@ def _finish(ds: grain.MapDataset, global_batch: int, num_workers: int):
 
 def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global_batch: int,
                     seed: int):
-    """Endless shuffled batches of rows for the decoder (a checkpointable iterator)."""
-    ds = _shard_shuffle_repeat(source, seed).random_map(PairToRow(vocab, data_cfg))
+    """Endless shuffled batches of rows for the decoder (a checkpointable iterator).
+
+    With `data.pack` several documents share a row (mmar/data/packing.py); without it each
+    row holds one document, padded.
+    """
+    ds = _shard_shuffle_repeat(source, seed)
+    if data_cfg.get("pack", False):
+        ds = ds.random_map(PairToDocument(vocab, data_cfg)).to_iter_dataset()
+        ds = packing.pack(ds, vocab, seq_len=data_cfg.seq_len, num_bins=data_cfg.pack_bins,
+                          oversize=data_cfg.oversize,
+                          max_bad_fraction=data_cfg.max_bad_fraction)
+    else:
+        ds = ds.random_map(PairToRow(vocab, data_cfg))
     return _finish(ds, global_batch, data_cfg.num_workers)
 
 
