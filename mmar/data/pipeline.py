@@ -102,9 +102,21 @@ def _finish(ds, global_batch: int, num_workers: int):
     ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
     if isinstance(ds, grain.MapDataset):
         ds = ds.to_iter_dataset()
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(ds)
+    return iter(with_workers(ds, num_workers))
+
+
+def with_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+    """`num_workers` Grain worker processes (0 = none), each on its own slice of the records.
+
+    Grain reads its absl flags in the workers; outside `mmar` (whose CLI parses them) they
+    are marked parsed here, with their defaults, so a library caller needs no absl app.
+    """
+    if num_workers <= 0:
+        return ds
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
 
 
 def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global_batch: int,
