@@ -31,13 +31,12 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
-
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 from etils import epath
 
+from mmar.data.builders.documents import DocumentSource, document_features
 from mmar.data.packing import BadDataError
 
 
@@ -183,13 +182,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.spec.image_size
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(),
-                "kind": tfds.features.Text(),
-                "segments": tfds.features.Text(),
-                "images": tfds.features.Sequence(
-                    tfds.features.Image(shape=(s, s, 3), encoding_format="png")),
-            }),
+            features=document_features(s),
             disable_shuffling=True,  # record order = line order, for readable logs
         )
 
@@ -223,34 +216,4 @@ def prepare(spec: FolderSpec, *, data_dir: str, log=print) -> Folder:
     return builder
 
 
-def _text(x) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
-class FolderSource:
-    """Random-access source over a prepared folder data set (picklable for Grain workers)."""
-
-    def __init__(self, builder_dir: str, split: str = "train"):
-        self.builder_dir, self.split, self._source = os.fspath(builder_dir), split, None
-        self._len = len(self._open())
-
-    def _open(self):
-        if self._source is None:
-            builder = tfds.builder_from_directory(self.builder_dir)
-            self._source = builder.as_data_source(split=self.split)
-        return self._source
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self._open()[int(index)]
-        images = [np.asarray(x, np.uint8) for x in rec["images"]]
-        return {"id": _text(rec["id"]), "kind": _text(rec["kind"]),
-                "segments": json.loads(_text(rec["segments"])), "images": images}
-
-    def __getstate__(self):
-        return {"builder_dir": self.builder_dir, "split": self.split, "_len": self._len}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state, _source=None)
+FolderSource = DocumentSource  # records of every document builder read the same way
