@@ -82,3 +82,48 @@ def test_document_batches_resume_exactly_with_worker_processes():
         for k in sequences.FEATURES:
             np.testing.assert_array_equal(a[k], b[k])
     again.close()
+
+
+_WORKER = r"""
+import json, sys
+import jax
+jax.distributed.initialize("localhost:{port}", num_processes=2, process_id=int(sys.argv[1]))
+import numpy as np
+from tests.data.test_mixture import CFG, V, _captions, _text
+from mmar.data import mixture
+src = _captions("c", 101)
+it = mixture.document_batches([src], [1.0], V, CFG, global_batch=2, seed=0)
+n = len(mixture.process_slice(__import__("grain").MapDataset.source(src)))
+ds = mixture.mixture([src], [1.0], V, CFG, seed=0)  # jax.process_index() / process_count()
+print(json.dumps({{"index": jax.process_index(), "count": jax.process_count(),
+                   "texts": [_text(ds[i]) for i in range(n)],
+                   "batch": list(next(it)["tokens"].shape)}}))
+"""
+
+
+def test_two_real_processes_read_disjoint_data(tmp_path):
+    """Two jax processes on localhost: jax.process_index() picks each one's slice."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(port=port))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, str(script), str(i)], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    res = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert [r["index"] for r in res] == [0, 1] and all(r["count"] == 2 for r in res)
+    assert all(r["batch"] == [1, 64] for r in res)  # global batch 2 = 1 row per process
+    a, b = (set(r["texts"]) for r in res)
+    assert len(a) == 51 and len(b) == 50 and not a & b
+    assert a | b == {f"c{i}" for i in range(101)}
