@@ -7,7 +7,7 @@ from __future__ import annotations
 import pathlib
 
 from mmar import config as config_lib
-from mmar.data import pipeline
+from mmar.data import pipeline, sources
 from mmar.model import flops
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
@@ -43,11 +43,16 @@ def run(cfg, workdir, log=print) -> trainer.Result:
     workdir = pathlib.Path(workdir)
     vocab = config_lib.make_vocab(cfg)
     tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
-    captions, codes = tokenizer_train.encode_source(
-        tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
-    source = pipeline.CaptionCodeSource(captions, codes)
-    batches = pipeline.decoder_batches(source, vocab, cfg.data,
-                                       global_batch=cfg.train.batch_size, seed=cfg.seed)
+    if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)
+        batches = sources.mixture_batches(cfg.data, tokenizer.encode, vocab,
+                                          global_batch=cfg.train.batch_size, seed=cfg.seed,
+                                          log=log)
+    else:
+        captions, codes = tokenizer_train.encode_source(
+            tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
+        source = pipeline.CaptionCodeSource(captions, codes)
+        batches = pipeline.decoder_batches(source, vocab, cfg.data,
+                                           global_batch=cfg.train.batch_size, seed=cfg.seed)
     result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh_lib.make_mesh(cfg.mesh),
                            data_iter=batches, workdir=workdir / SUBDIR, config=cfg,
                            seed=cfg.seed, checkpoint_every=cfg.checkpoint.every_steps,
