@@ -54,3 +54,32 @@ def test_mixture_of_built_in_and_user_data_by_config(test_config, tmp_path):
     assert kinds["digits"] > 0 and kinds["stories"] > 0
     assert any("mixture: " + str(folder) in m for m in logs)
     assert any("skipped captions.jsonl:5" in m for m in logs)  # the folder's bad lines
+
+
+def test_documented_mixture_command_trains(tmp_path, data_dir):
+    """docs/data.md's `mmar train ... --config.data.mixture=...` runs end to end (test preset)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[2]
+    text = (root / "docs/data.md").read_text()
+    block = text.split("tests/data/test_sources.py runs this block")[1].split("```bash")[1]
+    (cmd,) = [line.split() for line in block.split("```")[0].strip().splitlines()]
+    assert cmd[:2] == ["mmar", "train"]
+    args = [a.replace(":tiny", ":test").replace("configs/", f"{root}/configs/")
+            if a.startswith("--config=") else f"--workdir={tmp_path}"
+            if a.startswith("--workdir=") else a for a in cmd[2:]]
+    env = dict(os.environ, MMAR_DATA_DIR=str(data_dir), PYTHONPATH=str(root),
+               TF_CPP_MIN_LOG_LEVEL="2")
+
+    def mmar(*a):
+        proc = subprocess.run([sys.executable, "-m", "mmar", *a], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    mmar("tokenizer-train", args[0], f"--workdir={tmp_path}", "--config.image_tokenizer.steps=2")
+    out = mmar("train", *args, "--config.train.steps=4", "--config.checkpoint.every_steps=4")
+    assert "[data] mixture: stories" in out and "[data] mixture: digits" in out
+    assert "[decoder] step 4/4" in out
