@@ -35,6 +35,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         num_workers=0,        # Grain worker processes (0 = in the main process)
         loss_weight_text=1.0,
         loss_weight_image=1.0,
+        caption_dropout=0.0,  # P(drop a caption before its image): CFG training (docs/data.md)
+        pack=False,           # several documents per row (segment_ids keep them apart)
+        pack_bins=16,         # rows filled at a time by first-fit packing
+        oversize="split",     # a document longer than seq_len: "split" (never in an image) or "drop"
+        max_bad_fraction=0.01,  # stop with one error past this share of bad records / drops
+        mixture="",           # "" = shapes pairs; or e.g. "shapes:0.6,stories:0.3,digits:0.1"
     ))
     c.vocab = ml_collections.ConfigDict(dict(text_tokenizer="bytes"))
     c.image_tokenizer = ml_collections.ConfigDict(dict(

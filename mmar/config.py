@@ -36,6 +36,14 @@ def _fraction(v):
     return isinstance(v, (int, float)) and 0.0 <= v <= 1.0
 
 
+def _mixture(v):
+    from mmar.data.sources import parse_mixture
+    try:
+        return parse_mixture(v)
+    except ValueError:
+        return []
+
+
 # (dotted field, predicate, what a good value looks like)
 _CHECKS = (
     ("data.image_size", _positive_int, "a positive int"),
@@ -47,6 +55,13 @@ _CHECKS = (
     ("data.num_workers", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("data.loss_weight_text", _nonneg, "a number >= 0"),
     ("data.loss_weight_image", _nonneg, "a number >= 0"),
+    ("data.caption_dropout", _fraction, "a number in [0, 1]"),
+    ("data.pack", lambda v: isinstance(v, bool), "True or False"),
+    ("data.pack_bins", _positive_int, "a positive int"),
+    ("data.oversize", lambda v: v in ("split", "drop"), "'split' or 'drop'"),
+    ("data.max_bad_fraction", _fraction, "a number in [0, 1]"),
+    ("data.mixture", lambda v: isinstance(v, str) and (not v or bool(_mixture(v))),
+     "'' or 'name[:weight],...' with names shapes, stories, digits or a folder"),
     ("image_tokenizer.levels", lambda v: len(v) > 0 and all(_positive_int(x) and x >= 2 for x in v),
      "a non-empty tuple of ints >= 2"),
     ("image_tokenizer.steps", _positive_int, "a positive int"),

@@ -13,7 +13,7 @@ import grain
 import jax
 import numpy as np
 
-from mmar.data import sequences
+from mmar.data import packing, sequences
 from mmar.vocab import ByteTokenizer, Vocab
 
 
@@ -59,13 +59,30 @@ class PairToRow(grain.transforms.RandomMap):
     def __init__(self, vocab: Vocab, data_cfg):
         self.vocab, self.text = vocab, ByteTokenizer()
         self.seq_len, self.i2t = data_cfg.seq_len, data_cfg.i2t_fraction
+        self.caption_dropout = data_cfg.caption_dropout
         self.weights = dict(text_weight=data_cfg.loss_weight_text,
                             image_weight=data_cfg.loss_weight_image)
 
+    def segments(self, record, rng: np.random.Generator):
+        """[caption, image] or [image, caption]; a t2i caption dropped by `caption_dropout`."""
+        caption = (sequences.TEXT, self.text.encode(record["caption"]))
+        image = (sequences.IMAGE, self.vocab.image_ids(record["codes"]))
+        if rng.random() < self.i2t:
+            return [image, caption]
+        return sequences.drop_captions([caption, image], self.caption_dropout, rng)
+
     def random_map(self, record, rng: np.random.Generator):
-        return sequences.pair_example(
-            self.text.encode(record["caption"]), self.vocab.image_ids(record["codes"]),
-            self.vocab, self.seq_len, image_first=bool(rng.random() < self.i2t), **self.weights)
+        tokens, modality = sequences.document_tokens(self.segments(record, rng), self.vocab)
+        return sequences.pad_row(tokens, modality, self.vocab, self.seq_len, **self.weights,
+                                 what=f"caption {record['caption']!r} with its image")
+
+
+class PairToDocument(PairToRow):
+    """A caption+codes record -> an unpadded document, for packing (`data.pack=True`)."""
+
+    def random_map(self, record, rng: np.random.Generator):
+        return sequences.document_example(self.segments(record, rng), self.vocab,
+                                          **self.weights)
 
 
 def local_batch_size(global_batch: int) -> int:
@@ -81,17 +98,42 @@ def _shard_shuffle_repeat(source, seed: int) -> grain.MapDataset:
     return ds.seed(seed).shuffle().repeat()
 
 
-def _finish(ds: grain.MapDataset, global_batch: int, num_workers: int):
-    ds = ds.batch(local_batch_size(global_batch), drop_remainder=True).to_iter_dataset()
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(ds)
+def _finish(ds, global_batch: int, num_workers: int):
+    ds = ds.batch(local_batch_size(global_batch), drop_remainder=True)
+    if isinstance(ds, grain.MapDataset):
+        ds = ds.to_iter_dataset()
+    return iter(with_workers(ds, num_workers))
+
+
+def with_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+    """`num_workers` Grain worker processes (0 = none), each on its own slice of the records.
+
+    Grain reads its absl flags in the workers; outside `mmar` (whose CLI parses them) they
+    are marked parsed here, with their defaults, so a library caller needs no absl app.
+    """
+    if num_workers <= 0:
+        return ds
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
 
 
 def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global_batch: int,
                     seed: int):
-    """Endless shuffled batches of rows for the decoder (a checkpointable iterator)."""
-    ds = _shard_shuffle_repeat(source, seed).random_map(PairToRow(vocab, data_cfg))
+    """Endless shuffled batches of rows for the decoder (a checkpointable iterator).
+
+    With `data.pack` several documents share a row (mmar/data/packing.py); without it each
+    row holds one document, padded.
+    """
+    ds = _shard_shuffle_repeat(source, seed)
+    if data_cfg.get("pack", False):
+        ds = ds.random_map(PairToDocument(vocab, data_cfg)).to_iter_dataset()
+        ds = packing.pack(ds, vocab, seq_len=data_cfg.seq_len, num_bins=data_cfg.pack_bins,
+                          oversize=data_cfg.oversize,
+                          max_bad_fraction=data_cfg.max_bad_fraction)
+    else:
+        ds = ds.random_map(PairToRow(vocab, data_cfg))
     return _finish(ds, global_batch, data_cfg.num_workers)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pathlib
 
 from mmar import config as config_lib
-from mmar.data import pipeline
+from mmar.data import pipeline, sources
 from mmar.model import flops
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
@@ -45,11 +45,16 @@ def run(cfg, workdir, log=print) -> trainer.Result:
     workdir = pathlib.Path(workdir)
     vocab = config_lib.make_vocab(cfg)
     tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
-    captions, codes = tokenizer_train.encode_source(
-        tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
-    source = pipeline.CaptionCodeSource(captions, codes)
-    batches = pipeline.decoder_batches(source, vocab, cfg.data,
-                                       global_batch=cfg.train.batch_size, seed=cfg.seed)
+    if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)
+        batches = sources.mixture_batches(cfg.data, tokenizer.encode, vocab,
+                                          global_batch=cfg.train.batch_size, seed=cfg.seed,
+                                          log=log)
+    else:
+        captions, codes = tokenizer_train.encode_source(
+            tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
+        source = pipeline.CaptionCodeSource(captions, codes)
+        batches = pipeline.decoder_batches(source, vocab, cfg.data,
+                                           global_batch=cfg.train.batch_size, seed=cfg.seed)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh)
     result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, rule_table=rule_table,
                            data_iter=batches, workdir=workdir / SUBDIR, config=cfg,
