@@ -25,6 +25,19 @@ PATH_COMMANDS = ("export", "import")  # take paths (argparse), not --config/--wo
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config, e.g. configs/t2i_shapes.py:tiny", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created if missing)")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry-run", False, "train: compile the step for the config's mesh and print per-device "
+    "memory, parameters, FLOPs/token and shardings; allocates nothing (docs/training.md)")
+_DRY_RUN_DEVICES = flags.DEFINE_integer(
+    "dry_run_devices", 0, "device count to compile for with --dry-run (fake CPU devices); "
+    "0 = the product of the mesh sizes")
+# Multi-host (docs/training.md): on pods JAX detects these itself with --distributed.
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "join the process group (TPU pods, GKE, SLURM: detected)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for hand-started processes")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the group")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
 
 def usage() -> str:
@@ -43,12 +56,22 @@ def _run(command: str, quiet_libraries: bool) -> None:
     from mmar import config as config_lib
     if quiet_libraries:  # Orbax and TFDS log every file they touch at INFO
         logging.set_verbosity(logging.ERROR)
-    if _CONFIG.value is None or not _WORKDIR.value:
+    if _CONFIG.value is None or not (_WORKDIR.value or _DRY_RUN.value):
         raise app.UsageError("--config and --workdir are required")
     try:
         cfg = config_lib.validate(_CONFIG.value)
     except config_lib.ConfigError as e:
         raise app.UsageError(f"bad config: {e}") from None
+    if _DRY_RUN.value:
+        if command != "train":
+            raise app.UsageError("--dry-run goes with `mmar train`")
+        return _dry_run(cfg)
+    from mmar.parallel import distributed
+    try:
+        distributed.initialize(auto=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     workdir = _WORKDIR.value
     # Imported here, not at the top, so that `mmar --help` does not load JAX and TensorFlow.
     from mmar.eval import report
@@ -65,6 +88,32 @@ def _run(command: str, quiet_libraries: bool) -> None:
     if command in ("eval", "demo"):
         report.run(cfg, workdir, log=_log)
     _log(f"[{command}] done in {time.perf_counter() - t0:.0f}s; outputs in {workdir}")
+
+
+def _dry_run(cfg) -> None:
+    import json
+    import math
+    import os
+    sizes = [cfg.mesh.get(a, 1) for a in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp",
+                                          "dcn_tensor")]
+    n = _DRY_RUN_DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
+    if n <= 0:
+        raise app.UsageError("--dry-run: the mesh has a -1 axis; give --dry_run_devices=N")
+    # Fake CPU devices, set before JAX starts its backend (nothing has touched it yet).
+    flags_env = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                 if "host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags_env + [
+        f"--xla_force_host_platform_device_count={n}"])
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    from mmar.train import dry_run
+    figures = dry_run.report(cfg, jax.devices()[:n], log=_log)
+    if _WORKDIR.value:
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        path = os.path.join(_WORKDIR.value, "dry_run.json")
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=1)
+        _log(f"[dry-run] figures in {path}")
 
 
 def main(argv=None) -> int:

@@ -34,9 +34,13 @@ def test_config_builds_and_matches_docstring(path, preset):
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert n == flops.param_count(cfg.model)
     doc = path.read_text().split('"""')[1]
-    counts = dict(re.findall(r"(\w+): ([\d,]+)", doc.split("Parameter counts")[1]))
+    counts = dict(re.findall(r"(\w+): ([\d,]+)", doc.split("Parameter counts")[1].split("FLOPs per token")[0]))
     assert int(counts[preset].replace(",", "")) == n, f"docstring of {path.name} is stale"
-    assert flops.flops_per_token(cfg.model, cfg.data.seq_len) > 6 * n * 0.5
+    per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)
+    assert per_token > 6 * n * 0.5
+    if "FLOPs per token" in doc:            # e.g. "1b: 6.36e9", to the digits shown
+        stated = dict(re.findall(r"(\w+): ([\d.]+e\d+)", doc.split("FLOPs per token")[1]))
+        assert f"{per_token / 1e9:.2f}e9" == stated[preset], f"docstring of {path.name} is stale"
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -48,7 +52,7 @@ def test_config_builds_and_matches_docstring(path, preset):
     ("mesh.data", 0, "mesh.data=0"),
 ])
 def test_bad_field_is_named(field, value, message):
-    cfg = config_lib.load(f"{CONFIG_FILES[0]}:test")
+    cfg = config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:test")
     section, name = field.split(".")
     with cfg.unlocked():
         cfg[section][name] = value

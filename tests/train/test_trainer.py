@@ -158,3 +158,14 @@ def test_restore_onto_a_different_mesh_continues_the_same_run(test_config, tmp_p
     np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)],
                                rtol=1e-5)
     assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(moved.params))
+
+
+def test_profile_steps_write_a_trace(test_config, tmp_path):
+    cfg, batches = _setup(test_config, steps=3)
+    cfg.train.profile_steps = (2, 3)
+    messages = []
+    _train(cfg, batches, tmp_path, log=messages.append)
+    assert any("profiler trace of steps 2-3" in m for m in messages)
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
+    table = (tmp_path / "parameters.txt").read_text()       # the parameter overview
+    assert "blocks/attn/q" in table and "total:" in table
