@@ -4,7 +4,7 @@ Writes `<workdir>/decoder/` (checkpoints, metrics.jsonl, TensorBoard events, sum
 """
 from __future__ import annotations
 
-import pathlib
+from etils import epath
 
 from mmar import config as config_lib
 from mmar.data import pipeline, sources
@@ -42,7 +42,7 @@ def decoder_task(cfg) -> step_lib.Task:
 
 
 def run(cfg, workdir, log=print) -> trainer.Result:
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     vocab = config_lib.make_vocab(cfg)
     tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
     if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)

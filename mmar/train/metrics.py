@@ -2,25 +2,38 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 import numpy as np
 from clu import metric_writers
+from etils import epath
 
 
 class JsonlWriter(metric_writers.MetricWriter):
-    """One JSON object per write: {"step": n, "name": value, ...}, appended and flushed."""
+    """One JSON object per write: {"step": n, "name": value, ...}, appended and flushed.
 
-    def __init__(self, path):
-        self.path = pathlib.Path(path)
+    Object stores (`gs://`) cannot append: there the file is rewritten whole on each write
+    (a run's metrics are a few hundred kB), keeping what an earlier, resumed run wrote.
+    """
+
+    def __init__(self, path, *, append: bool | None = None):
+        self.path = epath.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._remote = "://" in str(path) if append is None else not append
+        if self._remote:
+            self._text = self.path.read_text() if self.path.exists() else ""
+        else:
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def write_scalars(self, step, scalars):
         row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        line = json.dumps(row) + "\n"
+        if self._remote:
+            self._text += line
+            self.path.write_text(self._text)
+        else:
+            self._file.write(line)
+            self._file.flush()
 
     def write_summaries(self, step, values, metadata=None):
         pass
@@ -47,10 +60,12 @@ class JsonlWriter(metric_writers.MetricWriter):
         pass
 
     def flush(self):
-        self._file.flush()
+        if not self._remote:
+            self._file.flush()
 
     def close(self):
-        self._file.close()
+        if not self._remote:
+            self._file.close()
 
 
 def make_writer(logdir, *, is_main: bool = True) -> metric_writers.MetricWriter:
@@ -58,7 +73,7 @@ def make_writer(logdir, *, is_main: bool = True) -> metric_writers.MetricWriter:
     if not is_main:
         return metric_writers.MultiWriter([])
     tb = metric_writers.create_default_writer(str(logdir), asynchronous=False)
-    return metric_writers.MultiWriter([tb, JsonlWriter(pathlib.Path(logdir) / "metrics.jsonl")])
+    return metric_writers.MultiWriter([tb, JsonlWriter(epath.Path(logdir) / "metrics.jsonl")])
 
 
 class Progress:

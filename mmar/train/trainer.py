@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import signal
 import time
 from typing import Any, Iterator
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from mmar.parallel import rules
@@ -48,7 +48,7 @@ class _Profile:
 
     def __init__(self, steps, workdir, log):
         self.first, self.last = (tuple(steps) + (0, 0))[:2] if steps else (0, 0)
-        self.dir, self.log, self.on = pathlib.Path(workdir) / "profile", log, False
+        self.dir, self.log, self.on = epath.Path(workdir) / "profile", log, False
 
     def before(self, step: int):
         if self.first and step == self.first:
@@ -77,7 +77,7 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
     skipped with a warning), and writes metrics to `<workdir>/` (TensorBoard events +
     metrics.jsonl, main process only).
     """
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     grad_accum = int(cfg.get("grad_accum", 1))
     on_nonfinite = cfg.get("on_nonfinite", "stop")
     model_state, params = state_lib.create(task.make_module, mesh, seed, rule_table)
@@ -163,7 +163,7 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
 
 def write_summary(path, result: Result, log=print) -> None:
     """`summary.json` of a run: steps, metrics and training seconds summed over resumes."""
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     if result.step == result.start_step:
         log(f"already trained to step {result.step}; keeping {path}")
         return
@@ -178,7 +178,7 @@ def load_params(task: step_lib.Task, mesh: Mesh, workdir, step: int | None = Non
                 rule_table=rules.DEFAULT_RULES):
     """The trained params of `task` from `<workdir>/checkpoints` onto `mesh`."""
     model_state, params = state_lib.create_abstract(task.make_module, mesh, rule_table)
-    ckpt = checkpoint_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", async_save=False)
+    ckpt = checkpoint_lib.Checkpointer(epath.Path(workdir) / "checkpoints", async_save=False)
     try:
         restored = ckpt.restore(step, params=params, param_shardings=model_state.shardings)
     finally:

@@ -5,11 +5,11 @@ events, summary.json); the decoder job then encodes its images with that checkpo
 """
 from __future__ import annotations
 
-import pathlib
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from mmar.data import pipeline
 from mmar.parallel import mesh as mesh_lib
@@ -38,7 +38,7 @@ def tokenizer_task(cfg) -> step_lib.Task:
 
 
 def run(cfg, workdir, log=print) -> trainer.Result:
-    workdir = pathlib.Path(workdir) / SUBDIR
+    workdir = epath.Path(workdir) / SUBDIR
     source = pipeline.ImageArraySource(pipeline.shapes_split(cfg.data, "train"), log=log)
     batches = pipeline.image_batches(source, global_batch=cfg.image_tokenizer.batch_size,
                                      seed=cfg.seed, num_workers=cfg.data.num_workers)
@@ -58,7 +58,7 @@ class ImageTokenizer:
         task = tokenizer_task(cfg)
         mesh, rule_table = mesh_lib.from_config(cfg.mesh)
         self.model_state, self.params, self.step = trainer.load_params(
-            task, mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
+            task, mesh, epath.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.num_codes = int(np.prod(cfg.image_tokenizer.levels))
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))
