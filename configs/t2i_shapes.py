@@ -76,7 +76,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         interleaved_tokens=64,  # new tokens per continued story (`mmar sample`, interleaved)
         max_text_len=48, batch_size=50, seed=0,
     ))
-    c.eval = ml_collections.ConfigDict(dict(num_examples=200, grid_columns=10))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_examples=200, grid_columns=10,
+        tasks=("stories", "digits", "frechet"),  # beside t2i / i2t (docs/evaluation.md)
+        inception_weights="",  # a Keras InceptionV3 .weights.h5 for fid_inception ("" = off)
+    ))
 
     if arg == "test":
         c.data.update(num_train=256, num_test=16, num_unseen=16)

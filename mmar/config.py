@@ -106,6 +106,10 @@ _CHECKS = (
     ("sample.max_text_len", _positive_int, "a positive int"),
     ("sample.batch_size", _positive_int, "a positive int"),
     ("eval.num_examples", _positive_int, "a positive int"),
+    ("eval.tasks", lambda v: not isinstance(v, str) and set(v) <= {"stories", "digits",
+                                                                  "frechet"},
+     "a tuple of 'stories', 'digits', 'frechet'"),
+    ("eval.inception_weights", lambda v: isinstance(v, str), "a path or ''"),
 )
 
 

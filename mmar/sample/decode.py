@@ -69,9 +69,13 @@ def sample_logits(logits, allowed, key, temperature, top_k, top_p):
     sorted_logits = jnp.where(rank < k, sorted_logits, -jnp.inf)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass of the ids ranked above
-    keep = (before < top_p[:, None]) | (top_p[:, None] >= 1.0) | (rank == 0)
-    choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf))
-    drawn = jnp.take_along_axis(order, choice[:, None], axis=1)[:, 0].astype(jnp.int32)
+    keep_sorted = (rank < k) & ((before < top_p[:, None]) | (top_p[:, None] >= 1.0) |
+                                (rank == 0))
+    # Draw in vocabulary order (the kept set scattered back), so that with no filter the
+    # draws are exactly those of a plain categorical over the logits (same keys, same ids).
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
+        keep_sorted)
+    drawn = jax.random.categorical(key, jnp.where(keep, scaled, -jnp.inf)).astype(jnp.int32)
     return jnp.where(temperature == 0, greedy, drawn)
 
 
@@ -223,7 +227,8 @@ class Sampler:
               jnp.zeros((batch,), bool))
         cache = model.init_cache(rows, plen + steps)
         logits, cache = model.decode(tokens, positions, segments, cache)
-        keys = jax.random.split(key, steps)
+        first_key, rest = jax.random.split(key)  # the key stream of earlier versions
+        keys = jnp.concatenate([first_key[None], jax.random.split(rest, steps - 1)])
         first, st = pick(logits, st, 0, keys[0])
         seg = jnp.ones((rows, 1), jnp.int32)
 
