@@ -150,3 +150,23 @@ def test_interleaved_images_are_always_whole(setup):
         assert not inside, seq   # the step budget never cuts an image
         assert out.count(vocab.eos) <= 1 and (vocab.eos not in out or out[-1] == vocab.eos)
     assert images >= 24   # at least the prompts that start inside one
+
+
+@pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (fake) devices")
+def test_sharded_params_decode_like_one_device(setup):
+    """Parameters sharded FSDP x tensor on a mesh (a model larger than one device) decode the
+    same greedy images and captions as on one device: jit follows the params' shardings."""
+    cfg, _, params, vocab = setup
+    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    sharded_state, sharded = state.create(lambda r: Decoder(cfg.model, rngs=r), mesh, seed=3)
+    assert any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(sharded))
+    fields = dict(temperature_image=0.0, cfg_scale_image=2.0)
+    one = _sampler(setup, **fields)
+    many = Sampler(sharded_state, vocab, cfg.model.vocab_size,
+                   ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields)))
+    captions = [[97, 98], [99, 100, 101]]
+    a = one.images(params, captions, 6, jax.random.key(0))
+    b = many.images(sharded, captions, 6, jax.random.key(0))
+    np.testing.assert_array_equal(a, b)
+    assert one.captions(params, a, jax.random.key(1)) == many.captions(sharded, a,
+                                                                      jax.random.key(1))
