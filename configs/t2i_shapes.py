@@ -70,10 +70,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=2))
     c.sample = ml_collections.ConfigDict(dict(
         temperature_text=0.0, temperature_image=1.0, top_k_text=0, top_k_image=0,
-        cfg_scale_image=2.0,  # classifier-free guidance for images (1 = off)
+        top_p_text=1.0, top_p_image=1.0,  # nucleus sampling (1 = off)
+        cfg_scale_image=2.0,  # classifier-free guidance for images (1 = off, 0 = unconditional)
+        cfg_interval_image=(0.0, 1.0),  # guide codes whose raster fraction is in [a, b)
+        interleaved_tokens=64,  # new tokens per continued story (`mmar sample`, interleaved)
         max_text_len=48, batch_size=50, seed=0,
     ))
-    c.eval = ml_collections.ConfigDict(dict(num_examples=200, grid_columns=10))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_examples=200, grid_columns=10,
+        tasks=("stories", "digits", "frechet"),  # beside t2i / i2t (docs/evaluation.md)
+        inception_weights="",  # a Keras InceptionV3 .weights.h5 for fid_inception ("" = off)
+    ))
 
     if arg == "test":
         c.data.update(num_train=256, num_test=16, num_unseen=16)

@@ -97,9 +97,19 @@ _CHECKS = (
     ("sample.temperature_image", _nonneg, "a number >= 0 (0 = greedy)"),
     ("sample.top_k_text", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0 = off)"),
     ("sample.top_k_image", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0 = off)"),
+    ("sample.top_p_text", lambda v: _nonneg(v) and 0 < v <= 1, "a number in (0, 1] (1 = off)"),
+    ("sample.top_p_image", lambda v: _nonneg(v) and 0 < v <= 1, "a number in (0, 1] (1 = off)"),
+    ("sample.cfg_scale_image", _nonneg, "a number >= 0 (1 = off, 0 = unconditional)"),
+    ("sample.cfg_interval_image", lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 1,
+     "(a, b) with 0 <= a < b <= 1"),
+    ("sample.interleaved_tokens", _positive_int, "a positive int"),
     ("sample.max_text_len", _positive_int, "a positive int"),
     ("sample.batch_size", _positive_int, "a positive int"),
     ("eval.num_examples", _positive_int, "a positive int"),
+    ("eval.tasks", lambda v: not isinstance(v, str) and set(v) <= {"stories", "digits",
+                                                                  "frechet"},
+     "a tuple of 'stories', 'digits', 'frechet'"),
+    ("eval.inception_weights", lambda v: isinstance(v, str), "a path or ''"),
 )
 
 

@@ -1,5 +1,6 @@
 """The command line on the `test` preset: each stage produces its files, errors name fields."""
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -112,6 +113,14 @@ def test_sample(run_dir, data_dir):
     i2t = [json.loads(x) for x in (samples / "i2t_test.jsonl").read_text().splitlines()]
     assert len(t2i) == len(i2t) == 8
     assert all(isinstance(r["generated"], str) for r in i2t)
+    stories = [json.loads(x) for x in (samples / "interleaved_test.jsonl").read_text().splitlines()]
+    digits = [json.loads(x) for x in (samples / "digits_test.jsonl").read_text().splitlines()]
+    assert len(stories) == len(digits) == 8
+    assert stories[0]["generated"][0] == {"image": 0}   # the next image comes first
+    for rec in t2i + i2t + stories + digits:   # every sample says how to re-draw it
+        assert rec["settings"]["cfg_scale_image"] == 2.0 and rec["seed"] >= 0
+    assert [r["row"] for r in t2i] == list(range(8)) and {r["batch"] for r in t2i} == {0}
+    assert (samples / "interleaved_test.png").exists() and (samples / "digits_test.png").exists()
 
 
 def test_eval_writes_report(run_dir, data_dir):
@@ -122,6 +131,13 @@ def test_eval_writes_report(run_dir, data_dir):
     for key in REPORT_KEYS[:4]:
         assert 0.0 <= report[key] <= 1.0
     assert report["train_seconds"] > 0 and report["decoder_step"] == 12
+    new_keys = ("perplexity_text", "perplexity_image", "tokenizer_psnr", "codebook_perplexity",
+                "geneval_overall", "geneval_unseen_overall", "next_image_accuracy",
+                "digits_accuracy", "digits_classifier_accuracy", "frechet_builtin")
+    for key in new_keys:
+        assert key in report, key
+    assert report["digits_classifier_accuracy"] >= 0.9 and report["frechet_builtin"] > 0
+    assert abs(report["perplexity_image"] - math.exp(report["loss_image"])) < 1e-3
 
 
 def test_distributed_flags_go_together(data_dir, tmp_path):

@@ -191,5 +191,13 @@ def judge_caption(objects: Sequence[ShapeObject], caption: str, spec: ShapesSpec
     return _matches(parsed, items)
 
 
+def judge_scene(image: np.ndarray, objects: Sequence[ShapeObject], spec: ShapesSpec) -> bool:
+    """Next image of a story: exactly the scene's objects, each in its grid cell."""
+    cell = spec.cell_size
+    got = Counter((d.color, d.shape, int(d.y // cell), int(d.x // cell))
+                  for d in read_image(image, spec))
+    return got == Counter((o.color, o.shape, o.row, o.col) for o in objects)
+
+
 __all__ = ["ParsedCaption", "Detected", "parse_caption", "read_image", "judge_image",
-           "judge_caption", "describe"]
+           "judge_caption", "judge_scene", "describe"]

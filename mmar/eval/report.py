@@ -5,6 +5,13 @@ images), codebook_usage, t2i_accuracy / i2t_accuracy (held-out scenes),
 t2i_accuracy_unseen_combos (colour-shape pairs never seen in training), loss_text /
 loss_image / accuracy_text / accuracy_image (held-out next-token metrics, both directions),
 train_seconds (tokenizer + decoder), and the checkpoint steps they came from.
+
+Beside them: perplexity_text / perplexity_image (exp of the losses), tokenizer_psnr and
+codebook_perplexity (tokenizer metrics, mmar/tokenizers/image), geneval_<category> and
+geneval_unseen_<category> (mmar/eval/geneval.py); with `eval.tasks` naming them,
+next_image_accuracy (interleaved stories), digits_accuracy beside digits_classifier_accuracy
+(mmar/eval/digits.py), frechet_builtin (generated vs real held-out images, built-in
+features) and, with `eval.inception_weights`, fid_inception (mmar/eval/frechet.py).
 """
 from __future__ import annotations
 
@@ -15,8 +22,9 @@ import jax
 import numpy as np
 
 from mmar.data import sequences, synthetic
-from mmar.eval import judge
+from mmar.eval import digits, frechet, geneval, judge
 from mmar.sample import generate
+from mmar.tokenizers.image import losses, quantizers
 from mmar.tokenizers.image import train as tokenizer_train
 from mmar.train import decoder as decoder_job
 from mmar.train import loss as loss_lib
@@ -30,8 +38,13 @@ def reconstruction_accuracy(cfg, models: generate.Models, split: str = "test") -
     recon = tokenizer.decode(codes)
     correct = [judge.judge_image(img, r["caption"], spec) for img, r in zip(recon, recs)]
     used = len(np.unique(codes)) / tokenizer.num_codes
+    real = np.stack([r["image"] for r in recs]).astype(np.float32) / 127.5 - 1.0
+    mse = np.mean((recon.astype(np.float32) / 127.5 - 1.0 - real) ** 2)
+    usage = quantizers.codebook_usage(np.asarray(codes), tokenizer.num_codes)
     return {"tokenizer_reconstruction_accuracy": float(np.mean(correct)),
-            "codebook_usage": float(used)}
+            "codebook_usage": float(used),
+            "tokenizer_psnr": float(losses.psnr_from_mse(mse)),
+            "codebook_perplexity": float(usage["perplexity"])}
 
 
 def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
@@ -51,8 +64,33 @@ def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
         return loss_lib.decoder_loss(logits, batch)[1]
 
     m = jax.device_get(metrics(models.params, batch))
-    return {k: float(m[k]) for k in ("loss_text", "loss_image", "accuracy_text",
-                                     "accuracy_image")}
+    out = {k: float(m[k]) for k in ("loss_text", "loss_image", "accuracy_text",
+                                    "accuracy_image")}
+    out.update(perplexity_text=float(np.exp(out["loss_text"])),
+               perplexity_image=float(np.exp(out["loss_image"])))
+    return out
+
+
+def sample_metrics(cfg, models: generate.Models, samples: dict) -> dict:
+    """The metrics beside the judge accuracies: GenEval categories, stories, digits, FD."""
+    out = geneval.summarize([r["categories"] for r in samples["t2i_test"]])
+    out.update(geneval.summarize([r["categories"] for r in samples["t2i_unseen"]],
+                                 "geneval_unseen_"))
+    if "stories_test" in samples:
+        out["next_image_accuracy"] = float(np.mean(
+            [r["correct"] for r in samples["stories_test"]]))
+    if "digits_test" in samples:
+        recs = samples["digits_test"]
+        out["digits_accuracy"] = float(np.mean([r["correct"] for r in recs]))
+        out["digits_classifier_accuracy"] = digits.classifier(cfg.data.image_size).accuracy
+    if "frechet" in cfg.eval.get("tasks", ()):
+        real = np.stack([r["image"] for r in models.records("test")])
+        fake = models.images["t2i_test"]
+        out["frechet_builtin"] = frechet.distance(fake, real)
+        if cfg.eval.get("inception_weights"):
+            features = frechet.InceptionFeatures(cfg.eval.inception_weights)
+            out["fid_inception"] = frechet.distance(fake, real, features)
+    return out
 
 
 def _train_seconds(workdir: pathlib.Path) -> float:
@@ -77,6 +115,7 @@ def run(cfg, workdir, log=print) -> dict:
     report["t2i_accuracy_unseen_combos"] = float(np.mean(
         [r["correct"] for r in samples["t2i_unseen"]]))
     report["i2t_accuracy"] = float(np.mean([r["correct"] for r in samples["i2t_test"]]))
+    report.update(sample_metrics(cfg, models, samples))
     report["train_seconds"] = _train_seconds(workdir)
     report["num_examples"] = len(samples["t2i_test"])
     report["decoder_step"] = int(models.step)

@@ -1,19 +1,34 @@
-"""Jitted KV-cache decoding: text-to-image and image-to-text, constrained by modality.
+"""Jitted KV-cache decoding of text, images and interleaved documents, constrained by structure.
 
-Inside an image only image codes can be drawn and the image ends after exactly its number of
-codes; captions draw only text ids or `<eos>`. Prompts of different lengths are left-padded
-(pad slots have segment id 0, so no query ever attends to them; positions start at 0 at the
-first real token). Temperature 0 means greedy; top-k 0 means off.
+One decoding loop serves every mode. Each row carries a small state (inside an image or not,
+codes drawn so far, finished) and the state alone decides which ids may come next:
 
-Classifier-free guidance for images (`sample.cfg_scale_image`, 1 = off): every caption row
-gets a twin prompt without the caption, `<bos> <boi>`, which is exactly how image-first
-(image-to-text) training rows begin, so the unconditional model is trained for free. The
-next code is drawn from `uncond + scale * (cond - uncond)` and fed to both twins. Top-p comes
-with the sampling issue.
+* inside an image: only image codes until the image has its `n` codes, then only `<eoi>`;
+* in text: text ids or `<eos>`, and `<boi>` when images are allowed and `n + 2` steps remain
+  (an image is never cut off by the step budget, so every image decodes);
+* after `<eos>`: `<eos>` again (the host cuts there).
+
+Text-to-image is a prompt that ends in `<boi>`; image-to-text a prompt that ends in `<eoi>`
+with images not allowed; interleaved continues any document prefix. Prompts of different
+lengths are left-padded (pad slots have segment id 0, so no query ever attends to them;
+positions start at 0 at the first real token).
+
+Sampling settings are separate for text and image tokens (`temperature_*`, `top_k_*`,
+`top_p_*`; temperature 0 = greedy, top-k 0 and top-p 1 = off) and are traced values, so
+changing them does not recompile. Top-k is applied first, then top-p on the renormalised
+rest (the order of Hugging Face's warpers).
+
+Classifier-free guidance for images (`sample.cfg_scale_image` = s): every caption row gets a
+twin prompt without the caption, `<bos> <boi>`, exactly how image-first (image-to-text)
+training rows begin (and what caption dropout trains, `data.caption_dropout`). Both streams
+run in one batch (rows B..2B-1 are the twins); the next code is drawn from
+`uncond + s * (cond - uncond)` and fed to both, so s = 0 is the unconditional model and s = 1
+the conditional one. `sample.cfg_interval_image = (a, b)` guides only codes whose raster
+fraction `k / n` lies in [a, b) (e.g. (0, 0.5): only the top half); elsewhere the conditional
+logits are used. Parameters keep the shardings they were loaded with (a model sharded on the
+mesh decodes sharded: jit follows its inputs).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,85 +52,196 @@ def left_pad(prompts, pad_id: int):
     return tokens, positions, segments
 
 
-def _pick(logits, allowed, key, temperature, top_k):
-    """One token per row from logits [B, V] restricted to `allowed` [V] (bool)."""
-    logits = jnp.where(allowed[None], logits.astype(jnp.float32), NEG_INF)
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if top_k:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, NEG_INF, logits)
-    return jax.random.categorical(key, logits).astype(jnp.int32)
+def sample_logits(logits, allowed, key, temperature, top_k, top_p):
+    """One token per row. logits [B, V]; allowed [B, V] bool; temperature, top_k, top_p [B].
+
+    Temperature 0 is argmax; top_k 0 keeps all; top_p >= 1 keeps all. Among the allowed ids,
+    top-k keeps the k largest, then top-p keeps the smallest prefix (by probability, largest
+    first) whose mass reaches p, always at least one id.
+    """
+    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    vocab = logits.shape[-1]
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    sorted_logits, order = jax.lax.top_k(scaled, vocab)  # descending
+    rank = jnp.arange(vocab)[None]
+    k = jnp.where(top_k > 0, top_k, vocab)[:, None]
+    sorted_logits = jnp.where(rank < k, sorted_logits, -jnp.inf)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the ids ranked above
+    keep_sorted = (rank < k) & ((before < top_p[:, None]) | (top_p[:, None] >= 1.0) |
+                                (rank == 0))
+    # Draw in vocabulary order (the kept set scattered back), so that with no filter the
+    # draws are exactly those of a plain categorical over the logits (same keys, same ids).
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
+        keep_sorted)
+    drawn = jax.random.categorical(key, jnp.where(keep, scaled, -jnp.inf)).astype(jnp.int32)
+    return jnp.where(temperature == 0, greedy, drawn)
+
+
+def prompt_state(prompt, vocab: Vocab):
+    """(inside an image, codes so far) at the end of a prompt, from its last <boi> / <eoi>."""
+    prompt = list(prompt)
+    last_boi = max((i for i, t in enumerate(prompt) if t == vocab.boi), default=-1)
+    last_eoi = max((i for i, t in enumerate(prompt) if t == vocab.eoi), default=-1)
+    if last_boi > last_eoi:
+        return True, len(prompt) - last_boi - 1
+    return False, 0
+
+
+def split_document(ids, vocab: Vocab) -> list[tuple[str, list[int]]]:
+    """Generated ids (up to <eos>) -> [("text", ids) | ("image", codes)], a cut image last."""
+    out, text, image = [], [], None
+    for t in ids:
+        if t == vocab.eos:
+            break
+        if image is not None:
+            if t == vocab.eoi:
+                out.append(("image", image))
+                image = None
+            else:
+                image.append(int(t) - vocab.image_offset)
+        elif t == vocab.boi:
+            if text:
+                out.append(("text", text))
+            text, image = [], []
+        else:
+            text.append(int(t))
+    if image:
+        out.append(("image", image))
+    if text:
+        out.append(("text", text))
+    return out
 
 
 class Sampler:
     """Holds the jitted generation function for one model (compiled once per shape)."""
 
-    def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg):
+    def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg,
+                 num_codes: int | None = None):
         self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
+        self.num_codes = num_codes
         ids = np.arange(vocab_rows)
         self._allowed = {
             "image": (ids >= vocab.image_offset) & (ids < vocab.image_offset + vocab.num_image_codes),
             "text": (ids < vocab.text_size) | (ids == vocab.eos),
         }
-        self._jitted = jax.jit(self._generate, static_argnums=(4, 5, 6, 7, 8))
+        self._jitted = jax.jit(self._generate, static_argnames=("steps", "guided", "n",
+                                                                "allow_images"))
 
-    def images(self, params, caption_ids, num_codes: int, key) -> np.ndarray:
+    def settings(self, **overrides) -> dict:
+        """The sampling settings of the config (fields missing from it take their defaults)."""
+        c = self.cfg
+        s = {"temperature_text": float(c.get("temperature_text", 0.0)),
+             "temperature_image": float(c.get("temperature_image", 1.0)),
+             "top_k_text": int(c.get("top_k_text", 0)),
+             "top_k_image": int(c.get("top_k_image", 0)),
+             "top_p_text": float(c.get("top_p_text", 1.0)),
+             "top_p_image": float(c.get("top_p_image", 1.0)),
+             "cfg_scale_image": float(c.get("cfg_scale_image", 1.0)),
+             "cfg_interval_image": [float(x) for x in c.get("cfg_interval_image", (0.0, 1.0))]}
+        s.update(overrides)
+        return s
+
+    def images(self, params, caption_ids, num_codes: int, key, **overrides) -> np.ndarray:
         """Image codes [B, num_codes] for each caption (ids without specials)."""
-        v, scale = self.vocab, float(self.cfg.cfg_scale_image)
+        v = self.vocab
         prompts = [[v.bos, *c, v.boi] for c in caption_ids]
-        if scale != 1.0:
-            prompts += [[v.bos, v.boi]] * len(caption_ids)
-        tokens, positions, segments = left_pad(prompts, v.pad)
-        ids = self._jitted(params, tokens, positions, segments, num_codes, "image",
-                           float(self.cfg.temperature_image), int(self.cfg.top_k_image), scale,
-                           key)
-        return v.codes_from_ids(np.asarray(ids))
+        ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,
+                       **overrides)
+        return v.codes_from_ids(ids)
 
-    def captions(self, params, image_codes, key) -> list[list[int]]:
+    def captions(self, params, image_codes, key, **overrides) -> list[list[int]]:
         """Text ids per image (up to `<eos>`, at most sample.max_text_len)."""
         v = self.vocab
         prompts = [[v.bos, v.boi, *v.image_ids(c).tolist(), v.eoi] for c in image_codes]
+        ids = self.run(params, prompts, int(self.cfg.max_text_len), key,
+                       n=len(image_codes[0]), allow_images=False, **overrides)
+        return [row[:row.index(v.eos)] if v.eos in row else row for row in ids.tolist()]
+
+    def continue_documents(self, params, prompts, steps: int, key, **overrides):
+        """Interleaved: `steps` more tokens after each document prefix (ids, `<bos>` first);
+        text and images as the model chooses, images whole. Returns the new ids per row, cut
+        at `<eos>`. No guidance here (a document has no single caption to drop)."""
+        if self.num_codes is None:
+            raise ValueError("Sampler(num_codes=...) is needed for interleaved documents")
+        ids = self.run(params, prompts, steps, key, n=self.num_codes, allow_images=True,
+                       **dict(overrides, cfg_scale_image=1.0))
+        v = self.vocab
+        return [row[:row.index(v.eos) + 1] if v.eos in row else row for row in ids.tolist()]
+
+    def run(self, params, prompts, steps: int, key, *, n: int, allow_images: bool,
+            **overrides) -> np.ndarray:
+        """Generated ids [B, steps] after each prompt (lists of ids); see the module doc."""
+        v, s = self.vocab, self.settings(**overrides)
+        starts = [prompt_state(p, v) for p in prompts]
+        guided = s["cfg_scale_image"] != 1.0 and any(inside for inside, _ in starts)
+        if guided:
+            prompts = list(prompts) + [[v.bos, v.boi, *p[len(p) - c:]] for p, (_, c)
+                                       in zip(prompts, starts)]
         tokens, positions, segments = left_pad(prompts, v.pad)
-        ids = np.asarray(self._jitted(params, tokens, positions, segments,
-                                      int(self.cfg.max_text_len), "text",
-                                      float(self.cfg.temperature_text),
-                                      int(self.cfg.top_k_text), 1.0, key))
-        out = []
-        for row in ids.tolist():
-            out.append(row[:row.index(v.eos)] if v.eos in row else row)
-        return out
+        state = (np.array([i for i, _ in starts]), np.array([c for _, c in starts], np.int32))
+        knobs = {k: np.asarray(s[k], np.float32 if "top_k" not in k else np.int32)
+                 for k in s}
+        return np.asarray(self._jitted(params, tokens, positions, segments, state, knobs, key,
+                                       steps=steps, guided=guided, n=n,
+                                       allow_images=allow_images))
 
-    def _generate(self, params, tokens, positions, segments, steps, kind, temperature,
-                  top_k, guidance, key):
-        """`steps` constrained tokens after each prompt row. With guidance != 1 the second
-        half of the rows are the unconditional twins of the first half."""
+    def _generate(self, params, tokens, positions, segments, state, s, key, *, steps, guided,
+                  n, allow_images):
+        v = self.vocab
         model = self.model_state.merge(params)
-        allowed = jnp.asarray(self._allowed[kind])
         rows, plen = tokens.shape
+        batch = rows // 2 if guided else rows
+        image_ids, text_ids = jnp.asarray(self._allowed["image"]), jnp.asarray(self._allowed["text"])
+        ids = jnp.arange(image_ids.shape[0])
+        eoi_only, eos_only, boi = ids == v.eoi, ids == v.eos, ids == v.boi
 
-        def pick(logits, step_key):
+        def pick(logits, st, t, step_key):
+            inside, codes, done = st
             logits = logits[:, -1].astype(jnp.float32)
-            if guidance != 1.0:
-                cond, uncond = jnp.split(logits, 2)
-                logits = uncond + guidance * (cond - uncond)
-            tok = _pick(logits, allowed, step_key, temperature, top_k)
-            return jnp.tile(tok, 2) if guidance != 1.0 else tok
+            cond = logits[:batch]
+            if guided:
+                uncond = logits[batch:]
+                frac = codes.astype(jnp.float32) / n
+                lo, hi = s["cfg_interval_image"][0], s["cfg_interval_image"][1]
+                on = inside & (codes < n) & (frac >= lo) & (frac < hi)
+                cond = jnp.where(on[:, None], uncond + s["cfg_scale_image"] * (cond - uncond),
+                                 cond)
+            room = steps - t >= n + 2
+            text_ok = text_ids[None] | (boi[None] & allow_images & room)
+            allowed = jnp.where((inside & (codes < n))[:, None], image_ids[None],
+                                jnp.where(inside[:, None], eoi_only[None], text_ok))
+            allowed = jnp.where(done[:, None], eos_only[None], allowed)
+            knob = {k: jnp.where(inside, s[f"{k}_image"], s[f"{k}_text"])
+                    for k in ("temperature", "top_k", "top_p")}
+            tok = sample_logits(cond, allowed, step_key, knob["temperature"], knob["top_k"],
+                                knob["top_p"])
+            is_code = (tok >= v.image_offset) & (tok < v.image_offset + v.num_image_codes)
+            new_state = (jnp.where(tok == v.boi, True, jnp.where(tok == v.eoi, False, inside)),
+                         jnp.where(tok == v.boi, 0, codes + is_code.astype(jnp.int32)),
+                         done | (tok == v.eos))
+            return (jnp.tile(tok, 2) if guided else tok), new_state
 
+        st = (jnp.asarray(state[0], bool), jnp.asarray(state[1], jnp.int32),
+              jnp.zeros((batch,), bool))
         cache = model.init_cache(rows, plen + steps)
         logits, cache = model.decode(tokens, positions, segments, cache)
-        first_key, key = jax.random.split(key)
-        first = pick(logits, first_key)
+        first_key, rest = jax.random.split(key)  # the key stream of earlier versions
+        keys = jnp.concatenate([first_key[None], jax.random.split(rest, steps - 1)])
+        first, st = pick(logits, st, 0, keys[0])
         seg = jnp.ones((rows, 1), jnp.int32)
 
-        def body(carry, step_key):
-            tok, pos, cache = carry
+        def body(carry, xs):
+            tok, pos, st, cache = carry
+            t, step_key = xs
             step_model = self.model_state.merge(params)  # NNX modules do not cross traces
             logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache)
-            return (pick(logits, step_key), pos + 1, cache), tok
+            nxt, st = pick(logits, st, t, step_key)
+            return (nxt, pos + 1, st, cache), tok
 
-        (last, _, _), fed = jax.lax.scan(body, (first, positions[:, -1] + 1, cache),
-                                         jax.random.split(key, steps - 1))
+        (last, _, _, _), fed = jax.lax.scan(
+            body, (first, positions[:, -1] + 1, st, cache),
+            (jnp.arange(1, steps), keys[1:]))
         out = jnp.concatenate([fed.T, last[:, None]], axis=1)
-        return out[:rows // 2] if guidance != 1.0 else out
+        return out[:batch]

@@ -1,8 +1,14 @@
-"""The sample job: text-to-image for held-out captions, image-to-text for held-out images.
+"""The sample job: text-to-image, image-to-text and interleaved stories on held-out data.
 
 Writes under `<workdir>/samples/`: `t2i_<split>.png` (a grid of generated images, captions
 in `t2i_<split>.jsonl` in the same order), `i2t_<split>.jsonl` (true and generated captions),
-and judges every sample with the shape judge so `mmar eval` can count without re-sampling.
+`interleaved_test.png` / `.jsonl` (stories continued after their second text: true first
+image, true next image, generated next image per row; the generated text and images of each
+continuation in the JSONL) and `digits_test.png` / `.jsonl` ("the digit N" prompts). Every
+sample is judged (shape judge, digits classifier) so `mmar eval` can count without
+re-sampling, and every JSONL record carries its sampling `settings` and `seed`: the key of a
+sample is `jax.random.split` of `key(seed)` once per batch of `sample.batch_size`, in order
+(`batch`, `row` in the record), so a record can be re-drawn exactly.
 """
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from PIL import Image
 
 from mmar import config as config_lib
 from mmar.data import pipeline, synthetic
-from mmar.eval import judge
+from mmar.eval import digits, geneval, judge
 from mmar.parallel import mesh as mesh_lib
+from mmar.sample import interleaved
 from mmar.sample.decode import Sampler
 from mmar.tokenizers.image.train import ImageTokenizer
 from mmar.train import trainer
@@ -35,9 +42,11 @@ class Models:
         mesh, rule_table = mesh_lib.from_config(cfg.mesh)
         self.model_state, self.params, self.step = trainer.load_params(
             decoder_task(cfg), mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
-        self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample)
         self.num_codes = (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
+        self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
+                               num_codes=self.num_codes)
         self._records = {}
+        self.images = {}  # generated images by sample set, kept for `mmar eval`
 
     def records(self, split: str) -> list[dict]:
         """The first eval.num_examples records of a split, read once per split and run."""
@@ -67,21 +76,36 @@ def _batches(items, size):
         yield items[i:i + size]
 
 
-def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) -> list[dict]:
-    cfg, text = models.cfg, ByteTokenizer()
-    spec = synthetic.ShapesSpec.from_config(cfg.data)
-    captions = [r["caption"] for r in models.records(split)]
-    n = len(captions)
-    key = jax.random.key(cfg.sample.seed)
-    images = []
-    for chunk in _batches(captions, cfg.sample.batch_size):
+def provenance(models: Models, seed: int, index: int) -> dict:
+    """What re-draws sample `index`: its settings, seed, batch and row in the batch."""
+    batch, row = divmod(index, models.cfg.sample.batch_size)
+    return {"settings": dict(models.sampler.settings(),
+                             batch_size=models.cfg.sample.batch_size),
+            "seed": seed, "batch": batch, "row": row}
+
+
+def draw_images(models: Models, captions: list[str], seed: int) -> np.ndarray:
+    """uint8 images [N, H, W, 3] for captions, batch by batch from key(seed)."""
+    text, key, images = ByteTokenizer(), jax.random.key(seed), []
+    for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
         codes = models.sampler.images(models.params, [text.encode(c) for c in chunk],
                                       models.num_codes, sub)
         images.append(models.tokenizer.decode(codes))
-    images = np.concatenate(images)
+    return np.concatenate(images)
+
+
+def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) -> list[dict]:
+    cfg = models.cfg
+    spec = synthetic.ShapesSpec.from_config(cfg.data)
+    captions = [r["caption"] for r in models.records(split)]
+    n = len(captions)
+    images = draw_images(models, captions, cfg.sample.seed)
+    models.images[f"t2i_{split}"] = images  # for the Frechet distance in `mmar eval`
     records = [{"index": i, "caption": c, "correct": bool(judge.judge_image(img, c, spec)),
-                "read": judge.describe(judge.read_image(img, spec))}
+                "read": judge.describe(judge.read_image(img, spec)),
+                "categories": geneval.categories(img, c, spec),
+                **provenance(models, cfg.sample.seed, i)}
                for i, (c, img) in enumerate(zip(captions, images))]
     image_grid(images, cfg.eval.grid_columns).save(out_dir / f"t2i_{split}.png")
     _write_jsonl(out_dir / f"t2i_{split}.jsonl", records)
@@ -104,7 +128,8 @@ def image_to_text(models: Models, split: str, out_dir: pathlib.Path, log=print) 
                                                                           sub)]
     records = [{"index": i, "caption": r["caption"], "generated": g,
                 "correct": bool(judge.judge_caption(synthetic.objects_from_json(r["objects"]),
-                                                    g, spec))}
+                                                    g, spec)),
+                **provenance(models, cfg.sample.seed + 1, i)}
                for i, (r, g) in enumerate(zip(recs, generated))]
     _write_jsonl(out_dir / f"i2t_{split}.jsonl", records)
     acc = np.mean([r["correct"] for r in records])
@@ -122,6 +147,29 @@ def run(cfg, workdir, log=print, models: Models | None = None) -> dict[str, list
     out_dir = pathlib.Path(workdir) / SAMPLES
     out_dir.mkdir(parents=True, exist_ok=True)
     models = models or Models(cfg, workdir)
-    return {"t2i_test": text_to_image(models, "test", out_dir, log),
-            "t2i_unseen": text_to_image(models, "unseen", out_dir, log),
-            "i2t_test": image_to_text(models, "test", out_dir, log)}
+    out = {"t2i_test": text_to_image(models, "test", out_dir, log),
+           "t2i_unseen": text_to_image(models, "unseen", out_dir, log),
+           "i2t_test": image_to_text(models, "test", out_dir, log)}
+    if "stories" in cfg.eval.get("tasks", ()):
+        out["stories_test"] = interleaved.continue_stories(models, out_dir, log)
+    if "digits" in cfg.eval.get("tasks", ()):
+        out["digits_test"] = digits_to_image(models, out_dir, log)
+    return out
+
+
+def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[dict]:
+    """Class-conditional real-image generation: "the digit N", judged by a classifier
+    trained on the real digits (mmar/eval/digits.py)."""
+    cfg = models.cfg
+    n = min(cfg.eval.num_examples, 1000)
+    labels = [i % 10 for i in range(n)]
+    images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2)
+    predicted = digits.classifier(cfg.data.image_size).predict(images)
+    records = [{"index": i, "caption": f"the digit {k}", "label": k, "predicted": int(p),
+                "correct": bool(p == k), **provenance(models, cfg.sample.seed + 2, i)}
+               for i, (k, p) in enumerate(zip(labels, predicted))]
+    image_grid(images, 10).save(out_dir / "digits_test.png")
+    _write_jsonl(out_dir / "digits_test.jsonl", records)
+    log(f"[sample] digits: {n} images, classifier agrees with the prompt on "
+        f"{np.mean([r['correct'] for r in records]):.3f}")
+    return records

@@ -83,3 +83,90 @@ def test_top_k_one_is_greedy(setup):
     a = greedy.images(params, [[97, 98, 99]], 8, jax.random.key(0))
     b = top1.images(params, [[97, 98, 99]], 8, jax.random.key(5))
     np.testing.assert_array_equal(a, b)
+
+
+def _sampler(setup, num_codes=None, **fields):
+    cfg, model_state, _, vocab = setup
+    sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields))
+    return Sampler(model_state, vocab, cfg.model.vocab_size, sample_cfg, num_codes=num_codes)
+
+
+@pytest.mark.parametrize("scale,interval", [(0.0, (0.0, 1.0)), (3.0, (0.0, 0.5)),
+                                            (2.0, (0.5, 1.0))])
+def test_guidance_scale_and_interval(setup, scale, interval):
+    """Scale 0 is the unconditional model (`<bos> <boi>`); an interval guides only those
+    codes (raster fraction in [a, b)), the rest come from the conditional logits."""
+    cfg, model_state, params, vocab = setup
+    sampler = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale,
+                       cfg_interval_image=interval)
+    n = 8
+    captions = [[97, 32, 98], [99, 100, 101, 102]]
+    codes = sampler.images(params, captions, n, jax.random.key(0))
+    model = model_state.merge(params)
+    allowed = sampler._allowed["image"]
+    for caption, got in zip(captions, codes):
+        cond, uncond = [vocab.bos, *caption, vocab.boi], [vocab.bos, vocab.boi]
+        ref = []
+        for k in range(n):
+            logits = _last_logits(model, cond + ref)
+            if interval[0] <= k / n < interval[1]:
+                u = _last_logits(model, uncond + ref)
+                logits = u + scale * (logits - u)
+            ref.append(int(np.argmax(np.where(allowed, logits, -np.inf))))
+        np.testing.assert_array_equal(vocab.image_ids(got), ref)
+        if scale == 0.0:   # exactly the caption-free model
+            np.testing.assert_array_equal(
+                vocab.image_ids(got), _greedy_reference(model, uncond, allowed, n))
+
+
+def test_interleaved_images_are_always_whole(setup):
+    """Sampling freely (temperature 1), every `<boi>` is followed by exactly n codes and
+    `<eoi>`, text holds no codes, and a prompt cut inside an image is finished first."""
+    cfg, _, params, vocab = setup
+    n = 4
+    sampler = _sampler(setup, num_codes=n, temperature_text=1.0, temperature_image=1.0)
+    rng = np.random.default_rng(0)
+    prompts = []
+    for i in range(48):
+        text = rng.integers(0, vocab.text_size, rng.integers(1, 6)).tolist()
+        partial = vocab.image_ids(rng.integers(0, vocab.num_image_codes, i % 3)).tolist()
+        prompts.append([vocab.bos, *text] + ([vocab.boi, *partial] if i % 2 else []))
+    outs = sampler.continue_documents(params, prompts, 40, jax.random.key(3))
+    images = 0
+    for prompt, out in zip(prompts, outs):
+        seq = prompt + out
+        inside, codes = False, 0
+        for t in seq[1:]:
+            if inside and codes < n:
+                assert vocab.is_image(t), seq
+                codes += 1
+            elif inside:
+                assert t == vocab.eoi, seq
+                inside, images = False, images + 1
+            else:
+                assert not vocab.is_image(t) and t != vocab.eoi, seq
+                if t == vocab.boi:
+                    inside, codes = True, 0
+        assert not inside, seq   # the step budget never cuts an image
+        assert out.count(vocab.eos) <= 1 and (vocab.eos not in out or out[-1] == vocab.eos)
+    assert images >= 24   # at least the prompts that start inside one
+
+
+@pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (fake) devices")
+def test_sharded_params_decode_like_one_device(setup):
+    """Parameters sharded FSDP x tensor on a mesh (a model larger than one device) decode the
+    same greedy images and captions as on one device: jit follows the params' shardings."""
+    cfg, _, params, vocab = setup
+    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    sharded_state, sharded = state.create(lambda r: Decoder(cfg.model, rngs=r), mesh, seed=3)
+    assert any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(sharded))
+    fields = dict(temperature_image=0.0, cfg_scale_image=2.0)
+    one = _sampler(setup, **fields)
+    many = Sampler(sharded_state, vocab, cfg.model.vocab_size,
+                   ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields)))
+    captions = [[97, 98], [99, 100, 101]]
+    a = one.images(params, captions, 6, jax.random.key(0))
+    b = many.images(sharded, captions, 6, jax.random.key(0))
+    np.testing.assert_array_equal(a, b)
+    assert one.captions(params, a, jax.random.key(1)) == many.captions(sharded, a,
+                                                                      jax.random.key(1))
