@@ -87,10 +87,11 @@ def supervise(argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None,
         t.start()
     status = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.returncode not in (None, 0)]
-            if failed:
-                status = failed[0].returncode
+        while True:
+            codes = [p.poll() for p in procs]    # every one, so each exit is seen
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed or None not in codes:
+                status = failed[0] if failed else 0
                 break
             time.sleep(poll_s)
     except KeyboardInterrupt:
@@ -110,8 +111,6 @@ def supervise(argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None,
                 p.wait()
         for t in pumps:
             t.join(timeout=5)
-    if not status:
-        status = next((p.returncode for p in procs if p.returncode), 0)
     return status
 
 
