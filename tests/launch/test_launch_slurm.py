@@ -54,7 +54,8 @@ def test_time_limit_checkpoints_then_requeues(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(
         "#!/bin/bash\ntrap 'echo saved-checkpoint >> \"$LOG\"; exit 0' TERM\n"
-        "echo started >> \"$LOG\"\nwhile true; do sleep 0.1; done\n")
+        # (after a second: the script has then recorded srun's pid and is waiting)
+        "sleep 1; echo started >> \"$LOG\"\nwhile true; do sleep 0.1; done\n")
     (bin_dir / "scontrol").write_text("#!/bin/bash\necho \"scontrol $*\" >> \"$LOG\"\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -65,7 +66,7 @@ def test_time_limit_checkpoints_then_requeues(tmp_path):
     proc = subprocess.Popen(["bash", "-c", script], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     import time
-    for _ in range(100):
+    for _ in range(300):
         if log.exists() and "started" in log.read_text():
             break
         time.sleep(0.1)
