@@ -9,9 +9,10 @@ Rendered as one bash script of `gcloud` commands (what `--dry-run` prints and wh
   queued resources; mmar only adds `mesh.dcn_data=N` (unless the run sets a dcn_* field).
 - every host runs the same `mmar train ... --distributed` (`tpu-vm ssh --worker=all`),
   detached with nohup so that a dropped ssh connection does not end the run; its output
-  goes to REMOTE_DIR/mmar-train.log on each worker, checkpoints and metrics to the gs://
+  goes to REMOTE_DIR/mmar.log on each worker, checkpoints and metrics to the gs://
   workdir.
-- `stop` sends SIGTERM, on which mmar saves a checkpoint and exits; the same `train` step
+- one stage per launch: `-- tokenizer-train ...` first, then (with `--steps=run`) `-- train ...`.
+- `stop` sends SIGTERM, on which mmar saves a checkpoint and exits; the same `run` step
   later (on the same or a new TPU) resumes from it. `delete` removes the TPU or the queued
   resource.
 """
@@ -22,12 +23,12 @@ import shlex
 
 from mmar.launch import common
 
-STEPS = ("create", "copy", "install", "train", "logs", "stop", "delete")
-DEFAULT_STEPS = ("create", "copy", "install", "train")
+STEPS = ("create", "copy", "install", "run", "logs", "stop", "delete")
+DEFAULT_STEPS = ("create", "copy", "install", "run")
 # TPU software versions per generation (cloud.google.com/tpu/docs/runtimes).
 RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
             "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
-LOG, PID = "mmar-train.log", "mmar-train.pid"
+LOG, PID = "mmar.log", "mmar.pid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,7 @@ def render(spec: common.RunSpec, opts: Options) -> str:
             lines += _copy(name, opts)
         elif step == "install":
             lines += _install(name, opts)
-        elif step == "train":
+        elif step == "run":
             lines += [_ssh(node, opts, train_command(spec, opts)) for node in nodes(name, opts)]
         elif step == "logs":   # the first host of the first slice logs for the run
             lines.append(_ssh(nodes(name, opts)[0], opts,

@@ -63,7 +63,7 @@ def test_stop_and_delete_steps():
     opts = tpu.Options(name="big", num_slices=2, steps=("stop", "delete"))
     lines = _lines(tpu.render(SPEC, opts))
     assert len(lines) == 4 and "create" not in " ".join(lines)
-    assert all('kill -TERM "$(cat mmar/mmar-train.pid)"' in _remote(l)[1] for l in lines[1:3])
+    assert all('kill -TERM "$(cat mmar/mmar.pid)"' in _remote(l)[1] for l in lines[1:3])
     assert shlex.split(lines[3]) == ["gcloud", "compute", "tpus", "queued-resources", "delete",
                                      "big", "--force", "--quiet"]
 

@@ -39,7 +39,7 @@ def _bash_parses(script: str) -> None:
 def test_every_engine_is_shown():
     engines = [c[2] for c in doc_commands()]
     assert set(engines) == {"tpu", "gke", "slurm", "local"}
-    assert engines.count("tpu") == 5 and engines.count("gke") == 2
+    assert engines.count("tpu") == 6 and engines.count("gke") == 2
 
 
 def test_documented_commands_print_what_the_doc_says():
@@ -51,13 +51,13 @@ def test_documented_commands_print_what_the_doc_says():
         if engine == "tpu":
             _bash_parses(out)
             steps = next((a.split("=", 1)[1] for a in argv if a.startswith("--steps=")),
-                         "create,copy,install,train")
+                         "create,copy,install,run")
             assert [l[2:] for l in out.splitlines() if l[2:] in
-                    ("create", "copy", "install", "train", "logs", "stop", "delete")] == \
+                    ("create", "copy", "install", "run", "logs", "stop", "delete")] == \
                 steps.split(",")
             if "--num_slices=4" in argv:
                 assert "--node-count=4" in out and "--config.mesh.dcn_data=4" in out
-            if "train" in steps:
+            if "run" in steps:
                 assert "--worker=all" in out and "--distributed" in out
                 assert f"--workdir={workdir}" in out
         elif engine == "gke":
