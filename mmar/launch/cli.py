@@ -24,7 +24,9 @@ def parser() -> argparse.ArgumentParser:
               "--config=FILE.py:PRESET --workdir=DIR [--config.a.b=value ...]")
     sub = p.add_subparsers(dest="engine", required=True)
     for engine in ENGINES:
-        s = sub.add_parser(engine, help=HELP[engine], description=HELP[engine])
+        s = sub.add_parser(engine, help=HELP[engine], description=HELP[engine],
+                           usage=f"mmar launch {engine} [options] [--dry-run] -- "
+                                 "COMMAND --config=FILE.py:PRESET --workdir=DIR [...]")
         s.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                        help="print what would run or be submitted; start nothing")
         engine_module(engine).add_arguments(s)
