@@ -133,11 +133,11 @@ def manifest(spec: common.RunSpec, opts: Options) -> dict:
 
 def render(spec: common.RunSpec, opts: Options) -> str:
     doc = manifest(spec, opts)
-    ns = ["-n", opts.namespace] if opts.namespace else []
-    head = (f"# mmar launch gke: JobSet {doc['metadata']['name']} ({opts.accelerator}): "
+    name, ns = doc["metadata"]["name"], ["-n", opts.namespace] if opts.namespace else []
+    head = (f"# mmar launch gke: JobSet {name} ({opts.accelerator}): "
             f"mmar {spec.command} -> {spec.workdir}\n"
             f"# submit: {common.shell(['kubectl', *ns, 'apply', '-f', '-'])} (this manifest "
-            f"on stdin); stop: {common.shell(['kubectl', *ns, 'delete', 'jobset', doc['metadata']['name']])}\n")
+            f"on stdin); stop: {common.shell(['kubectl', *ns, 'delete', 'jobset', name])}\n")
     return head + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
