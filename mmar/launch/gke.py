@@ -14,7 +14,8 @@ image that holds the repository with its pinned dependencies (launch/Dockerfile)
   is pod 0, reached through the JobSet's headless service
   (`NAME-workers-0-0.NAME`, `network.enableDNSHostnames`), the process index is the pod's
   completion index (JOB_COMPLETION_INDEX); a shell wrapper expands them and `exec`s mmar,
-  so that mmar is PID 1 and receives the SIGTERM of a preemption.
+  so that mmar is PID 1 and receives the SIGTERM of a preemption. One process drives all
+  GPUs of its pod, and `mesh.dcn_data` is the host count: parameters stay inside a node.
 
 Preemption: mmar saves a checkpoint on SIGTERM (within terminationGracePeriodSeconds); the
 JobSet's failurePolicy recreates all pods (up to max_restarts), and the same command resumes
@@ -85,6 +86,7 @@ def _gpu_pod(spec, opts, name):
     selector = {"cloud.google.com/gke-accelerator": opts.gpu_accelerator}
     if opts.node_pool:
         selector["cloud.google.com/gke-nodepool"] = opts.node_pool
+    spec = common.across(spec, opts.num_hosts)    # one process per node, as per="node" SLURM
     command = ("exec " + common.shell(common.mmar_argv(opts.python, spec)) +
                ' --coordinator_address="${JAX_COORDINATOR_ADDRESS}"'
                ' --num_processes="${JAX_NUM_PROCESSES}" --process_id="${JOB_COMPLETION_INDEX}"')

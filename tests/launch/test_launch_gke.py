@@ -55,6 +55,7 @@ def test_gpu_jobset_names_the_process_group():
     assert selector["cloud.google.com/gke-spot"] == "true"
     argv = shlex.split(container["command"][2])
     assert argv[0] == "exec" and "--workdir=gs://b/runs/7b run" in argv
+    assert "--config.mesh.dcn_data=4" in argv           # gradients across nodes only
     assert argv[-3:] == ['--coordinator_address=${JAX_COORDINATOR_ADDRESS}',
                          '--num_processes=${JAX_NUM_PROCESSES}',
                          '--process_id=${JOB_COMPLETION_INDEX}']
