@@ -9,10 +9,15 @@ Check memory and sharding first (compiles for 256 fake devices, allocates nothin
 
     mmar train --config=configs/pretrain.py:1b --dry-run --dry_run_devices=256
 
-Then on a pod (one command per host, e.g. through launch/; JAX finds its peers):
+Then on a pod, each stage runs as one command on every host (JAX finds its peers):
 
     mmar tokenizer-train --config=configs/pretrain.py:1b --workdir=gs://BUCKET/runs/1b --distributed
     mmar train --config=configs/pretrain.py:1b --workdir=gs://BUCKET/runs/1b --distributed
+
+`mmar launch` starts a stage on every host of a TPU pod, a GKE JobSet or a SLURM job and
+adds `--distributed` (docs/pods.md), e.g.
+
+    mmar launch tpu --zone=us-east5-a --accelerator_type=v5p-256 -- train --config=configs/pretrain.py:1b --workdir=gs://BUCKET/runs/1b
 
 Parameter counts (decoder, embeddings included; checked by tests/test_configs.py):
     100m: 99,700,992    1b: 1,008,294,912    7b: 7,108,571,136

@@ -19,6 +19,8 @@ COMMANDS = {
     "demo": "tokenizer-train, train and eval in one go (what `make demo` runs)",
     "export": "CHECKPOINT --format hf --out DIR: transformers/safetensors (docs/export.md)",
     "import": "HF_DIR --out DIR: a transformers Llama/Qwen3 checkpoint -> mmar params",
+    "launch": "{tpu,gke,slurm,local} [--dry-run] -- train --config=... --workdir=...: "
+              "on a TPU pod, GKE, SLURM or N local processes (docs/pods.md)",
 }
 PATH_COMMANDS = ("export", "import")  # take paths (argparse), not --config/--workdir
 
@@ -128,6 +130,9 @@ def main(argv=None) -> int:
     if command in PATH_COMMANDS:
         from mmar.export import cli as export_cli  # lazily, like the stage modules
         return export_cli.main(command, argv[2:])
+    if command == "launch":  # its own flags, then `-- <mmar command>` (mmar/launch/cli.py)
+        from mmar.launch import cli as launch_cli
+        return launch_cli.main(argv[2:])
     quiet = not any(a.startswith(("--verbosity", "-v")) for a in argv[2:])
     app.run(lambda _: _run(command, quiet), argv=[f"mmar {command}"] + argv[2:])
     return 0

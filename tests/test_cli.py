@@ -148,22 +148,15 @@ def test_distributed_flags_go_together(data_dir, tmp_path):
 
 
 def test_train_on_two_processes(run_dir, data_dir, tmp_path):
-    """`mmar train` as two hand-started processes of 4 CPU devices each (docs/training.md)."""
+    """`mmar train` as two processes of 4 CPU devices each, started by `mmar launch local`
+    (docs/pods.md, docs/training.md): each process's lines come prefixed with its index."""
     import shutil
-    import socket
     shutil.copytree(run_dir / "tokenizer", tmp_path / "tokenizer")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MMAR_DATA_DIR=str(data_dir),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "mmar", "train", CONFIG, f"--workdir={tmp_path}",
-         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    assert "'data': 8" in outs[0] and "[decoder] step 12/12" in outs[0]
+    out = mmar("launch", "local", "--num_processes=2", "--devices_per_process=4", "--",
+               "train", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir).stdout
+    lines = out.splitlines()
+    first = "\n".join(line[4:] for line in lines if line.startswith("[0] "))
+    assert "'data': 8" in first and "[decoder] step 12/12" in first
+    assert any(line.startswith("[1] ") for line in lines)
     states = (tmp_path / "decoder" / "checkpoints" / "12" / "data").glob("process_*.json")
     assert sorted(p.name for p in states) == ["process_0-of-2.json", "process_1-of-2.json"]

@@ -1,7 +1,7 @@
 """Runs in separate processes (tests/train/worker.py): two processes with 4 devices each
-train exactly like one process with 8; a run killed with SIGKILL (twice, once right as a
-checkpoint is being written) and resumed gives bit for bit the losses of a run never
-stopped."""
+(started by the local launcher's supervisor) train exactly like one process with 8; a run
+killed with SIGKILL (twice, once right as a checkpoint is being written) and resumed gives
+bit for bit the losses of a run never stopped."""
 import json
 import os
 import pathlib
@@ -58,11 +58,20 @@ def straight(tmp_path_factory):
 
 
 def test_two_processes_train_like_one(straight, tmp_path):
+    """Started and watched by the local launcher's supervisor (mmar/launch/local.py)."""
+    import io
+    from mmar.launch import local
     port = _free_port()
-    procs = [_start(tmp_path, "--devices=4", f"--process_id={i}", "--num_processes=2",
-                    f"--port={port}") for i in range(2)]
-    outs = [_finish(p) for p in procs]
-    assert "'data': 2, 'fsdp': 2, 'tensor': 2" in outs[0]
+    out = io.StringIO()
+    status = local.supervise(
+        [[sys.executable, str(WORKER), str(tmp_path), f"--steps={STEPS}", "--devices=4",
+          f"--process_id={i}", "--num_processes=2", f"--port={port}"] for i in range(2)],
+        env=_env(), out=out)
+    assert status == 0, out.getvalue()[-3000:]
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("[1] ") for line in lines)
+    assert any(line.startswith("[0] ") and "'data': 2, 'fsdp': 2, 'tensor': 2" in line
+               for line in lines)
     losses = _losses(tmp_path)             # written by process 0 only
     np.testing.assert_allclose([losses[s] for s in range(1, STEPS + 1)],
                                [straight[s] for s in range(1, STEPS + 1)], rtol=1e-6)
