@@ -12,6 +12,7 @@ Conventions shared by every layer here:
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -97,6 +98,45 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, h, d)
 
 
+def attend_blockwise(q, k, v, segments, block: int) -> jax.Array:
+    """`attend` over packed rows, one block of `block` queries at a time.
+
+    Query block i reads only keys [0, (i + 1) * block) (causality, decided statically, so
+    about half the score FLOPs of a full [S, S] matrix are never computed), builds its mask
+    from the segment ids, and is rematerialised in the backward pass: no [S, S] scores or
+    probabilities are kept between the passes, only q, k, v and the output. Same result as
+    `attend` with `attention_mask(segments, segments)`.
+    """
+    s = q.shape[1]
+    if s <= block:
+        return attend(q, k, v, attention_mask(segments, segments))
+
+    @functools.partial(jax.checkpoint, static_argnums=(5,))
+    def one(qb, kb, vb, q_seg, k_seg, start):
+        return attend(qb, kb, vb, attention_mask(q_seg, k_seg, q_offset=start))
+
+    outs = []
+    for start in range(0, s, block):
+        stop = min(start + block, s)
+        outs.append(one(q[:, start:stop], k[:, :stop], v[:, :stop], segments[:, start:stop],
+                        segments[:, :stop], start))
+    return jnp.concatenate(outs, axis=1)
+
+
+def attend_cudnn(q, k, v, segments) -> jax.Array:
+    """`jax.nn.dot_product_attention` with cuDNN's fused (flash) kernel: GPU only.
+
+    Causal, plus a [B, 1, S, S] mask for packing; cuDNN wants bf16/fp16 inputs.
+    """
+    same_doc = (segments[:, :, None] == segments[:, None, :]) & (segments != 0)[:, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True,
+                                       implementation="cudnn")
+    return out.astype(q.dtype)
+
+
+ATTENTION = ("xla", "blockwise", "cudnn")
+
+
 class Attention(nnx.Module):
     """Multi-head attention with GQA (n_kv_heads <= n_heads), RoPE, optional QK-norm.
 
@@ -122,14 +162,18 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
         self.rope_theta = cfg.rope_theta
         self.dtype = dtype
+        self.impl = cfg.get("attention", "xla")
+        self.block = cfg.get("attention_block", 512)
 
-    def __call__(self, x, positions, mask, cache=None):
+    def __call__(self, x, positions, mask, cache=None, segments=None):
         """x [B, S, E], positions [B, S], mask [B, S, T] -> (out [B, S, E], (k, v)).
 
-        Without a cache, T = S and (k, v) are this call's keys/values. With
+        Without a cache, T = S and (k, v) are this call's keys/values; `segments` [B, S]
+        (the row's segment ids) lets the `blockwise` and `cudnn` implementations build
+        their masks themselves (then `mask` may be None). With
         `cache=(k_cache, v_cache, index)` (k_cache [B, T, KVH, D]) the new keys/values are
-        written at slots index..index+S-1, the queries attend over the whole cache, and
-        (k, v) is the updated cache.
+        written at slots index..index+S-1, the queries attend over the whole cache with
+        `mask` (always the plain XLA path), and (k, v) is the updated cache.
         """
         dt = self.dtype
         q = jnp.einsum("bse,ehd->bshd", x, self.q[...].astype(dt))
@@ -146,7 +190,12 @@ class Attention(nnx.Module):
             k_cache, v_cache, index = cache
             k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-        out = attend(q, k.astype(dt), v.astype(dt), mask)
+        if cache is None and segments is not None and self.impl == "blockwise":
+            out = attend_blockwise(q, k, v, segments, self.block)
+        elif cache is None and segments is not None and self.impl == "cudnn":
+            out = attend_cudnn(q, k, v, segments)
+        else:
+            out = attend(q, k.astype(dt), v.astype(dt), mask)
         out = constrain(out, ("batch", "length", "act_heads", None))
         out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(dt))
         return constrain(out, ("batch", "length", "act_embed")), (k, v)

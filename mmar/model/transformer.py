@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mmar.model.layers import MLP, Attention, Embed, RMSNorm, attention_mask, param
+from mmar.model.layers import (ATTENTION, MLP, Attention, Embed, RMSNorm, attention_mask,
+                               param)
 from mmar.parallel.rules import constrain
 
 DTYPES = ("float32", "bfloat16")
@@ -50,6 +51,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if cfg.get("remat") not in ("none", *REMAT_POLICIES):
         raise ValueError(f"model.remat must be one of {('none', *REMAT_POLICIES)}, "
                          f"got {cfg.get('remat')!r}")
+    if cfg.get("attention", "xla") not in ATTENTION:
+        raise ValueError(f"model.attention must be one of {ATTENTION}, "
+                         f"got {cfg.get('attention')!r}")
+    block = cfg.get("attention_block", 512)
+    if not isinstance(block, int) or block <= 0:
+        raise ValueError(f"model.attention_block must be a positive int, got {block!r}")
     for field in ("qk_norm", "tie_embeddings"):
         if not isinstance(cfg.get(field), bool):
             raise ValueError(f"model.{field} must be a bool, got {cfg.get(field)!r}")
@@ -66,9 +73,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, **norm)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, mask, cache=None):
-        """Returns (x, (k, v)); see `Attention.__call__` for the cache."""
-        h, kv = self.attn(self.attn_norm(x), positions, mask, cache)
+    def __call__(self, x, positions, mask, cache=None, segments=None):
+        """Returns (x, (k, v)); see `Attention.__call__` for the cache and segments."""
+        h, kv = self.attn(self.attn_norm(x), positions, mask, cache, segments)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed")), kv
@@ -95,6 +102,7 @@ class Decoder(nnx.Module):
         self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
         self.dtype = jnp.dtype(cfg.dtype)
         self.remat_policy = REMAT_POLICIES.get(cfg.remat)
+        self.attention = cfg.get("attention", "xla")
 
     def __call__(self, tokens: jax.Array, positions: jax.Array,
                  segment_ids: jax.Array) -> jax.Array:
@@ -103,10 +111,12 @@ class Decoder(nnx.Module):
         Rows may pack several documents: attention stays inside a segment id, segment 0 is
         padding, and positions restart at 0 for each document.
         """
-        mask = attention_mask(segment_ids, segment_ids)
+        # The plain path shares one [B, S, S] mask across layers; the others build their own
+        # from the segment ids (blockwise: per query block; cuDNN: inside the kernel call).
+        mask = attention_mask(segment_ids, segment_ids) if self.attention == "xla" else None
 
         def block_fn(block, x):
-            return block(x, positions, mask)[0]
+            return block(x, positions, mask, segments=segment_ids)[0]
 
         if self.remat_policy is not None:
             block_fn = nnx.remat(block_fn, policy=self.remat_policy)
