@@ -7,7 +7,6 @@ follow from others (the vocabulary size from the text tokenizer and the image co
 from __future__ import annotations
 
 import importlib.util
-import math
 import pathlib
 
 import ml_collections
@@ -114,7 +113,8 @@ def _get(cfg, dotted):
 
 def make_vocab(cfg) -> vocab_lib.Vocab:
     text = vocab_lib.make_text_tokenizer(cfg.vocab)
-    return vocab_lib.Vocab(text.vocab_size, math.prod(cfg.image_tokenizer.levels))
+    from mmar.tokenizers.image.quantizers import num_codes_of
+    return vocab_lib.Vocab(text.vocab_size, num_codes_of(cfg.image_tokenizer))
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
