@@ -9,6 +9,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -66,10 +67,30 @@ def tokenizer_optimizer(cfg, labels) -> optax.GradientTransformation:
     """AdamW (optim.make_optimizer) per group: the autoencoder and the discriminator get
     separate Adam moments and clipping; buffers get SGD with learning rate 1, which makes
     ``assign`` set them exactly (codebooks.py). Used only when the model has buffers or a
-    discriminator, so FSQ runs keep the default optimizer (and checkpoint layout)."""
-    return optax.multi_transform(
-        {"params": optim.make_optimizer(cfg), "disc": optim.make_optimizer(cfg),
-         "buffer": optax.sgd(1.0)}, labels)
+    discriminator, so FSQ runs keep the default optimizer (and checkpoint layout).
+
+    Not ``optax.multi_transform``: its masked state leaves do not mirror the parameters, which
+    the trainer's optimizer sharding (``optax.tree_map_params``) needs. Each Adam here keeps a
+    full-tree state and sees zero gradients outside its group (its updates there are dropped),
+    so the price is one extra copy of the moments when a discriminator is on."""
+    groups = sorted(set(jax.tree.leaves(labels)) - {"buffer"})
+    inner = {g: optim.make_optimizer(cfg) for g in groups}
+
+    def only(tree, group):
+        return jax.tree.map(lambda x, l: x if l == group else jnp.zeros_like(x), tree, labels)
+
+    def init(params):
+        return tuple(inner[g].init(params) for g in groups)
+
+    def update(grads, state, params=None):
+        out, new_state = jax.tree.map(lambda g: -g, grads), []   # buffers: SGD, lr 1
+        for g, s in zip(groups, state):
+            u, s = inner[g].update(only(grads, g), s, params)
+            out = jax.tree.map(lambda o, x, l: x if l == g else o, out, u, labels)
+            new_state.append(s)
+        return out, tuple(new_state)
+
+    return optax.GradientTransformation(init, update)
 
 
 def run(cfg, workdir, log=print) -> trainer.Result:
