@@ -59,13 +59,14 @@ def run_one(spec: str, name: str, workdir: pathlib.Path, steps: int | None, log=
     from mmar.tokenizers.image import metrics
     from mmar.tokenizers.image import train as tok_train
     cfg = _config(spec, name, steps)
-    result = tok_train.run(cfg, workdir / name, log=log)
+    tok_train.run(cfg, workdir / name, log=log)   # resumes / skips when already trained
     tokenizer = tok_train.ImageTokenizer(cfg, workdir / name)
     test = pipeline.shapes_split(cfg.data, "test")
     records = [test[i] for i in range(len(test))]
     out = metrics.evaluate(tokenizer, records, synthetic.ShapesSpec.from_config(cfg.data),
                            image_size=cfg.data.image_size)
-    out.update(quantizer=name, codes=tokenizer.num_codes, train_seconds=result.seconds,
+    summary = json.loads((workdir / name / tok_train.SUBDIR / "summary.json").read_text())
+    out.update(quantizer=name, codes=tokenizer.num_codes, train_seconds=summary["train_seconds"],
                bits_per_image=out["tokens_per_image"] * math.log2(tokenizer.num_codes
                                                                   // tokenizer.depth))
     return out
