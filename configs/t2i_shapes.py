@@ -48,6 +48,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         arch="patch",         # one code per 8x8 cell (see docs/design_notes.md); or "conv"
         channels=32, channel_mult=(1, 2, 4), num_res_blocks=0, norm="group", loss="l2",
         steps=2000, batch_size=64, lr=3e-3, warmup_steps=100, log_every=200,
+        # quantizer="vq" | "lfq" | "rq" (docs/tokenizers.md); FSQ reads only `levels`.
+        codebook_size=256, codebook_dim=8,   # vq, rq (rq: per depth)
+        l2_norm=True, commitment=0.25,       # vq: LlamaGen's l2-normalised codes
+        ema=False, ema_decay=0.99, dead_code_restart=False,   # vq options
+        lfq_bits=8, entropy_weight=0.1, entropy_gamma=1.0, entropy_temperature=0.1,
+        rq_depth=2, rq_shared=False,         # rq: depth-d codes get ids offset d*codebook_size
+        disc_weight=0.0, disc_start=500, disc_channels=32,    # > 0: PatchGAN adversarial loss
     ))
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=0,         # 0 = derived from the text tokenizer and the image codebook

@@ -7,7 +7,6 @@ follow from others (the vocabulary size from the text tokenizer and the image co
 from __future__ import annotations
 
 import importlib.util
-import math
 import pathlib
 
 import ml_collections
@@ -64,6 +63,18 @@ _CHECKS = (
      "'' or 'name[:weight],...' with names shapes, stories, digits or a folder"),
     ("image_tokenizer.levels", lambda v: len(v) > 0 and all(_positive_int(x) and x >= 2 for x in v),
      "a non-empty tuple of ints >= 2"),
+    ("image_tokenizer.quantizer", lambda v: v in ("fsq", "vq", "lfq", "rq"),
+     "one of 'fsq', 'vq', 'lfq', 'rq'"),
+    ("image_tokenizer.codebook_size", lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
+    ("image_tokenizer.codebook_dim", _positive_int, "a positive int"),
+    ("image_tokenizer.commitment", _nonneg, "a number >= 0"),
+    ("image_tokenizer.ema_decay", lambda v: _fraction(v) and v < 1, "a number in [0, 1)"),
+    ("image_tokenizer.lfq_bits", lambda v: _positive_int(v) and v <= 30, "an int in [1, 30]"),
+    ("image_tokenizer.entropy_weight", _nonneg, "a number >= 0"),
+    ("image_tokenizer.entropy_temperature", lambda v: _nonneg(v) and v > 0, "a number > 0"),
+    ("image_tokenizer.rq_depth", _positive_int, "a positive int"),
+    ("image_tokenizer.disc_weight", _nonneg, "a number >= 0 (0 = no discriminator)"),
+    ("image_tokenizer.disc_start", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
     ("image_tokenizer.steps", _positive_int, "a positive int"),
     ("image_tokenizer.batch_size", _positive_int, "a positive int"),
     ("image_tokenizer.lr", lambda v: isinstance(v, float) and v > 0, "a float > 0"),
@@ -124,7 +135,8 @@ def _get(cfg, dotted):
 
 def make_vocab(cfg) -> vocab_lib.Vocab:
     text = vocab_lib.make_text_tokenizer(cfg.vocab)
-    return vocab_lib.Vocab(text.vocab_size, math.prod(cfg.image_tokenizer.levels))
+    from mmar.tokenizers.image.quantizers import num_codes_of
+    return vocab_lib.Vocab(text.vocab_size, num_codes_of(cfg.image_tokenizer))
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -147,6 +159,10 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if m.n_heads % m.n_kv_heads:
         raise ConfigError(f"model.n_kv_heads={m.n_kv_heads}: must divide model.n_heads="
                           f"{m.n_heads}")
+    tok = cfg.image_tokenizer
+    if tok.quantizer == "rq" and (tok.ema or tok.dead_code_restart):
+        raise ConfigError("image_tokenizer.ema: EMA and dead-code restart are VQ options; "
+                          "RQ trains its codebooks by gradient")
     try:
         vocab = make_vocab(cfg)
     except ValueError as e:

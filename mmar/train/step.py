@@ -39,6 +39,9 @@ class Task:
     # What the loss averages over in a batch (e.g. the sum of token loss weights), so that
     # accumulated microbatches weigh as they would in one big batch. None: equal weights.
     batch_weight: Callable[[dict], jax.Array] | None = None
+    # The optimizer for a train-like config section; None: optim.make_optimizer (AdamW).
+    # The image tokenizer uses it for parameter groups (buffers, discriminator).
+    make_optimizer: Callable[[Any], optax.GradientTransformation] | None = None
 
 
 def batch_shardings(task: Task, mesh: Mesh, rule_table=rules.DEFAULT_RULES) -> dict:

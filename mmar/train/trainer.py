@@ -81,7 +81,7 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
     grad_accum = int(cfg.get("grad_accum", 1))
     on_nonfinite = cfg.get("on_nonfinite", "stop")
     model_state, params = state_lib.create(task.make_module, mesh, seed, rule_table)
-    tx = optim.make_optimizer(cfg)
+    tx = (task.make_optimizer or optim.make_optimizer)(cfg)
     opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=max_to_keep)
     start = 0

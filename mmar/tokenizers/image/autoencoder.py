@@ -16,6 +16,8 @@ the identity (stable with no warm-up on small nets). GroupNorm uses ``min(8, cha
 Config (the ``image_tokenizer`` section; read by attribute):
 ``downsample`` (4, 8 or 16), ``channels``, ``channel_mult`` (one per stride-2 stage),
 ``num_res_blocks``, ``quantizer``, ``levels`` (and whatever else the quantizer reads);
+optional ``disc_weight`` (> 0 adds a PatchGAN discriminator, discriminator.py) with
+``disc_start`` and ``disc_channels``;
 optional ``norm``: "group" (default) or "none" (about 10-20% faster on CPU, no normalisation;
 the zero-initialised residual convs keep it stable on small nets).
 """
@@ -30,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmar.tokenizers.image.codebooks import Buffer
+from mmar.tokenizers.image.discriminator import PatchDiscriminator
 from mmar.tokenizers.image.quantizers import make_quantizer
 
 DOWNSAMPLES = (4, 8, 16)
@@ -47,6 +51,10 @@ def to_uint8(images) -> jax.Array:
 
 
 NORMS = ("group", "none")
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
 
 
 def _groups(ch: int) -> int:
@@ -245,7 +253,7 @@ class Autoencoder(nnx.Module):
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         downsample, channels, channel_mult, num_res_blocks, norm = _validate(cfg)
         self.downsample = downsample
-        self.quantizer = make_quantizer(cfg)
+        self.quantizer = make_quantizer(cfg, rngs)
         dim = self.quantizer.dim
         arch = getattr(cfg, "arch", "conv")
         if arch not in ARCHS:
@@ -261,6 +269,17 @@ class Autoencoder(nnx.Module):
             self.decoder = Decoder(
                 channels, channel_mult, num_res_blocks, dim, norm=norm, rngs=rngs
             )
+        if float(_get(cfg, "disc_weight", 0.0)) > 0:
+            self.discriminator = PatchDiscriminator(int(_get(cfg, "disc_channels", 32)),
+                                                    rngs=rngs)
+            self.step = Buffer(jnp.zeros((), jnp.float32))  # train steps, for the warm-up
+        else:
+            self.discriminator, self.step = None, None
+
+    @property
+    def depth(self) -> int:
+        """Codes per latent position (the RQ depth; 1 otherwise)."""
+        return self.quantizer.depth
 
     @property
     def num_codes(self) -> int:
@@ -277,8 +296,9 @@ class Autoencoder(nnx.Module):
         return h // self.downsample, w // self.downsample
 
     def codes_per_image(self, image_size) -> int:
+        """Image tokens per image: ``h * w * depth``."""
         h, w = self.codes_shape(image_size)
-        return h * w
+        return h * w * self.depth
 
     def _check_images(self, images: jax.Array) -> None:
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -291,12 +311,14 @@ class Autoencoder(nnx.Module):
         return self.encoder(images.astype(jnp.float32))
 
     def encode(self, images: jax.Array) -> jax.Array:
-        """images float [-1, 1] ``[B, H, W, 3]`` -> codes int32 ``[B, h, w]``."""
+        """images float [-1, 1] ``[B, H, W, 3]`` -> codes int32 ``[B, h, w]`` (``[B, h, w,
+        depth]`` for RQ)."""
         _, codes, _ = self.quantizer(self.encode_latents(images))
         return codes
 
     def decode_codes(self, codes: jax.Array) -> jax.Array:
-        """codes int ``[B, h, w]`` -> images float (roughly [-1, 1]) ``[B, H, W, 3]``."""
+        """codes int ``[B, h, w]`` (``[..., depth]`` for RQ) -> images float (roughly [-1, 1])
+        ``[B, H, W, 3]``."""
         return self.decoder(self.quantizer.codes_to_vectors(codes))
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:

@@ -2,12 +2,13 @@
 
 ``reconstruction_loss`` is a pure function of ``(model, images, cfg)``: use it inside
 ``nnx.value_and_grad(..., has_aux=True)`` and ``nnx.jit`` (``cfg`` is read in Python, at trace
-time). Only pixel losses and the quantizer's aux loss exist so far; the adversarial
-(discriminator) and perceptual losses come with the tokenizer-family issue, behind the same
-``(loss, metrics)`` return.
+time). Pixel losses, the quantizer's aux loss, its buffer updates (``aux["assign"]``,
+zero-valued: codebooks.py) and, when the model has a discriminator, the adversarial terms
+(discriminator.py). There is no perceptual loss: it would need downloaded weights.
 
 Config fields (``image_tokenizer`` section): ``loss`` in ``LOSSES``; optional
-``aux_loss_weight`` (default 1.0), the weight of the quantizer's aux loss (0 for FSQ).
+``aux_loss_weight`` (default 1.0), the weight of the quantizer's aux loss (0 for FSQ);
+``disc_weight`` and ``disc_start`` (steps before the adversarial terms switch on).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mmar.tokenizers.image import discriminator as disc_lib
+from mmar.tokenizers.image.codebooks import assign
 from mmar.tokenizers.image.quantizers import codebook_usage
 
 LOSSES = ("l1", "l2", "l1+l2")
@@ -51,7 +54,11 @@ def reconstruction_loss(model, images: jax.Array, cfg: Any) -> tuple[jax.Array, 
     mse = jnp.mean(jnp.square(diff))
     recon_loss = {"l1": l1, "l2": mse, "l1+l2": l1 + mse}[kind]
     aux_loss = jnp.asarray(aux.get("loss", 0.0), jnp.float32)
-    loss = recon_loss + aux_weight * aux_loss
+    loss = recon_loss + aux_weight * aux_loss + aux.get("assign", 0.0)
+    adversarial = {}
+    if getattr(model, "discriminator", None) is not None:
+        adv, adversarial = _adversarial(model, images, recon, cfg)
+        loss = loss + adv
 
     metrics = {
         "loss": loss,
@@ -62,7 +69,22 @@ def reconstruction_loss(model, images: jax.Array, cfg: Any) -> tuple[jax.Array, 
         "aux_loss": aux_loss,
     }
     metrics.update(codebook_usage(codes, model.num_codes))
+    metrics.update(adversarial)
     for k, v in aux.items():
-        if k != "loss":
+        if k not in ("loss", "assign"):
             metrics[f"aux/{k}"] = v
     return loss, metrics
+
+
+def _adversarial(model, images, recon, cfg) -> tuple[jax.Array, dict]:
+    """Generator + discriminator hinge terms, gated by the warm-up (discriminator.py)."""
+    step = model.step[...]
+    gate = (step >= float(getattr(cfg, "disc_start", 0))).astype(jnp.float32)
+    weight = float(getattr(cfg, "disc_weight", 0.0))
+    g_loss = disc_lib.hinge_g(disc_lib.frozen(model.discriminator)(recon))
+    real = model.discriminator(images)
+    fake = model.discriminator(jax.lax.stop_gradient(recon))
+    d_loss = disc_lib.hinge_d(real, fake)
+    total = gate * (weight * g_loss + d_loss) + assign(step, step + 1.0)
+    return total, {"g_loss": g_loss, "d_loss": d_loss, "disc_on": gate,
+                   "d_real": jnp.mean(real), "d_fake": jnp.mean(fake)}

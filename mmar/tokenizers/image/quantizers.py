@@ -10,12 +10,15 @@ trainer and the pretokenize job never look at which one they hold:
   ``aux`` is a dict with at least ``"loss"`` (a scalar added to the reconstruction loss:
   commitment / codebook / entropy terms for VQ and LFQ; 0 for FSQ) and may add more metrics;
 - ``codes_to_vectors(codes int [...]) -> z_q [..., dim]``: what the decoder consumes;
-- ``vectors_to_codes(z_q [..., dim]) -> codes int32 [...]``.
+- ``vectors_to_codes(z_q [..., dim]) -> codes int32 [...]``;
+- ``depth``: codes per latent position (1, or the RQ depth). With ``depth > 1`` every
+  ``codes`` array above has a trailing ``[..., depth]`` axis, and depth ``d``'s codes are
+  offset by ``d * codebook_size``, so ``num_codes`` still bounds all of them and maps
+  straight into the vocabulary (one id range per depth; docs/tokenizers.md);
+- ``aux["assign"]`` (optional): a zero-valued term that updates ``Buffer``s (codebooks.py).
 
-Residual quantizers (RQ) will return codes with a trailing depth axis ``[..., depth]``; the
-tokenizer documents how those map into the vocabulary.
-
-Only FSQ exists so far; ``make_quantizer`` is the one place that maps the config to a class.
+FSQ is here; VQ, LFQ and RQ are in codebooks.py. ``make_quantizer`` is the one place that
+maps the config to a class, ``num_codes_of`` the one place that sizes the vocabulary.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-QUANTIZERS = ("fsq",)
+QUANTIZERS = ("fsq", "vq", "lfq", "rq")
 
 
 def round_ste(x: jax.Array) -> jax.Array:
@@ -68,6 +71,7 @@ class FSQ(nnx.Module):
             )
         self.levels = levels
         self.eps = float(eps)
+        self.depth = 1
 
     # ---- static properties -------------------------------------------------------------------
 
@@ -148,11 +152,57 @@ def codebook_usage(codes: jax.Array, num_codes: int) -> dict[str, jax.Array]:
     }
 
 
-def make_quantizer(cfg: Any) -> nnx.Module:
-    """Build the quantizer named by the ``image_tokenizer`` config section."""
-    name = getattr(cfg, "quantizer", None)
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+
+
+def num_codes_of(cfg: Any) -> int:
+    """The number of image ids the ``image_tokenizer`` config needs, without building it."""
+    name = _get(cfg, "quantizer", None)
+    if name == "fsq":
+        return math.prod(cfg.levels)
+    if name == "vq":
+        return int(_get(cfg, "codebook_size", 256))
+    if name == "lfq":
+        return 2 ** int(_get(cfg, "lfq_bits", 8))
+    if name == "rq":
+        return int(_get(cfg, "rq_depth", 2)) * int(_get(cfg, "codebook_size", 256))
+    raise ValueError(
+        f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
+    )
+
+
+def make_quantizer(cfg: Any, rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """Build the quantizer named by the ``image_tokenizer`` config section.
+
+    Fields (defaults in brackets): fsq: ``levels``; vq: ``codebook_size`` [256],
+    ``codebook_dim`` [8], ``l2_norm`` [True], ``commitment`` [0.25], ``ema`` [False],
+    ``ema_decay`` [0.99], ``dead_code_restart`` [False]; lfq: ``lfq_bits`` [8],
+    ``entropy_weight`` [0.1], ``entropy_gamma`` [1.0], ``entropy_temperature`` [0.1],
+    ``commitment``; rq: ``rq_depth`` [2], ``rq_shared`` [False], ``codebook_size``,
+    ``codebook_dim``, ``commitment``.
+    """
+    from mmar.tokenizers.image import codebooks
+
+    name = _get(cfg, "quantizer", None)
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    g = lambda k, d: _get(cfg, k, d)
     if name == "fsq":
         return FSQ(cfg.levels)
+    if name == "vq":
+        return codebooks.VQ(
+            g("codebook_size", 256), g("codebook_dim", 8), l2_norm=g("l2_norm", True),
+            commitment=g("commitment", 0.25), ema=g("ema", False),
+            ema_decay=g("ema_decay", 0.99), restart=g("dead_code_restart", False), rngs=rngs)
+    if name == "lfq":
+        return codebooks.LFQ(
+            g("lfq_bits", 8), entropy_weight=g("entropy_weight", 0.1),
+            gamma=g("entropy_gamma", 1.0), temperature=g("entropy_temperature", 0.1),
+            commitment=g("commitment", 0.25))
+    if name == "rq":
+        return codebooks.RQ(g("codebook_size", 256), g("codebook_dim", 8), g("rq_depth", 2),
+                            shared=g("rq_shared", False), commitment=g("commitment", 0.25),
+                            rngs=rngs)
     raise ValueError(
         f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
     )

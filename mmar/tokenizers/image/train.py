@@ -8,12 +8,16 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from etils import epath
+from flax import nnx
 
 from mmar.data import pipeline
 from mmar.parallel import mesh as mesh_lib
-from mmar.tokenizers.image import autoencoder, losses
+from mmar.tokenizers.image import autoencoder, codebooks, losses, quantizers
+from mmar.train import optim
 from mmar.train import step as step_lib
 from mmar.train import trainer
 
@@ -28,13 +32,65 @@ def tokenizer_task(cfg) -> step_lib.Task:
         return losses.reconstruction_loss(model, autoencoder.to_model_range(batch["images"]),
                                           tok_cfg)
 
+    make_module = lambda rngs: autoencoder.Autoencoder(tok_cfg, rngs=rngs)
+    labels = param_groups(make_module)
     return step_lib.Task(
         name="tokenizer",
-        make_module=lambda rngs: autoencoder.Autoencoder(tok_cfg, rngs=rngs),
+        make_module=make_module,
         loss_fn=loss_fn,
         batch_axes={"images": ("batch", None, None, None)},
-        tokens_per_example=(size // tok_cfg.downsample) ** 2,
+        tokens_per_example=(size // tok_cfg.downsample) ** 2 * _depth(tok_cfg),
+        make_optimizer=(None if set(jax.tree.leaves(labels)) == {"params"} else
+                        lambda train_cfg: tokenizer_optimizer(train_cfg, labels)),
     )
+
+
+def _depth(tok_cfg) -> int:
+    return int(tok_cfg.get("rq_depth", 2)) if tok_cfg.quantizer == "rq" else 1
+
+
+def param_groups(make_module) -> dict:
+    """Pure dict of group labels: "buffer" (codebooks.Buffer: set through ``assign``),
+    "disc" (the discriminator) or "params" (everything else)."""
+    module = nnx.eval_shape(lambda: make_module(nnx.Rngs(0)))
+    state = nnx.state(module, nnx.Param)
+
+    def label(path, var):
+        if isinstance(var, codebooks.Buffer):
+            return "buffer"
+        return "disc" if path and path[0] == "discriminator" else "params"
+
+    return nnx.to_pure_dict(nnx.map_state(label, state))
+
+
+def tokenizer_optimizer(cfg, labels) -> optax.GradientTransformation:
+    """AdamW (optim.make_optimizer) per group: the autoencoder and the discriminator get
+    separate Adam moments and clipping; buffers get SGD with learning rate 1, which makes
+    ``assign`` set them exactly (codebooks.py). Used only when the model has buffers or a
+    discriminator, so FSQ runs keep the default optimizer (and checkpoint layout).
+
+    Not ``optax.multi_transform``: its masked state leaves do not mirror the parameters, which
+    the trainer's optimizer sharding (``optax.tree_map_params``) needs. Each Adam here keeps a
+    full-tree state and sees zero gradients outside its group (its updates there are dropped),
+    so the price is one extra copy of the moments when a discriminator is on."""
+    groups = sorted(set(jax.tree.leaves(labels)) - {"buffer"})
+    inner = {g: optim.make_optimizer(cfg) for g in groups}
+
+    def only(tree, group):
+        return jax.tree.map(lambda x, l: x if l == group else jnp.zeros_like(x), tree, labels)
+
+    def init(params):
+        return tuple(inner[g].init(params) for g in groups)
+
+    def update(grads, state, params=None):
+        out, new_state = jax.tree.map(lambda g: -g, grads), []   # buffers: SGD, lr 1
+        for g, s in zip(groups, state):
+            u, s = inner[g].update(only(grads, g), s, params)
+            out = jax.tree.map(lambda o, x, l: x if l == g else o, out, u, labels)
+            new_state.append(s)
+        return out, tuple(new_state)
+
+    return optax.GradientTransformation(init, update)
 
 
 def run(cfg, workdir, log=print) -> trainer.Result:
@@ -58,24 +114,31 @@ class ImageTokenizer:
         task = tokenizer_task(cfg)
         mesh, rule_table = mesh_lib.from_config(cfg.mesh)
         self.model_state, self.params, self.step = trainer.load_params(
+<<<<<<< HEAD
             task, mesh, epath.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.num_codes = int(np.prod(cfg.image_tokenizer.levels))
+=======
+            task, mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
+        self.num_codes = quantizers.num_codes_of(cfg.image_tokenizer)
+        self.depth = _depth(cfg.image_tokenizer)
+>>>>>>> tokenizers
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))
         self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
             self.model_state.merge(p).decode_codes(c)))
 
     def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """uint8 [N, H, W, 3] -> codes [N, h*w] (raster order)."""
+        """uint8 [N, H, W, 3] -> codes [N, h*w*depth] (raster order; RQ: the depth codes of
+        one position next to each other, each depth in its own id range)."""
         out = [np.asarray(self._encode(self.params, images[i:i + batch_size]))
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out).reshape(len(images), -1)
 
     def decode(self, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """codes [N, h*w] -> uint8 [N, H, W, 3]."""
+        """codes [N, h*w*depth] -> uint8 [N, H, W, 3]."""
         codes = np.asarray(codes)
-        side = int(round(np.sqrt(codes.shape[1])))
-        codes = codes.reshape(len(codes), side, side)
+        side = int(round(np.sqrt(codes.shape[1] // self.depth)))
+        codes = codes.reshape(len(codes), side, side, *([self.depth] if self.depth > 1 else []))
         out = [np.asarray(self._decode(self.params, codes[i:i + batch_size]))
                for i in range(0, len(codes), batch_size)]
         return np.concatenate(out)
