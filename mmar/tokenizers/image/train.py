@@ -114,14 +114,9 @@ class ImageTokenizer:
         task = tokenizer_task(cfg)
         mesh, rule_table = mesh_lib.from_config(cfg.mesh)
         self.model_state, self.params, self.step = trainer.load_params(
-<<<<<<< HEAD
             task, mesh, epath.Path(workdir) / SUBDIR, rule_table=rule_table)
-        self.num_codes = int(np.prod(cfg.image_tokenizer.levels))
-=======
-            task, mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.num_codes = quantizers.num_codes_of(cfg.image_tokenizer)
         self.depth = _depth(cfg.image_tokenizer)
->>>>>>> tokenizers
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))
         self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
