@@ -19,6 +19,7 @@ import numpy as np
 
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
+from mmar.tokenizers.image import quantizers
 from mmar.vocab import SPECIALS
 
 IMAGE_DIR = "image_tokenizer"
@@ -122,7 +123,7 @@ def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, int]:
     (out_dir / "config.json").write_text(json.dumps({
         "image_tokenizer": cfg.image_tokenizer.to_dict(), "image_size": [size, size],
         "codes_shape": list(codes_shape),
-        "num_codes": int(np.prod(cfg.image_tokenizer.levels))}, indent=1))
+        "num_codes": quantizers.num_codes_of(cfg.image_tokenizer)}, indent=1))
     return codes_shape
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from mmar.export import assets, hf
 from mmar.export import safetensors_io as st
+from mmar.tokenizers.image import quantizers
 from mmar.vocab import PAD_MULTIPLE, SPECIALS
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -91,7 +92,7 @@ def _config(hf_dir: pathlib.Path, base_cfg):
     if not isinstance(text_size, int) or text_size <= 0:
         raise ValueError(f"{hf_cfg_path}: vocab_size={text_size!r} must be a positive int")
     cfg = ml_collections.ConfigDict(base_cfg.to_dict())
-    num_codes = int(np.prod(cfg.image_tokenizer.levels))
+    num_codes = quantizers.num_codes_of(cfg.image_tokenizer)
     used = text_size + len(SPECIALS) + num_codes
     cfg.model.update(model_section(hf_cfg, hf_cfg_path),
                      vocab_size=-(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
@@ -180,7 +181,7 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=p
     layout = {"text_size": text,
               "special_ids": {name: text + i for i, name in enumerate(SPECIALS)},
               "image_offset": text + len(SPECIALS),
-              "num_image_codes": int(np.prod(cfg.image_tokenizer.levels)),
+              "num_image_codes": quantizers.num_codes_of(cfg.image_tokenizer),
               "vocab_size": cfg.model.vocab_size}
     (out / "vocab.json").write_text(json.dumps(layout, indent=1))
     n = sum(x.size for x in jax.tree.leaves(params))

@@ -53,14 +53,19 @@ class Checkpointer:
 
     def restore(self, step: int | None = None, *, params, param_shardings, opt_state=None,
                 opt_shardings=None, data_iter=None):
-        """Restores into the given (possibly abstract) trees; returns a dict of items."""
+        """Restores into the given (possibly abstract) trees; returns a dict of items.
+
+        A checkpoint that holds params only (written by `mmar import`) restores just those:
+        the result then has no "opt_state" / "data", and the caller starts both afresh.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        saved = {p.name for p in (self.directory / str(step)).iterdir()}
         items = {"params": ocp.args.StandardRestore(_abstract(params, param_shardings))}
-        if opt_state is not None:
+        if opt_state is not None and "opt_state" in saved:
             items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state, opt_shardings))
-        if data_iter is not None:
+        if data_iter is not None and "data" in saved:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {"step": step, **{k: restored[k] for k in items}}

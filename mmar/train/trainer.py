@@ -88,7 +88,11 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
     restored = ckpt.restore_newest_good(params=params, param_shardings=model_state.shardings,
                                         opt_state=opt_state, opt_shardings=opt_shardings,
                                         data_iter=data_iter, log=log)
-    if restored is not None:
+    if restored is not None and "opt_state" not in restored:
+        params, start = restored["params"], restored["step"]     # e.g. from `mmar import`
+        log(f"[{task.name}] initialised from the parameters of step {start} in "
+            f"{ckpt.directory} (a params-only checkpoint: fresh optimizer and data order)")
+    elif restored is not None:
         params, opt_state, start = restored["params"], restored["opt_state"], restored["step"]
         log(f"[{task.name}] resumed from step {start} in {ckpt.directory}")
     if jax.process_index() == 0:

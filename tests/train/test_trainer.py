@@ -169,3 +169,24 @@ def test_profile_steps_write_a_trace(test_config, tmp_path):
     assert list((tmp_path / "profile").rglob("*.xplane.pb"))
     table = (tmp_path / "parameters.txt").read_text()       # the parameter overview
     assert "blocks/attn/q" in table and "total:" in table
+
+
+def test_params_only_checkpoint_starts_a_fresh_run_from_those_params(test_config, tmp_path):
+    """What `mmar import` writes (params, no optimizer or data state) initialises a run."""
+    from mmar.train import checkpoint as checkpoint_lib
+    from mmar.train import state as state_lib
+    cfg, batches = _setup(test_config, steps=2)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    _, params = state_lib.create(decoder_task(cfg).make_module, mesh, seed=7)
+    ckpt = checkpoint_lib.Checkpointer(tmp_path / "imported" / "checkpoints", async_save=False)
+    ckpt.save(0, params=params, config=cfg, force=True)
+    ckpt.close()
+    messages = []
+    result = _train(cfg, batches, tmp_path / "imported", log=messages.append)
+    assert result.step == 2 and any("params-only checkpoint" in m for m in messages)
+    cfg, batches = _setup(test_config, steps=2)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, data_iter=batches,
+                  workdir=tmp_path / "seed7", seed=7, log=lambda m: None)
+    assert _losses(tmp_path / "imported")[1] == pytest.approx(_losses(tmp_path / "seed7")[1],
+                                                              rel=1e-6)
