@@ -33,10 +33,11 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-class DocumentSource:
-    """Random-access source (Grain) over one split of a prepared document data set.
+class PreparedSplit:
+    """Random-access source (Grain) over one split of a prepared TFDS data set.
 
-    Pickles as its location only and reopens the files lazily in each worker process.
+    Pickles as its location only and reopens the files lazily in each worker process;
+    subclasses say what a record turns into (`__getitem__`).
     """
 
     def __init__(self, builder_dir: str, split: str = "train"):
@@ -52,13 +53,6 @@ class DocumentSource:
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self._open()[int(index)]
-        out = {k: _text(v) for k, v in rec.items() if k not in ("images", "segments")}
-        out["segments"] = json.loads(_text(rec["segments"]))
-        out["images"] = [np.asarray(x, np.uint8) for x in rec["images"]]
-        return out
-
     def __getstate__(self):
         return {"builder_dir": self.builder_dir, "split": self.split, "_len": self._len}
 
@@ -66,4 +60,16 @@ class DocumentSource:
         self.__dict__.update(state, _source=None)
 
     def __repr__(self) -> str:
-        return f"DocumentSource({self.builder_dir!r}, split={self.split!r}, len={self._len})"
+        return (f"{type(self).__name__}({self.builder_dir!r}, split={self.split!r}, "
+                f"len={self._len})")
+
+
+class DocumentSource(PreparedSplit):
+    """A prepared document data set: {"segments": [...], "images": [uint8 arrays], ...}."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self._open()[int(index)]
+        out = {k: _text(v) for k, v in rec.items() if k not in ("images", "segments")}
+        out["segments"] = json.loads(_text(rec["segments"]))
+        out["images"] = [np.asarray(x, np.uint8) for x in rec["images"]]
+        return out

@@ -31,6 +31,7 @@ import json
 import os
 import pathlib
 import time
+
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds

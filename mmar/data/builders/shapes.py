@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from etils import epath
 
+from mmar.data.builders.documents import PreparedSplit
 from mmar.data.synthetic import SPLIT_INDEX, ShapesSpec, make_examples
 
 SPLITS = tuple(SPLIT_INDEX)
@@ -126,42 +126,16 @@ def _text(x: Any) -> str:
     return str(x)
 
 
-class ShapesSource:
-    """Random-access source (Grain ``RandomAccessDataSource``) over one prepared split.
+class ShapesSource(PreparedSplit):
+    """One prepared split of the shapes data set (Grain ``RandomAccessDataSource``).
 
-    Records are {"image": uint8 [H, W, 3], "caption": str, "objects": str (JSON)}. It
-    pickles as its location only and reopens the files lazily in each worker process.
+    Records are {"image": uint8 [H, W, 3], "caption": str, "objects": str (JSON)}.
     """
-
-    def __init__(self, builder_dir: str, split: str):
-        self.builder_dir = os.fspath(builder_dir)
-        self.split = split
-        self._source = None
-        self._len = len(self._open())
-
-    def _open(self):
-        if self._source is None:
-            builder = tfds.builder_from_directory(self.builder_dir)
-            self._source = builder.as_data_source(split=self.split)
-        return self._source
-
-    def __len__(self) -> int:
-        return self._len
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self._open()[int(index)]
         return {"image": np.asarray(rec["image"], np.uint8), "caption": _text(rec["caption"]),
                 "objects": _text(rec["objects"])}
-
-    def __getstate__(self):
-        return {"builder_dir": self.builder_dir, "split": self.split, "_len": self._len}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._source = None
-
-    def __repr__(self) -> str:
-        return f"ShapesSource({self.builder_dir!r}, split={self.split!r}, len={self._len})"
 
 
 def load_split(spec: ShapesSpec, split: str, *, data_dir: str, num_train: int,
