@@ -12,7 +12,8 @@ Measures, in one process and run:
 - with `--peer`: Hugging Face transformers' `LlamaForCausalLM` with the same shapes
   (d_model, layers, heads, KV heads, MLP width, vocabulary, untied head, no QK-norm on
   either side) training in PyTorch on the CPU (forward, cross-entropy, backward,
-  AdamW), median seconds per step; and the ratio mmar tokens/s / peer tokens/s.
+  AdamW), median seconds per step; and the ratio mmar tokens/s / peer tokens/s. The two
+  sides' steps are interleaved, so a busy machine slows both alike.
 
 Both sides use float32 on CPU (PyTorch's CPU bfloat16 matmuls are not its fast path), the
 same threads, and random token ids. Prints one JSON line at the end for docs/performance.md.
@@ -73,7 +74,8 @@ def median_seconds(fn, steps: int) -> float:
     return statistics.median(times)
 
 
-def mmar_step_seconds(cfg, batch: dict, steps: int) -> float:
+def mmar_step(cfg, batch: dict):
+    """A callable that runs one mmar train step (jitted; the first call compiles)."""
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
 
     def loss_fn(model, b):
@@ -94,10 +96,10 @@ def mmar_step_seconds(cfg, batch: dict, steps: int) -> float:
         holder["p"], holder["o"], metrics = train_step(holder["p"], holder["o"], arrays)
         jax.block_until_ready(metrics["loss"])
 
-    return median_seconds(run, steps)
+    return run
 
 
-def peer_step_seconds(cfg, batch: dict, steps: int) -> float:
+def peer_step(cfg, batch: dict):
     """transformers' Llama, same shapes, one PyTorch training step on the CPU."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -118,7 +120,21 @@ def peer_step_seconds(cfg, batch: dict, steps: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return median_seconds(run, steps)
+    return run
+
+
+def interleaved_seconds(fns: dict, steps: int) -> dict:
+    """Median seconds per call of each fn, calls interleaved (a, b, a, b, ...) after one
+    warm-up call each, so both sides see the same machine load on a shared machine."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
@@ -145,7 +161,11 @@ def main(argv=None) -> dict:
     tokens = args.batch * args.seq
     per_token = flops.flops_per_token(cfg, args.seq)
     peak = args.peak_tflops * 1e12 or matmul_peak(args.dtype)
-    seconds = mmar_step_seconds(cfg, batch, args.steps)
+    fns = {"mmar": mmar_step(cfg, batch)}
+    if args.peer:
+        fns["peer"] = peer_step(cfg, batch)
+    measured = interleaved_seconds(fns, args.steps)
+    seconds = measured["mmar"]
     result = {
         "device": jax.devices()[0].device_kind, "preset": args.preset,
         "parameters": flops.param_count(cfg), "batch": args.batch, "seq": args.seq,
@@ -159,7 +179,7 @@ def main(argv=None) -> dict:
           f"{seconds * 1e3:.0f} ms/step, {result['tokens_per_s']:,.0f} tokens/s, "
           f"MFU {100 * result['mfu']:.1f}% of a {result['peak_tflops']:.3f} TFLOP/s peak")
     if args.peer:
-        peer = peer_step_seconds(cfg, batch, args.steps)
+        peer = measured["peer"]
         result["peer_tokens_per_s"] = round(tokens / peer, 1)
         result["ratio_vs_transformers"] = round(peer / seconds, 3)
         print(f"transformers (PyTorch CPU): {peer * 1e3:.0f} ms/step, "

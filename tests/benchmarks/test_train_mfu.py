@@ -1,0 +1,24 @@
+"""benchmarks/train_mfu.py runs on a tiny config, with its PyTorch peer (no timing asserted)."""
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("train_mfu", ROOT / "benchmarks/train_mfu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_mfu_reports_mmar_and_peer():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    result = _bench().main(["--preset=tiny", "--batch=2", "--seq=32", "--steps=1", "--peer",
+                            "--attention=blockwise"])
+    assert result["parameters"] == 139_584 and result["attention"] == "blockwise"
+    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1.5
+    assert result["peer_tokens_per_s"] > 0 and result["ratio_vs_transformers"] > 0
