@@ -148,6 +148,18 @@ def pipe_to(argv: Sequence[str], text: str) -> int:
     return subprocess.run(list(argv), input=text, text=True).returncode
 
 
+def submit_text(text: str, argv: Sequence[str], *, dry_run: bool, out: str | None = None) -> int:
+    """Writes the rendered manifest/script to `out` if given; prints it (dry run) or pipes it
+    to `argv` (`kubectl apply -f -`, `sbatch`)."""
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    if dry_run:
+        emit(text)
+        return 0
+    return pipe_to(argv, text)
+
+
 def emit(text: str, out=None) -> None:
     out = out or sys.stdout
     out.write(text if text.endswith("\n") else text + "\n")

@@ -168,12 +168,6 @@ def options_from(args) -> Options:
 
 
 def submit(spec: common.RunSpec, opts: Options, dry_run: bool, out: str | None = None) -> int:
-    text = render(spec, opts)
-    if out:
-        with open(out, "w") as f:
-            f.write(text)
-    if dry_run:
-        common.emit(text)
-        return 0
     ns = ["-n", opts.namespace] if opts.namespace else []
-    return common.pipe_to(["kubectl", *ns, "apply", "-f", "-"], text)
+    return common.submit_text(render(spec, opts), ["kubectl", *ns, "apply", "-f", "-"],
+                              dry_run=dry_run, out=out)

@@ -114,11 +114,4 @@ def options_from(args) -> Options:
 
 
 def submit(spec: common.RunSpec, opts: Options, dry_run: bool, out: str | None = None) -> int:
-    script = render(spec, opts)
-    if out:
-        with open(out, "w") as f:
-            f.write(script)
-    if dry_run:
-        common.emit(script)
-        return 0
-    return common.pipe_to(["sbatch"], script)
+    return common.submit_text(render(spec, opts), ["sbatch"], dry_run=dry_run, out=out)

@@ -37,7 +37,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from etils import epath
 
-from mmar.data.builders.documents import DocumentSource, document_features
+from mmar.data.builders.documents import DocumentSource, document_features, write_array_record
 from mmar.data.packing import BadDataError
 
 
@@ -208,10 +208,7 @@ def prepare(spec: FolderSpec, *, data_dir: str, log=print) -> Folder:
     report = scan(spec, log=log)
     log(f"[data] {spec.folder}: {report.summary()}")
     builder = Folder(config=config, data_dir=data_dir, report=report)
-    tfds.disable_progress_bar()
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    write_array_record(builder)
     log(f"[data] wrote {len(report.records)} records to {builder.data_dir} "
         f"in {time.perf_counter() - t0:.1f}s")
     return builder

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 
 import numpy as np
 import PIL.Image
@@ -27,6 +26,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from mmar.data import stories
+from mmar.data.builders import documents
 from mmar.data.builders.documents import DocumentSource, document_features
 from mmar.data.synthetic import ShapesSpec
 
@@ -120,13 +120,8 @@ def _prepare(cls, prefix, settings, data_dir, log):
                             description=json.dumps(settings, sort_keys=True, default=list))
     builder = cls(config=config, data_dir=data_dir)
     if not builder.is_prepared():
-        t0 = time.perf_counter()
-        tfds.disable_progress_bar()
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-        log(f"[data] prepared {cls.name} in {builder.data_dir} "
-            f"({time.perf_counter() - t0:.1f}s)")
+        seconds = documents.write_array_record(builder)
+        log(f"[data] prepared {cls.name} in {builder.data_dir} ({seconds:.1f}s)")
     return {split: DocumentSource(builder.data_dir, split) for split in ("train", "test")}
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from etils import epath
 
-from mmar.data.builders.documents import PreparedSplit
+from mmar.data.builders.documents import PreparedSplit, write_array_record
 from mmar.data.synthetic import SPLIT_INDEX, ShapesSpec, make_examples
 
 SPLITS = tuple(SPLIT_INDEX)
@@ -108,13 +107,8 @@ def prepare(spec: ShapesSpec, *, data_dir: str, num_train: int, num_test: int,
     if not builder.is_prepared():
         n = num_train + num_test + num_unseen
         print(f"preparing shapes data set ({n} examples) in {builder.data_dir}", flush=True)
-        t0 = time.perf_counter()
-        tfds.disable_progress_bar()  # one line of ours instead of per-split tqdm bars
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
-        print(f"prepared shapes data set in {time.perf_counter() - t0:.1f}s", flush=True)
+        seconds = write_array_record(builder)
+        print(f"prepared shapes data set in {seconds:.1f}s", flush=True)
     return builder
 
 
