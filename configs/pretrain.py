@@ -57,7 +57,8 @@ def get_config(arg: str = "100m") -> ml_collections.ConfigDict:
                                  num_res_blocks=1, steps=20000, batch_size=256, lr=1e-3)
         c.model.update(vocab_size=0, d_model=d, n_layers=layers, n_heads=heads,
                        n_kv_heads=kv, head_dim=hd, mlp_dim=mlp, qk_norm=True,
-                       dtype="bfloat16", param_dtype="float32", remat="full")
+                       dtype="bfloat16", param_dtype="float32", remat="full",
+                       attention="blockwise")   # on GPUs, "cudnn" (docs/training.md)
         c.train.update(steps=100_000, batch_size=batch, lr=lr, warmup_steps=2000,
                        min_lr_ratio=0.1, weight_decay=0.1, log_every=100)
         c.mesh.update(data=1, fsdp=-1, tensor=1, strategy="fsdp")
