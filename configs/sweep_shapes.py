@@ -58,8 +58,9 @@ def get_config(arg: str = "mini") -> ml_collections.ConfigDict:
         c.eval.update(num_examples=64)
         c.sample.update(batch_size=64)
         if arg == "micro":
-            c.sweep.update(budgets=(2e10,), widths=(16, 32), aspect=16, min_steps=10,
+            c.sweep.update(budgets=(1e10,), widths=(16, 32), aspect=16, min_steps=10,
                            checkpoints_per_run=10, bootstrap=10)
+            c.train.update(log_every=25)
             c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                            mlp_dim=64)
             c.eval.update(num_examples=8)
