@@ -41,6 +41,9 @@ def _checkpoints(run_dir: pathlib.Path):
 
 
 def test_dry_run_prints_one_command_per_run(data_dir, tmp_path):
+    text = (ROOT / "docs/scaling.md").read_text()
+    shown = text.split("runs this block")[1].split("```bash")[1].split("```")[0].strip()
+    assert f"{shown} --dry-run" in text       # the doc's pod command is this one + --dry-run
     proc = subprocess.run(doc_command(tmp_path, "--dry-run"), cwd=ROOT, env=_env(data_dir),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
