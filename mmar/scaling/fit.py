@@ -17,14 +17,26 @@ which is what a small sweep has; the report says how many resamples gave a fit.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
+import threadpoolctl
 from scipy import optimize
 
 HUBER_DELTA = 1e-3
 _GRID = dict(e=(0.0,), a=(0.0, 5.0), b=(0.0, 5.0), alpha=(0.3,), beta=(0.3,))
 _BOUNDS = [(-5.0, 50.0), (-5.0, 50.0), (-10.0, 5.0), (0.0, 3.0), (0.0, 3.0)]  # a b e al be
+
+
+def _one_blas_thread(fn):
+    """Thousands of tiny BLAS calls: OpenBLAS's threads only contend (seen: 8 ms instead of
+    0.1 ms per L-BFGS-B iteration on a loaded 2-core machine), so the fits use one."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 # ---- IsoFLOP profiles -------------------------------------------------------------------
@@ -77,6 +89,7 @@ def _interval(samples):
     return [float(np.percentile(samples, 5)), float(np.percentile(samples, 95))]
 
 
+@_one_blas_thread
 def fit_isoflop(points, bootstrap: int = 100, seed: int = 0) -> dict:
     """points: dicts with budget, n, d, y. -> minima per budget, N_opt/D_opt power laws
     (exponents a, b) with bootstrap intervals (runs resampled within each budget)."""
@@ -160,6 +173,7 @@ def predict(law: dict, n, d):
     return law["E"] + law["A"] / n ** law["alpha"] + law["B"] / d ** law["beta"]
 
 
+@_one_blas_thread
 def fit_law(n, d, y, bootstrap: int = 100, seed: int = 0, delta: float = HUBER_DELTA) -> dict:
     """Fits E + A/N^alpha + B/D^beta -> {"law": {E, A, B, alpha, beta}, "intervals": ...,
     "rmse_log": residual RMS in log space}; needs at least 5 points (5 parameters)."""
