@@ -96,3 +96,17 @@ def test_micro_sweep_killed_resumes_and_reports(data_dir, tmp_path):
     assert first in report and second in report and "2 points" in report
     for png in ("isoflop.png", "frontier.png", "law.png"):
         assert (workdir / "scaling" / png).stat().st_size > 1000
+
+
+def test_help_lists_sweep(data_dir):
+    out = subprocess.run([sys.executable, "-m", "mmar", "--help"], cwd=ROOT, env=_env(data_dir),
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "sweep" in out and "IsoFLOP" in out
+
+
+def test_sweep_without_its_section_is_refused(data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mmar", "sweep",
+                           f"--config={ROOT}/configs/t2i_shapes.py:test", f"--workdir={tmp_path}"],
+                          cwd=ROOT, env=_env(data_dir), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "sweep: section missing" in proc.stderr
