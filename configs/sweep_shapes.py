@@ -48,7 +48,8 @@ def get_config(arg: str = "mini") -> ml_collections.ConfigDict:
             warmup_fraction=0.05,
             checkpoints_per_run=4,
             params="non_embedding",      # N in the fits: "non_embedding" or "total"
-            sample_metric="t2i_accuracy",  # report.json key fitted as error = 1 - value
+            # report.json scores fitted as error = 1 - score (the shape judge on samples)
+            sample_metrics=("t2i_accuracy", "i2t_accuracy"),
             bootstrap=100,               # resamples for the intervals
         ))
         # The base model is the family's middle width (what `mmar train` on this config

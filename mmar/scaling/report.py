@@ -1,8 +1,9 @@
 """The sweep's report: fits per metric, PNG plots and a Markdown page with the numbers.
 
-Metrics: held-out `loss` (both modalities), `loss_text`, `loss_image`, and the sample score
-named by `sweep.sample_metric` (report.json's `t2i_accuracy`, the shape judge on generated
-images: a small GenEval) fitted as its error, 1 - score, so that lower is better everywhere.
+Metrics: held-out `loss` (both modalities), `loss_text`, `loss_image`, and the sample scores
+named by `sweep.sample_metrics` (report.json's `t2i_accuracy`, the shape judge on generated
+images: a small GenEval; `i2t_accuracy`, generated captions judged against the scene), each
+fitted as its error, 1 - score, so that lower is better everywhere.
 Validation loss and sample quality need not scale alike (Fluid, Fan et al. 2024), which is
 why both are fitted. Writes OUT/fit.json, OUT/isoflop.png, OUT/frontier.png, OUT/law.png and
 OUT/report.md.
@@ -18,11 +19,11 @@ LOSSES = ("loss", "loss_text", "loss_image")
 ERROR_FLOOR = 1e-3   # an error of 0 has no logarithm; a perfect score is read as 0.1%
 
 
-def points_by_metric(results: list[dict], params: str, sample_metric: str) -> dict:
+def points_by_metric(results: list[dict], params: str, sample_metrics=()) -> dict:
     """{metric: [{budget, n, d, y}, ...]} from the runs that have that metric."""
     n_key = "params" if params == "total" else "non_embedding_params"
     out = {}
-    names = list(LOSSES) + ([sample_metric] if sample_metric else [])
+    names = list(LOSSES) + list(sample_metrics)
     for name in names:
         label = name if name in LOSSES else f"{name.replace('_accuracy', '')}_error"
         pts = []
@@ -61,16 +62,16 @@ def markdown(cfg, results: list[dict], fits: dict, n_label: str) -> str:
              "Intervals: bootstrap 5-95% over resampled runs.", "",
              "## Runs", "",
              "| run | N total | N non-emb. | D tokens | steps | C | loss | loss_text | "
-             "loss_image | sample score | train s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    metric = s.sample_metric
+             "loss_image | " + "".join(f"{m} | " for m in s.sample_metrics) + "train s |",
+             "| --- " * 2 + "| ---: " * (8 + len(s.sample_metrics)) + "|"]
     for r in results:
         def num(key, fmt="{:.3f}"):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
         lines.append(f"| {r['name']} | {r['params']:,} | {r['non_embedding_params']:,} | "
                      f"{r['tokens']:,} | {r['steps']} | {r['flops']:.3g} | {num('loss')} | "
-                     f"{num('loss_text')} | {num('loss_image')} | {num(metric) if metric else '-'}"
-                     f" | {num('decoder_seconds', '{:.0f}')} |")
+                     f"{num('loss_text')} | {num('loss_image')} | "
+                     + "".join(f"{num(m)} | " for m in s.sample_metrics)
+                     + f"{num('decoder_seconds', '{:.0f}')} |")
     lines += ["", "## Compute-optimal frontier (IsoFLOP minima)", "",
               "N_opt = k_N C^a, D_opt = k_D C^b; `edge` marks a minimum outside the sizes "
               "of its budget (extrapolated).", "",
@@ -112,7 +113,7 @@ def write(cfg, results: list[dict], out_dir, log=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     n_label = ("total parameters" if cfg.sweep.params == "total"
                else "non-embedding parameters")
-    points = points_by_metric(results, cfg.sweep.params, cfg.sweep.sample_metric)
+    points = points_by_metric(results, cfg.sweep.params, cfg.sweep.sample_metrics)
     fits = fit_all(points, cfg.sweep.bootstrap)
     (out_dir / "fit.json").write_text(json.dumps({"fits": fits, "points": points}, indent=1))
     if points:

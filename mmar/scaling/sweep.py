@@ -36,7 +36,8 @@ _CHECKS = (
     ("warmup_fraction", lambda v: isinstance(v, float) and 0 <= v < 1, "a float in [0, 1)"),
     ("checkpoints_per_run", lambda v: isinstance(v, int) and v > 0, "a positive int"),
     ("params", lambda v: v in ("total", "non_embedding"), "'total' or 'non_embedding'"),
-    ("sample_metric", lambda v: isinstance(v, str), "a report.json key ('' = none)"),
+    ("sample_metrics", lambda v: all(isinstance(x, str) and x for x in v),
+     "a tuple of report.json keys (scores in [0, 1]; () = none)"),
     ("bootstrap", lambda v: isinstance(v, int) and v >= 0, "an int >= 0"),
 )
 

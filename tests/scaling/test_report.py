@@ -22,7 +22,7 @@ def fake_results(cfg):
         loss = float(fit.predict(LAW, r.non_embedding_params, r.tokens))
         noisy = lambda x: x * float(np.exp(0.002 * rng.standard_normal()))
         out.append({**r.record(), "loss": noisy(loss), "loss_text": noisy(0.5 * loss),
-                    "loss_image": noisy(1.5 * loss), "t2i_accuracy": 1.0,
+                    "loss_image": noisy(1.5 * loss), "t2i_accuracy": 1.0, "i2t_accuracy": 0.5,
                     "decoder_seconds": 1.0})
     return out
 
@@ -39,7 +39,7 @@ def test_report_writes_fits_plots_and_markdown(tmp_path):
     saved = json.loads((tmp_path / "fit.json").read_text())
     assert saved["fits"]["loss"]["law"]["law"]["alpha"] == law["alpha"]
     text = (tmp_path / "report.md").read_text()
-    assert f"{law['alpha']:.2f}" in text and "t2i_error" in text
+    assert f"{law['alpha']:.2f}" in text and "t2i_error" in text and "i2t_error" in text
     assert all(r["name"] in text for r in results)
     for png in ("isoflop.png", "frontier.png", "law.png"):
         from PIL import Image
