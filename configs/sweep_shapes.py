@@ -1,7 +1,8 @@
 r"""IsoFLOP sweeps on the built-in shapes data (text-to-image + image-to-text pairs).
 
-`mini`: 3 FLOP budgets x 4 widths (12 runs, d_model 32..128, 9k to 0.6M non-embedding
-parameters) that run end to end on 2 CPU cores in about 20 minutes (docs/scaling.md);
+`mini`: 3 FLOP budgets x 5 widths (14 runs, d_model 16..128, 2.6k to 0.6M non-embedding
+parameters; the d_model 128 run at the smallest budget is too short and left out), end to
+end on 2 CPU cores (time measured in docs/scaling.md);
 `micro`: 1 budget x 2 widths of a few hundred steps, for the tests.
 
     mmar sweep --config=configs/sweep_shapes.py:mini --workdir=runs/sweep
@@ -39,7 +40,7 @@ def get_config(arg: str = "mini") -> ml_collections.ConfigDict:
         c.preset = arg
         c.sweep = ml_collections.ConfigDict(dict(
             budgets=(3e11, 1e12, 3e12),  # training FLOPs per run (model/flops.py)
-            widths=(32, 64, 96, 128),    # d_model of each size; the family gives the rest
+            widths=(16, 32, 64, 96, 128),  # d_model of each size; the family gives the rest
             aspect=32,                   # d_model / n_layers
             head_dim=16,
             gqa=2,                       # n_heads / n_kv_heads
