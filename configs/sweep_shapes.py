@@ -1,8 +1,8 @@
 r"""IsoFLOP sweeps on the built-in shapes data (text-to-image + image-to-text pairs).
 
-`mini`: 3 FLOP budgets x 5 widths (14 runs, d_model 16..128, 2.6k to 0.6M non-embedding
-parameters; the d_model 128 run at the smallest budget is too short and left out), end to
-end on 2 CPU cores (time measured in docs/scaling.md);
+`mini`: 3 FLOP budgets x 5 widths, 13 runs (d_model 16..128, 2.6k to 0.6M non-embedding
+parameters; d_model 128 at the smallest budget would be too short and d_model 16 at the
+largest too long, both left out), end to end on 2 CPU cores (time in docs/scaling.md);
 `micro`: 1 budget x 2 widths of a few hundred steps, for the tests.
 
     mmar sweep --config=configs/sweep_shapes.py:mini --workdir=runs/sweep
@@ -46,6 +46,7 @@ def get_config(arg: str = "mini") -> ml_collections.ConfigDict:
             gqa=2,                       # n_heads / n_kv_heads
             mlp_ratio=2.0,               # mlp_dim / d_model (SwiGLU)
             min_steps=50,                # shorter runs are left out of the grid
+            max_steps=10000,             # and longer ones (0 = no limit)
             warmup_fraction=0.05,
             checkpoints_per_run=4,
             params="non_embedding",      # N in the fits: "non_embedding" or "total"

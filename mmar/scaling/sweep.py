@@ -33,6 +33,7 @@ _CHECKS = (
     ("gqa", lambda v: isinstance(v, int) and v > 0, "a positive int"),
     ("mlp_ratio", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
     ("min_steps", lambda v: isinstance(v, int) and v > 0, "a positive int"),
+    ("max_steps", lambda v: isinstance(v, int) and v >= 0, "an int >= 0 (0 = no limit)"),
     ("warmup_fraction", lambda v: isinstance(v, float) and 0 <= v < 1, "a float in [0, 1)"),
     ("checkpoints_per_run", lambda v: isinstance(v, int) and v > 0, "a positive int"),
     ("params", lambda v: v in ("total", "non_embedding"), "'total' or 'non_embedding'"),
@@ -109,7 +110,9 @@ def _model_cfg(cfg, fields):
 
 def plan(cfg) -> tuple[list[Run], list[str]]:
     """-> (runs, notes). A (budget, width) pair whose run would be shorter than
-    `sweep.min_steps` is left out, with a note: too few steps to get past warmup."""
+    `sweep.min_steps` is left out, with a note: too few steps to get past warmup; so is one
+    longer than `sweep.max_steps` (0 = no limit): a model far below the budget's optimum,
+    and on a CPU the slowest run of all (per-step overhead), so the grid slides with C."""
     validate(cfg)
     s = cfg.sweep
     seq_len, batch = cfg.data.seq_len, cfg.train.batch_size
@@ -124,6 +127,10 @@ def plan(cfg) -> tuple[list[Run], list[str]]:
             if steps < s.min_steps:
                 notes.append(f"{name}: left out, {steps} steps < sweep.min_steps="
                              f"{s.min_steps}")
+                continue
+            if s.max_steps and steps > s.max_steps:
+                notes.append(f"{name}: left out, {steps} steps > sweep.max_steps="
+                             f"{s.max_steps}")
                 continue
             tokens = steps * seq_len * batch
             overrides = tuple([(f"model.{k}", v) for k, v in fields.items()] + [

@@ -27,11 +27,12 @@ def test_grid_honours_each_budget():
         # C = FLOPs/token x D, off only by rounding the steps to a whole number
         assert abs(run.flops - run.budget) <= 0.5 * per_token * tokens_per_step
         assert abs(run.flops / run.budget - 1) < 0.02
-        assert run_cfg.train.steps >= cfg.sweep.min_steps
+        assert cfg.sweep.min_steps <= run_cfg.train.steps <= cfg.sweep.max_steps
         assert flops.param_count(run_cfg.model) == run.params
     # the skipped pair is named, and only it is missing from the 3 x 4 grid
     assert len(runs) + len(notes) == len(cfg.sweep.budgets) * len(cfg.sweep.widths)
-    assert all("sweep.min_steps" in n for n in notes)
+    assert [n.split(":")[0] for n in notes] == ["C3e11_d128", "C3e12_d16"]
+    assert "sweep.min_steps" in notes[0] and "sweep.max_steps" in notes[1]
     assert len({r.name for r in runs}) == len(runs)
 
 
