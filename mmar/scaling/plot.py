@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -60,7 +61,7 @@ def isoflop(fits: dict, points: dict, path, n_label: str) -> pathlib.Path:
 
 def frontier(fits: dict, path) -> pathlib.Path:
     """N_opt(C) and D_opt(C) from the IsoFLOP minima, with their power laws, per metric."""
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0))
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.4))
     for i, (name, f) in enumerate(fits.items()):
         minima, law = f["isoflop"]["minima"], f["isoflop"]["law"]
         if not minima:
@@ -68,7 +69,8 @@ def frontier(fits: dict, path) -> pathlib.Path:
         c = np.array([m["budget"] for m in minima])
         marker = "osD^v"[i % 5]
         for ax, key, k, p in ((axes[0], "n_opt", "k_n", "a"), (axes[1], "d_opt", "k_d", "b")):
-            line, = ax.plot(c, [m[key] for m in minima], marker, label=name)
+            line, = ax.plot(c, [m[key] for m in minima], marker,
+                            label=None if law else name)
             if law:
                 cc = np.logspace(np.log10(c.min()) - 0.2, np.log10(c.max()) + 0.2, 20)
                 ax.plot(cc, law[k] * cc ** law[p], "-", color=line.get_color(), lw=1,
@@ -76,6 +78,7 @@ def frontier(fits: dict, path) -> pathlib.Path:
     for ax, label in zip(axes, ("N_opt", "D_opt (tokens)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("C (training FLOPs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")

@@ -63,7 +63,7 @@ def markdown(cfg, results: list[dict], fits: dict, n_label: str) -> str:
              "## Runs", "",
              "| run | N total | N non-emb. | D tokens | steps | C | loss | loss_text | "
              "loss_image | " + "".join(f"{m} | " for m in s.sample_metrics) + "train s |",
-             "| --- " * 2 + "| ---: " * (8 + len(s.sample_metrics)) + "|"]
+             "| --- " + "| ---: " * (9 + len(s.sample_metrics)) + "|"]
     for r in results:
         def num(key, fmt="{:.3f}"):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
