@@ -122,7 +122,12 @@ def run_local(cfg, workdir, log=print) -> list[dict]:
 def emit(cfg, workdir, config_spec: str, extra_args=(), log=print) -> list[str]:
     """The dry run: prints one command per line (tokenizer first, then each run) for a pod
     launcher to wrap, and prepares the run directories on a local or shared file system
-    (the tokenizer link dangles until `tokenizer-train` has run). Nothing is trained."""
+    (the tokenizer link dangles until `tokenizer-train` has run). Nothing is trained.
+
+    Hook for the pod launchers (mmar/launch/, in progress): where the lines are printed
+    below, a `--launcher=NAME` flag would hand `lines[0]` to the launcher, wait for it, then
+    submit `lines[1:]` (independent runs, in parallel); the lines stay plain `mmar`
+    commands so any launcher can wrap them."""
     runs, notes = sweep.plan(cfg)
     lines = sweep.command_lines(config_spec, str(workdir), runs, extra_args)
     if "://" not in str(workdir):
