@@ -17,6 +17,8 @@ COMMANDS = {
     "sample": "text-to-image and image-to-text samples -> WORKDIR/samples",
     "eval": "judge samples, held-out loss, tokenizer reconstruction -> WORKDIR/report.json",
     "demo": "tokenizer-train, train and eval in one go (what `make demo` runs)",
+    "sweep": "IsoFLOP grid of train + eval runs, fits and plots -> WORKDIR/scaling "
+             "(--dry-run: print one command per run; docs/scaling.md)",
     "export": "CHECKPOINT --format hf --out DIR: transformers/safetensors (docs/export.md)",
     "import": "HF_DIR --out DIR: a transformers Llama/Qwen3 checkpoint -> mmar params",
     "launch": "{tpu,gke,slurm,local} [--dry-run] -- train --config=... --workdir=...: "
@@ -64,9 +66,11 @@ def _run(command: str, quiet_libraries: bool) -> None:
         cfg = config_lib.validate(_CONFIG.value)
     except config_lib.ConfigError as e:
         raise app.UsageError(f"bad config: {e}") from None
+    if command == "sweep":
+        return _sweep(cfg)
     if _DRY_RUN.value:
         if command != "train":
-            raise app.UsageError("--dry-run goes with `mmar train`")
+            raise app.UsageError("--dry-run goes with `mmar train` or `mmar sweep`")
         return _dry_run(cfg)
     from mmar.parallel import distributed
     try:
@@ -90,6 +94,28 @@ def _run(command: str, quiet_libraries: bool) -> None:
     if command in ("eval", "demo"):
         report.run(cfg, workdir, log=_log)
     _log(f"[{command}] done in {time.perf_counter() - t0:.0f}s; outputs in {workdir}")
+
+
+def _sweep(cfg) -> None:
+    """`mmar sweep`: runs the grid here, or with --dry-run prints one command per run."""
+    from mmar.scaling import runner, sweep
+    if not _WORKDIR.value:
+        raise app.UsageError("mmar sweep needs --workdir (the sweep's directory)")
+    try:
+        sweep.validate(cfg)
+    except sweep.SweepConfigError as e:
+        raise app.UsageError(f"bad config: {e}") from None
+    if _DRY_RUN.value:
+        flag = flags.FLAGS["config"]
+        extra = [f"--config.{k}={v}" for k, v in
+                 config_flags.get_override_values(flag).items()]
+        runner.emit(cfg, _WORKDIR.value, config_flags.get_config_filename(flag), extra,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+        return
+    t0 = time.perf_counter()
+    runner.run_local(cfg, _WORKDIR.value, log=_log)
+    _log(f"[sweep] done in {time.perf_counter() - t0:.0f}s; report in "
+         f"{_WORKDIR.value}/scaling/report.md")
 
 
 def _dry_run(cfg) -> None:

@@ -4,6 +4,7 @@ Keys: tokenizer_reconstruction_accuracy (judge on autoencoder reconstructions of
 images), codebook_usage, t2i_accuracy / i2t_accuracy (held-out scenes),
 t2i_accuracy_unseen_combos (colour-shape pairs never seen in training), loss_text /
 loss_image / accuracy_text / accuracy_image (held-out next-token metrics, both directions),
+loss (the same NLL over both modalities' tokens),
 train_seconds (tokenizer + decoder), and the checkpoint steps they came from.
 
 Beside them: perplexity_text / perplexity_image (exp of the losses), tokenizer_psnr and
@@ -66,6 +67,7 @@ def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
     m = jax.device_get(metrics(models.params, batch))
     out = {k: float(m[k]) for k in ("loss_text", "loss_image", "accuracy_text",
                                     "accuracy_image")}
+    out["loss"] = float(m["nll"])  # both modalities, weighted by their scored tokens
     out.update(perplexity_text=float(np.exp(out["loss_text"])),
                perplexity_image=float(np.exp(out["loss_image"])))
     return out

@@ -16,14 +16,31 @@ def _block_matmul_params(cfg) -> int:
     return attn + 3 * d * cfg.mlp_dim
 
 
-def param_count(cfg) -> int:
-    """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
+def _weight_copies(cfg) -> int:
+    """MoT hook (`model.mot`, not built yet): Mixture-of-Transformers keeps one copy of every
+    non-embedding weight per modality (text, image), but each token is routed through one
+    copy only, so parameters multiply while FLOPs per token stay those of the dense model.
+    Assumed: the final norm is per modality too; check against the built model once MoT
+    lands (tests/model/test_flops.py compares param_count with the real Decoder)."""
+    return 2 if cfg.get("mot") else 1
+
+
+def non_embedding_param_count(cfg) -> int:
+    """Parameters without the token embedding and the output head (Kaplan et al.'s N): the
+    blocks and the final norm. Scaling fits use it because at small widths the embedding
+    and head tables are most of the model while costing almost no FLOPs per parameter."""
     d = cfg.d_model
     norms = 2 * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
     blocks = cfg.n_layers * (_block_matmul_params(cfg) + norms)
+    return _weight_copies(cfg) * (blocks + d)
+
+
+def param_count(cfg) -> int:
+    """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
+    d = cfg.d_model
     embed = cfg.vocab_size * d
     head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
-    return embed + blocks + d + head
+    return embed + non_embedding_param_count(cfg) + head
 
 
 def forward_flops_per_token(cfg, seq_len: int) -> float:
@@ -34,6 +51,7 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
     Attention: q.k^T and probs.v are each 2 * seq_len * head_dim FLOPs per head per token
     over the whole row, 4 * L * S * H * D in all, halved because a causal query sees on
     average half the row: 2 * L * S * H * D (the MaxText / PaLM convention).
+    MoT (`model.mot`): the same as dense, each token pays for one copy (`_weight_copies`).
     """
     matmul = cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
     attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
