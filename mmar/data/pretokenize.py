@@ -177,7 +177,9 @@ def run(cfg, workdir, log=print, split: str = "train") -> dict:
 
     from mmar.data import sources
     from mmar.tokenizers.image import train as tokenizer_train
-    tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
+    # Each process encodes its own records on its own devices: no collective, no global
+    # batch, so hosts never wait for each other (the decoder's trainer is what needs those).
+    tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir, devices=jax.local_devices())
     identity = tokens.tokenizer_identity(cfg, workdir, tokenizer.step)
     log(f"[pretokenize] tokenizer step {tokenizer.step}, params sha256 "
         f"{identity['params_sha256'][:12]}.., {identity['num_codes']} codes")
