@@ -36,13 +36,13 @@ def shapes(test_config):
     return pipeline.shapes_split(test_config.data, "train")
 
 
-def write(source, cfg, workdir, **kw):
+def write(source, cfg, workdir, log=lambda m: None, **kw):
     identity = tokens.tokenizer_identity(cfg, workdir)
     return pretokenize.write_split(
         source, fake_encode, os.path.join(pretokenize.tokens_dir(workdir), "shapes"),
         name="shapes", split="train", identity=identity,
         settings=tokens.source_settings("shapes", cfg.data), shard_records=64,
-        batch_size=32, log=lambda m: None, **kw)
+        batch_size=32, log=log, **kw)
 
 
 def shard_files(workdir):
@@ -83,6 +83,7 @@ def test_resume_after_interruption_gives_identical_shards(shapes, test_config, t
     stats = write(shapes, test_config, killed)
     assert (stats["shards_skipped"], stats["shards_written"], stats["records"]) == (2, 2, 128)
     assert shard_files(killed) == shard_files(whole)   # byte-identical, no .tmp left over
+    assert write(shapes, test_config, killed)["shards_written"] == 0   # all done: a no-op
     meta = [(d / "tokens/shapes/metadata.json").read_text() for d in (whole, killed)]
     assert meta[0] == meta[1]
 
@@ -90,9 +91,12 @@ def test_resume_after_interruption_gives_identical_shards(shapes, test_config, t
 def test_two_processes_write_disjoint_shards_that_cover_the_source(shapes, test_config,
                                                                    tmp_path):
     workdir = fake_tokenizer(tmp_path)
-    counts = [write(shapes, test_config, workdir, process_index=i, process_count=2)["records"]
-              for i in range(2)]
+    logs = []
+    counts = [write(shapes, test_config, workdir, process_index=i, process_count=2,
+                    log=logs.append, progress_every_s=0)["records"] for i in range(2)]
     assert counts == [128, 128]
+    assert "shapes/train process 1/2: 32/128 records" in "\n".join(logs)
+    assert all("images/s" in m and "ETA" in m for m in logs if "/128 records" in m)
     files = [f for f in shard_files(workdir) if f.endswith(".array_record")]
     assert len(files) == 4 and sum(f.startswith("process_1-of-2") for f in files) == 2
     src = tokens.open_split(pretokenize.tokens_dir(workdir), "shapes", "train")
