@@ -88,10 +88,8 @@ def _run(command: str, quiet_libraries: bool) -> None:
     if command == "pretokenize":
         from mmar.data import pretokenize
         _or_exit(lambda: pretokenize.run(cfg, workdir, log=_log))
-    if command == "train" and cfg.data.pretokenized:
+    if command in ("train", "demo"):
         _or_exit(lambda: decoder.run(cfg, workdir, log=_log))
-    elif command in ("train", "demo"):
-        decoder.run(cfg, workdir, log=_log)
     if command == "sample":
         generate.run(cfg, workdir, log=_log)
     if command in ("eval", "demo"):
