@@ -214,3 +214,22 @@ def test_documented_pretokenize_commands(tmp_path, data_dir):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path}/tokens/shapes/metadata.json: made with image_tokenizer.levels=")
+
+
+def test_interleaved_documents_round_trip(test_config, tmp_path):
+    """Stories (several images per document) come back as encode_documents makes them."""
+    from mmar.data import mixture
+    stories = sources.load("stories", test_config.data, "train", log=lambda m: None)
+    workdir = fake_tokenizer(tmp_path)
+    pretokenize.write_split(stories, fake_encode, str(tmp_path / "tokens" / "stories"),
+                            name="stories", split="train",
+                            identity=tokens.tokenizer_identity(test_config, workdir),
+                            shard_records=100, log=lambda m: None)
+    disk = tokens.open_split(tmp_path / "tokens", "stories", "train")
+    memory = mixture.encode_documents(fake_encode, stories, log=lambda m: None)
+    assert len(disk) == len(memory) == len(stories)
+    for i in (0, 99, 100, len(stories) - 1):
+        a, b = memory[i], disk[i]
+        assert (a["kind"], a["segments"]) == (b["kind"], b["segments"])
+        assert b["codes"].shape[0] == len(stories[i]["images"]) > 1
+        np.testing.assert_array_equal(a["codes"], b["codes"])
