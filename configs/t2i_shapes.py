@@ -41,6 +41,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         oversize="split",     # a document longer than seq_len: "split" (never in an image) or "drop"
         max_bad_fraction=0.01,  # stop with one error past this share of bad records / drops
         mixture="",           # "" = shapes pairs; or e.g. "shapes:0.6,stories:0.3,digits:0.1"
+        pretokenized=False,   # True: train reads WORKDIR/tokens from `mmar pretokenize`
+        shard_records=1024,   # records per token shard (a kill loses at most one shard)
     ))
     c.vocab = ml_collections.ConfigDict(dict(text_tokenizer="bytes"))
     c.image_tokenizer = ml_collections.ConfigDict(dict(
@@ -94,7 +96,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     ))
 
     if arg == "test":
-        c.data.update(num_train=256, num_test=16, num_unseen=16)
+        c.data.update(num_train=256, num_test=16, num_unseen=16, shard_records=64)
         c.image_tokenizer.update(arch="conv", channels=8, channel_mult=(1, 1, 1), steps=20,
                                  batch_size=16, log_every=10)
         c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,

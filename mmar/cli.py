@@ -13,6 +13,8 @@ from ml_collections import config_flags
 
 COMMANDS = {
     "tokenizer-train": "train the image tokenizer (autoencoder + quantizer) -> WORKDIR/tokenizer",
+    "pretokenize": "encode the train images once -> WORKDIR/tokens (token shards, "
+                   "docs/data.md)",
     "train": "train the decoder on tokenized data -> WORKDIR/decoder",
     "sample": "text-to-image and image-to-text samples -> WORKDIR/samples",
     "eval": "judge samples, held-out loss, tokenizer reconstruction -> WORKDIR/report.json",
@@ -87,8 +89,11 @@ def _run(command: str, quiet_libraries: bool) -> None:
     t0 = time.perf_counter()
     if command in ("tokenizer-train", "demo"):
         tokenizer_train.run(cfg, workdir, log=_log)
+    if command == "pretokenize":
+        from mmar.data import pretokenize
+        _or_exit(lambda: pretokenize.run(cfg, workdir, log=_log))
     if command in ("train", "demo"):
-        decoder.run(cfg, workdir, log=_log)
+        _or_exit(lambda: decoder.run(cfg, workdir, log=_log))
     if command == "sample":
         generate.run(cfg, workdir, log=_log)
     if command in ("eval", "demo"):
@@ -116,6 +121,16 @@ def _sweep(cfg) -> None:
     runner.run_local(cfg, _WORKDIR.value, log=_log)
     _log(f"[sweep] done in {time.perf_counter() - t0:.0f}s; report in "
          f"{_WORKDIR.value}/scaling/report.md")
+
+
+def _or_exit(job) -> None:
+    """Token shards that do not fit the run: one line on stderr and exit status 1."""
+    from mmar.data.tokens import TokensError
+    try:
+        job()
+    except TokensError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _dry_run(cfg) -> None:

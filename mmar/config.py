@@ -61,6 +61,8 @@ _CHECKS = (
     ("data.max_bad_fraction", _fraction, "a number in [0, 1]"),
     ("data.mixture", lambda v: isinstance(v, str) and (not v or bool(_mixture(v))),
      "'' or 'name[:weight],...' with names shapes, stories, digits or a folder"),
+    ("data.pretokenized", lambda v: isinstance(v, bool), "True or False"),
+    ("data.shard_records", _positive_int, "a positive int"),
     ("image_tokenizer.levels", lambda v: len(v) > 0 and all(_positive_int(x) and x >= 2 for x in v),
      "a non-empty tuple of ints >= 2"),
     ("image_tokenizer.quantizer", lambda v: v in ("fsq", "vq", "lfq", "rq"),

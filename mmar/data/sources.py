@@ -56,12 +56,17 @@ def load(name: str, data_cfg, split: str = "train", log=print):
     return folder.FolderSource(folder.prepare(fspec, data_dir=data_dir, log=log).data_dir)
 
 
-def mixture_batches(data_cfg, encode, vocab, *, global_batch: int, seed: int, log=print):
-    """Packed batches of the configured mixture; every image tokenized once by `encode`."""
+def mixture_batches(data_cfg, encode, vocab, *, global_batch: int, seed: int, log=print,
+                    documents: dict | None = None):
+    """Packed batches of the configured mixture; every image tokenized once by `encode`,
+    or read from token shards: `documents` maps each entry's name to its source of codes."""
     from mmar.data import mixture
     entries = parse_mixture(data_cfg.mixture)
-    sources = [mixture.encode_documents(encode, load(name, data_cfg, log=log), log=log)
-               for name, _ in entries]
+    if documents is not None:
+        sources = [documents[name] for name, _ in entries]
+    else:
+        sources = [mixture.encode_documents(encode, load(name, data_cfg, log=log), log=log)
+                   for name, _ in entries]
     for (name, _), src in zip(entries, sources):
         log(f"[data] mixture: {name} ({len(src)} documents)")
     return mixture.document_batches(sources, [w for _, w in entries], vocab, data_cfg,

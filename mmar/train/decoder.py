@@ -7,7 +7,7 @@ from __future__ import annotations
 from etils import epath
 
 from mmar import config as config_lib
-from mmar.data import pipeline, sources
+from mmar.data import pipeline, pretokenize, sources, tokens
 from mmar.model import flops
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
@@ -41,20 +41,32 @@ def decoder_task(cfg) -> step_lib.Task:
     )
 
 
+def train_batches(cfg, workdir, vocab, log=print):
+    """The decoder's batches: from token shards (`data.pretokenized`, checked against this
+    run's tokenizer) or encoded in memory at start by the trained tokenizer."""
+    kw = dict(global_batch=cfg.train.batch_size, seed=cfg.seed)
+    if cfg.data.get("pretokenized"):  # `mmar pretokenize` shards (mmar/data/pretokenize.py)
+        shards = pretokenize.open_for_training(cfg, workdir)
+        log("[data] token shards: " + ", ".join(f"{n} ({len(s)} documents)"
+                                                for n, s in shards.items()))
+        if cfg.data.get("mixture"):
+            return sources.mixture_batches(cfg.data, None, vocab, documents=shards, log=log,
+                                           **kw)
+        return pipeline.decoder_batches(tokens.CaptionView(shards["shapes"]), vocab,
+                                        cfg.data, **kw)
+    tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
+    if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)
+        return sources.mixture_batches(cfg.data, tokenizer.encode, vocab, log=log, **kw)
+    captions, codes = tokenizer_train.encode_source(
+        tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
+    source = pipeline.CaptionCodeSource(captions, codes)
+    return pipeline.decoder_batches(source, vocab, cfg.data, **kw)
+
+
 def run(cfg, workdir, log=print) -> trainer.Result:
     workdir = epath.Path(workdir)
     vocab = config_lib.make_vocab(cfg)
-    tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
-    if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)
-        batches = sources.mixture_batches(cfg.data, tokenizer.encode, vocab,
-                                          global_batch=cfg.train.batch_size, seed=cfg.seed,
-                                          log=log)
-    else:
-        captions, codes = tokenizer_train.encode_source(
-            tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
-        source = pipeline.CaptionCodeSource(captions, codes)
-        batches = pipeline.decoder_batches(source, vocab, cfg.data,
-                                           global_batch=cfg.train.batch_size, seed=cfg.seed)
+    batches = train_batches(cfg, workdir, vocab, log=log)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh)
     result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, rule_table=rule_table,
                            data_iter=batches, workdir=workdir / SUBDIR, config=cfg,

@@ -110,9 +110,11 @@ def run(cfg, workdir, log=print) -> trainer.Result:
 class ImageTokenizer:
     """A trained tokenizer: uint8 images <-> integer codes, jitted, in batches."""
 
-    def __init__(self, cfg, workdir):
+    def __init__(self, cfg, workdir, devices=None):
+        """`devices`: the mesh's devices (default all; `mmar pretokenize` gives each process
+        its local ones, so that every host encodes its own images alone)."""
         task = tokenizer_task(cfg)
-        mesh, rule_table = mesh_lib.from_config(cfg.mesh)
+        mesh, rule_table = mesh_lib.from_config(cfg.mesh, devices)
         self.model_state, self.params, self.step = trainer.load_params(
             task, mesh, epath.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.num_codes = quantizers.num_codes_of(cfg.image_tokenizer)

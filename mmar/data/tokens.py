@@ -1,0 +1,284 @@
+"""Token shards on disk: record format, metadata, the tokenizer check, and the reader.
+
+`mmar pretokenize` (mmar/data/pretokenize.py) writes, per source and split:
+
+    WORKDIR/tokens/<source>/metadata.json        which tokenizer made the shards, the layout
+    WORKDIR/tokens/<source>/<split>/process_{i}-of-{n}-shard_{k}.array_record
+    WORKDIR/tokens/<source>/<split>/process_{i}-of-{n}-shard_{k}.array_record.done
+
+A record is one document, serialized without pickle:
+
+    b"MMTK" | header length (uint32, little-endian) | header (UTF-8 JSON) | codes (int32 LE)
+    header = {"index": the record's index in the split, "kind": "caption" | "document",
+              "segments": [{"text": str} | {"image": k}, ...], "codes_shape": [k, n]}
+
+Images are stored as the tokenizer's codes (0..num_codes-1, not vocabulary ids: the pipeline
+adds the image offset), text as text: the byte/SentencePiece tokenizer is cheap and runs at
+train time, so caption dropout, the image-to-text flip and packing stay training-time choices
+exactly as with codes kept in memory. A `.done` file (JSON: records, bytes, sha256) marks a
+finished shard; a shard without one is rewritten on resume.
+
+Why the check: codes are only meaningful to the tokenizer that made them. Training on shards
+from another checkpoint or quantizer would run without any error and learn garbage, so
+`check_tokenizer` compares the shards' metadata with the run's tokenizer (the config fields
+that change codes, the checkpoint's step and content hash) and raises one `TokensError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+
+import grain
+import numpy as np
+
+MAGIC = b"MMTK"
+FORMAT = "mmar-tokens/1"
+# image_tokenizer fields that change which code an image gets (training-only fields such as
+# steps or lr do not: the checkpoint hash covers what training produced).
+CODE_FIELDS = ("quantizer", "levels", "downsample", "arch", "channels", "channel_mult",
+               "num_res_blocks", "norm", "codebook_size", "codebook_dim", "l2_norm",
+               "lfq_bits", "rq_depth", "rq_shared")
+# data fields that define which images a built-in source holds (shapes, stories).
+SOURCE_FIELDS = ("image_size", "grid", "max_objects", "jitter", "seed", "colors", "shapes",
+                 "heldout_combos", "num_train", "num_test", "num_unseen")
+
+
+class TokensError(ValueError):
+    """Token shards that do not fit this run (other tokenizer, incomplete, missing)."""
+
+
+# ---- records -------------------------------------------------------------------------------
+
+def encode_record(index: int, kind: str, segments, codes) -> bytes:
+    codes = np.ascontiguousarray(codes, dtype="<i4")
+    if codes.ndim != 2:
+        codes = codes.reshape(len(codes), -1) if codes.size else codes.reshape(0, 0)
+    header = json.dumps({"index": int(index), "kind": kind, "segments": segments,
+                         "codes_shape": list(codes.shape)}, separators=(",", ":")).encode()
+    return MAGIC + struct.pack("<I", len(header)) + header + codes.tobytes()
+
+
+def decode_record(data: bytes) -> dict:
+    """-> {"index", "kind", "segments", "codes": int32 [k, n]}; ValueError if not a record."""
+    if data[:4] != MAGIC:
+        raise ValueError(f"not an mmar token record (starts with {data[:4]!r})")
+    (n,) = struct.unpack("<I", data[4:8])
+    rec = json.loads(data[8:8 + n].decode())
+    shape = rec.pop("codes_shape")
+    rec["codes"] = np.frombuffer(data[8 + n:], "<i4").astype(np.int32).reshape(shape)
+    return rec
+
+
+# ---- layout --------------------------------------------------------------------------------
+
+def source_key(name: str) -> str:
+    """The directory name of a mixture entry: built-in names as is, a folder by its name."""
+    return os.path.basename(os.path.normpath(name)) or name
+
+
+def shard_name(process_index: int, process_count: int, shard: int) -> str:
+    return f"process_{process_index}-of-{process_count}-shard_{shard}.array_record"
+
+
+def plan(num_records: int, process_count: int, shard_records: int) -> list[dict]:
+    """Every shard of a split: its file name and which records (global indices) it holds.
+
+    Process i takes records i, i+n, i+2n, ... (Grain's per-process slice); its k-th shard
+    holds that slice's records [k*S, (k+1)*S). Depends on (N, n, S) only, so every process
+    computes the same plan and a resumed run rewrites exactly the shards it lost.
+    """
+    shards = []
+    for p in range(process_count):
+        n_slice = len(range(p, num_records, process_count))
+        for k, start in enumerate(range(0, n_slice, shard_records)):
+            stop = min(start + shard_records, n_slice)
+            shards.append({"file": shard_name(p, process_count, k), "process": p, "shard": k,
+                           "first": p + start * process_count, "step": process_count,
+                           "records": stop - start})
+    return shards
+
+
+def shard_indices(shard: dict) -> range:
+    return range(shard["first"], shard["first"] + shard["records"] * shard["step"],
+                 shard["step"])
+
+
+# ---- which tokenizer -----------------------------------------------------------------------
+
+def _jsonable(x):
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def latest_step(workdir) -> int:
+    ckpts = os.path.join(os.fspath(workdir), "tokenizer", "checkpoints")
+    steps = [int(d) for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else []) if d.isdigit()]
+    if not steps:
+        raise TokensError(f"no tokenizer checkpoint in {ckpts}; run `mmar tokenizer-train` "
+                          "with this --workdir first")
+    return max(steps)
+
+
+def params_sha256(params_dir: str) -> str:
+    """sha256 over a checkpoint's param files, in sorted relative-path order (names too)."""
+    h = hashlib.sha256()
+    files = sorted(os.path.relpath(os.path.join(d, f), params_dir)
+                   for d, _, fs in os.walk(params_dir) for f in fs)
+    if not files:
+        raise TokensError(f"no param files in {params_dir}")
+    for rel in files:
+        h.update(rel.encode() + b"\0")
+        with open(os.path.join(params_dir, rel), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def tokenizer_identity(cfg, workdir, step: int | None = None) -> dict:
+    """What made (or would make) the codes: config, checkpoint step and hash, vocab layout."""
+    from mmar import config as config_lib
+    from mmar.tokenizers.image.quantizers import num_codes_of
+    step = latest_step(workdir) if step is None else int(step)
+    params = os.path.join(os.fspath(workdir), "tokenizer", "checkpoints", str(step), "params")
+    tok = cfg.image_tokenizer
+    vocab = config_lib.make_vocab(cfg)
+    return {"config": _jsonable(tok), "step": step, "params_sha256": params_sha256(params),
+            "num_codes": num_codes_of(tok),
+            "depth": int(tok.get("rq_depth", 2)) if tok.quantizer == "rq" else 1,
+            "image_size": cfg.data.image_size,
+            "vocab": {"text_size": vocab.text_size, "image_offset": vocab.image_offset,
+                      "num_image_codes": vocab.num_image_codes, "size": vocab.size}}
+
+
+def source_settings(name: str, data_cfg) -> dict:
+    """The data fields that define a source's images (all of them for generated sources)."""
+    if name in ("shapes", "stories"):
+        return {k: _jsonable(data_cfg.get(k)) for k in SOURCE_FIELDS}
+    return {"image_size": data_cfg.image_size}
+
+
+def check_tokenizer(meta: dict, identity: dict, settings: dict, where: str) -> None:
+    """One TokensError naming the first field where the shards and this run disagree."""
+    made = meta["tokenizer"]
+    hint = "; rerun `mmar pretokenize` (or delete the directory)"
+    for key in CODE_FIELDS:
+        a, b = made["config"].get(key), identity["config"].get(key)
+        if a != b:
+            raise TokensError(f"{where}: made with image_tokenizer.{key}={a!r}, this run has "
+                              f"image_tokenizer.{key}={b!r}{hint}")
+    # Not the vocab layout (recorded for reference): shards hold raw codes and text, so a
+    # different text tokenizer or id layout reads them correctly.
+    for key in ("num_codes", "depth", "image_size"):
+        if made[key] != identity[key]:
+            raise TokensError(f"{where}: made with {key}={made[key]!r}, this run has "
+                              f"{identity[key]!r}{hint}")
+    for key, value in settings.items():
+        if meta["source_settings"].get(key) != value:
+            raise TokensError(f"{where}: made from data.{key}="
+                              f"{meta['source_settings'].get(key)!r}, this run has "
+                              f"data.{key}={value!r}{hint}")
+    if made["params_sha256"] != identity["params_sha256"]:
+        raise TokensError(
+            f"{where}: made by tokenizer checkpoint sha256 {made['params_sha256'][:12]}.. "
+            f"(step {made['step']}), this run's tokenizer is "
+            f"{identity['params_sha256'][:12]}.. (step {identity['step']}){hint}")
+
+
+def read_metadata(source_dir: str) -> dict:
+    path = os.path.join(source_dir, "metadata.json")
+    if not os.path.isfile(path):
+        raise TokensError(f"{path}: no token shards; run `mmar pretokenize` with this "
+                          "--config and --workdir first")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise TokensError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+class TokenShardSource(grain.sources.RandomAccessDataSource):
+    """One split's shards as a Grain random-access source, records in the split's order.
+
+    Built on Grain's `ArrayRecordDataSource` over the shard files; an index map puts record
+    i at position i whatever process count wrote the shards, so each training process takes
+    its own slice (`i::n`) and a shuffle gives the same stream as the in-memory codes.
+    Pickles as paths (Grain workers reopen the files).
+    """
+
+    def __init__(self, split_dir: str, shards: list[dict]):
+        self.split_dir = os.fspath(split_dir)
+        self.paths = [os.path.join(self.split_dir, s["file"]) for s in shards]
+        total = sum(s["records"] for s in shards)
+        self.position = np.empty(total, np.int64)   # record index -> concatenated position
+        pos = 0
+        for s in shards:
+            self.position[np.asarray(shard_indices(s))] = np.arange(pos, pos + s["records"])
+            pos += s["records"]
+        self._source = None
+
+    def _open(self):
+        if self._source is None:
+            self._source = grain.sources.ArrayRecordDataSource(self.paths)
+        return self._source
+
+    def __len__(self):
+        return len(self.position)
+
+    def __getitem__(self, i):
+        rec = decode_record(self._open()[int(self.position[int(i)])])
+        if rec["index"] != int(i):
+            raise TokensError(f"{self.split_dir}: record {i} holds index {rec['index']}")
+        return rec
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}
+
+
+class CaptionView(grain.sources.RandomAccessDataSource):
+    """Caption-pair records as {"caption", "codes" [n]}: what `CaptionCodeSource` yields."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        rec = self.source[i]
+        return {"caption": rec["segments"][0]["text"], "codes": rec["codes"][0]}
+
+
+def open_split(tokens_dir, name: str, split: str, *, identity: dict | None = None,
+               data_cfg=None) -> TokenShardSource:
+    """The shards of `name`/`split` under `tokens_dir`, checked against this run's tokenizer.
+
+    Raises TokensError when the metadata disagrees with `identity` or a shard is unfinished.
+    """
+    source_dir = os.path.join(os.fspath(tokens_dir), source_key(name))
+    meta = read_metadata(source_dir)
+    where = os.path.join(source_dir, "metadata.json")
+    if identity is not None:
+        check_tokenizer(meta, identity, source_settings(name, data_cfg) if data_cfg else {},
+                        where)
+    if split not in meta["splits"]:
+        raise TokensError(f"{where}: no split {split!r} (has {sorted(meta['splits'])}); run "
+                          "`mmar pretokenize`")
+    layout = meta["splits"][split]
+    shards = plan(layout["num_records"], layout["process_count"], layout["shard_records"])
+    split_dir = os.path.join(source_dir, split)
+    missing = [s["file"] for s in shards
+               if not os.path.isfile(os.path.join(split_dir, s["file"] + ".done"))]
+    if missing:
+        raise TokensError(f"{split_dir}: {len(missing)} of {len(shards)} shards unfinished "
+                          f"(first: {missing[0]}); rerun `mmar pretokenize` to finish them")
+    return TokenShardSource(split_dir, shards)
