@@ -16,11 +16,18 @@ def _block_matmul_params(cfg) -> int:
     return attn + 3 * d * cfg.mlp_dim
 
 
+def block_copies(cfg) -> int:
+    """Copies of every block weight: `model.num_modalities` with Mixture-of-Transformers
+    (`model.mot`), else 1. Parameters scale by it; FLOPs per token do not (a token is
+    multiplied by its own modality's copy only)."""
+    return cfg.get("num_modalities", 2) if cfg.get("mot", False) else 1
+
+
 def param_count(cfg) -> int:
     """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
     d = cfg.d_model
     norms = 2 * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
-    blocks = cfg.n_layers * (_block_matmul_params(cfg) + norms)
+    blocks = cfg.n_layers * (_block_matmul_params(cfg) + norms) * block_copies(cfg)
     embed = cfg.vocab_size * d
     head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
     return embed + blocks + d + head
