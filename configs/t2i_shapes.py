@@ -61,6 +61,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=256,
         rope_theta=10000.0, qk_norm=True, tie_embeddings=False, norm_eps=1e-5,
         dtype="float32", param_dtype="float32", remat="none", init_std=0.02,
+        # Mixture-of-Transformers: per-modality block weights (docs/design_notes.md)
+        mot=False, num_modalities=2, mot_matmul="auto", mot_tile=256,
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",

@@ -85,14 +85,53 @@ def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
     return Routing(g, perm, inv, groups, groups[::tile], groups[tile - 1::tile], sizes)
 
 
+def _gather_sorted(x, perm, inv):
+    return x[perm]
+
+
+def _gather_sorted_fwd(x, perm, inv):
+    return x[perm], (perm, inv)
+
+
+def _gather_sorted_bwd(res, dxs):
+    # The transpose of a gather is a scatter-add, a serial loop on XLA:CPU; the transpose of
+    # a permutation is the inverse permutation, a gather. Padding rows (copies of row 0) add
+    # their cotangent to row 0.
+    perm, inv = res
+    n = inv.shape[0]
+    return dxs[inv].at[0].add(jnp.sum(dxs[n:], axis=0)), None, None
+
+
+_gather_sorted = jax.custom_vjp(_gather_sorted)
+_gather_sorted.defvjp(_gather_sorted_fwd, _gather_sorted_bwd)
+
+
+def _gather_unsorted(xs, perm, inv):
+    return xs[inv]
+
+
+def _gather_unsorted_fwd(xs, perm, inv):
+    return xs[inv], (perm, inv)
+
+
+def _gather_unsorted_bwd(res, dx):
+    perm, inv = res
+    real = (jnp.arange(perm.shape[0]) < inv.shape[0]).reshape((-1,) + (1,) * (dx.ndim - 1))
+    return jnp.where(real, dx[perm], 0), None, None
+
+
+_gather_unsorted = jax.custom_vjp(_gather_unsorted)
+_gather_unsorted.defvjp(_gather_unsorted_fwd, _gather_unsorted_bwd)
+
+
 def sort_rows(x: jax.Array, r: Routing) -> jax.Array:
     """[B, S, ...] in sequence order -> [Np, ...] in modality order."""
-    return x.reshape(-1, *x.shape[r.modality.ndim:])[r.perm]
+    return _gather_sorted(x.reshape(-1, *x.shape[r.modality.ndim:]), r.perm, r.inv)
 
 
 def unsort_rows(x: jax.Array, r: Routing) -> jax.Array:
     """[Np, ...] in modality order -> [B, S, ...] in sequence order (padding rows dropped)."""
-    return x[r.inv].reshape(*r.modality.shape, *x.shape[1:])
+    return _gather_unsorted(x, r.perm, r.inv).reshape(*r.modality.shape, *x.shape[1:])
 
 
 # ---- grouped matmul of sorted rows: y[i] = x[i] @ w[groups[i]] ----
@@ -185,7 +224,10 @@ class MoTNorm(nnx.Module):
         """x [*G, ..., dim] with `groups` [*G] the modality of each leading index."""
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        scale = self.scale[...].astype(jnp.float32)[groups]
+        # A one-hot matmul rather than scale[groups]: its gradient is a matmul too, where a
+        # gather's would be a scatter-add (slow on XLA:CPU).
+        scale = jax.nn.one_hot(groups, self.scale.shape[0], dtype=jnp.float32) @ \
+            self.scale[...].astype(jnp.float32)
         scale = scale.reshape(groups.shape + (1,) * (x.ndim - groups.ndim - 1) + scale.shape[-1:])
         return (x32 * scale).astype(self.dtype)
 

@@ -214,4 +214,4 @@ def test_param_count_and_flops():
                                          ("mot_matmul", "masked"), ("mot_tile", 0)])
 def test_bad_fields_are_named(field, value):
     with pytest.raises(ValueError, match=f"model.{field}"):
-        Decoder(tiny_cfg(mot=True, **{field: value}), rngs=nnx.Rngs(0))
+        Decoder(tiny_cfg(**{"mot": True, field: value}), rngs=nnx.Rngs(0))
