@@ -241,7 +241,8 @@ class MoTAttention(Attention):
     """Per-modality q/k/v/o (and QK-norm); the attention itself is `Attention.mix`."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):  # noqa: super().__init__ would build dense weights
-        num, d, h, kvh, hd = cfg.num_modalities, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        num, d, h, kvh = cfg.get("num_modalities", 2), cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+        hd = cfg.head_dim
         pdt = jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.init_std)
         out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
@@ -285,7 +286,8 @@ class MoTMLP(nnx.Module):
     """Per-modality SwiGLU; gate and up run as one grouped matmul."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        num, d, m, pdt = cfg.num_modalities, cfg.d_model, cfg.mlp_dim, jnp.dtype(cfg.param_dtype)
+        num, d, m = cfg.get("num_modalities", 2), cfg.d_model, cfg.mlp_dim
+        pdt = jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.init_std)
         out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
         self.gate = param(rngs, init, (num, d, m), ("modality", "embed", "mlp"), pdt)
@@ -306,9 +308,10 @@ class MoTBlock(nnx.Module):
     modality order (`route`) from the embedding to the final norm."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        self.attn_norm = MoTNorm(cfg.num_modalities, cfg.d_model, **_norm_args(cfg, rngs))
+        num = cfg.get("num_modalities", 2)
+        self.attn_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))
         self.attn = MoTAttention(cfg, rngs=rngs)
-        self.mlp_norm = MoTNorm(cfg.num_modalities, cfg.d_model, **_norm_args(cfg, rngs))
+        self.mlp_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))
         self.mlp = MoTMLP(cfg, rngs=rngs)
 
     def __call__(self, xs, positions, mask, cache=None, segments=None, *, routing: Routing):
