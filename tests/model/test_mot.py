@@ -94,9 +94,10 @@ def model_cfg(model):
     return tiny_cfg(mot=True, num_modalities=2, qk_norm=model.blocks.attn.q_norm is not None)
 
 
-@pytest.mark.parametrize("matmul", ["tiled", "ragged"])
-def test_gradients_match_reference(matmul):
-    model = make(mot_matmul=matmul)
+@pytest.mark.parametrize("matmul,remat", [("tiled", "none"), ("ragged", "none"),
+                                          ("tiled", "full")])
+def test_gradients_match_reference(matmul, remat):
+    model = make(mot_matmul=matmul, remat=remat)
     args = inputs("boundary", seed=1)
     graphdef, params = nnx.split(model, nnx.Param)
     cfg = model_cfg(model)
