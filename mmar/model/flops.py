@@ -16,13 +16,11 @@ def _block_matmul_params(cfg) -> int:
     return attn + 3 * d * cfg.mlp_dim
 
 
-def _weight_copies(cfg) -> int:
-    """MoT hook (`model.mot`, not built yet): Mixture-of-Transformers keeps one copy of every
-    non-embedding weight per modality (text, image), but each token is routed through one
-    copy only, so parameters multiply while FLOPs per token stay those of the dense model.
-    Assumed: the final norm is per modality too; check against the built model once MoT
-    lands (tests/model/test_flops.py compares param_count with the real Decoder)."""
-    return 2 if cfg.get("mot") else 1
+def block_copies(cfg) -> int:
+    """Copies of every block weight: `model.num_modalities` with Mixture-of-Transformers
+    (`model.mot`), else 1. Parameters scale by it; FLOPs per token do not (a token is
+    multiplied by its own modality's copy only). Embedding, final norm and head are shared."""
+    return cfg.get("num_modalities", 2) if cfg.get("mot", False) else 1
 
 
 def non_embedding_param_count(cfg) -> int:
@@ -31,8 +29,8 @@ def non_embedding_param_count(cfg) -> int:
     and head tables are most of the model while costing almost no FLOPs per parameter."""
     d = cfg.d_model
     norms = 2 * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
-    blocks = cfg.n_layers * (_block_matmul_params(cfg) + norms)
-    return _weight_copies(cfg) * (blocks + d)
+    blocks = cfg.n_layers * (_block_matmul_params(cfg) + norms) * block_copies(cfg)
+    return blocks + d
 
 
 def param_count(cfg) -> int:
@@ -51,7 +49,7 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
     Attention: q.k^T and probs.v are each 2 * seq_len * head_dim FLOPs per head per token
     over the whole row, 4 * L * S * H * D in all, halved because a causal query sees on
     average half the row: 2 * L * S * H * D (the MaxText / PaLM convention).
-    MoT (`model.mot`): the same as dense, each token pays for one copy (`_weight_copies`).
+    MoT (`model.mot`): the same as dense, each token pays for one copy (`block_copies`).
     """
     matmul = cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
     attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim

@@ -181,6 +181,18 @@ class Attention(nnx.Module):
         v = jnp.einsum("bse,ehd->bshd", x, self.v[...].astype(dt))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        out, kv = self.mix(q, k, v, positions, mask, cache, segments)
+        out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(dt))
+        return constrain(out, ("batch", "length", "act_embed")), kv
+
+    def mix(self, q, k, v, positions, mask, cache=None, segments=None):
+        """RoPE, the cache write and attention of projected (and QK-normed) q, k, v
+        [B, S, heads, D] -> (out [B, S, H, D] before the o projection, (k, v)).
+
+        Shared with the Mixture-of-Transformers attention (model/mot.py), whose projections
+        differ but whose attention over the whole sequence is this one.
+        """
+        dt = self.dtype
         q = constrain(apply_rope(q, positions, self.rope_theta),
                       ("batch", "length", "act_heads", None))
         k = constrain(apply_rope(k, positions, self.rope_theta),
@@ -196,9 +208,7 @@ class Attention(nnx.Module):
             out = attend_cudnn(q, k, v, segments)
         else:
             out = attend(q, k.astype(dt), v.astype(dt), mask)
-        out = constrain(out, ("batch", "length", "act_heads", None))
-        out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(dt))
-        return constrain(out, ("batch", "length", "act_embed")), (k, v)
+        return constrain(out, ("batch", "length", "act_heads", None)), (k, v)
 
 
 class MLP(nnx.Module):

@@ -3,6 +3,9 @@
     tokens -> Embed -> n_layers x Block -> RMSNorm -> logits (tied embedding or own head)
     Block: x + Attention(RMSNorm(x)), then x + MLP(RMSNorm(x))
 
+`model.mot=True` swaps Block for model/mot.py's MoTBlock (per-modality weights, global
+attention); the call then needs the `modality` array.
+
 The blocks are one stacked module (every block parameter has a leading `layers` axis),
 created with `nnx.vmap` and run with `nnx.scan`, so XLA compiles one block whatever the
 depth. `remat="full"` recomputes each block's activations in the backward pass, keeping
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mmar.model import mot as mot_lib
 from mmar.model.layers import (ATTENTION, MLP, Attention, Embed, RMSNorm, attention_mask,
                                param)
 from mmar.parallel.rules import constrain
@@ -60,6 +64,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for field in ("qk_norm", "tie_embeddings"):
         if not isinstance(cfg.get(field), bool):
             raise ValueError(f"model.{field} must be a bool, got {cfg.get(field)!r}")
+    if not isinstance(cfg.get("mot", False), bool):
+        raise ValueError(f"model.mot must be a bool, got {cfg.get('mot')!r}")
+    for field, default, low in (("num_modalities", 2, 2), ("mot_tile", 256, 1)):
+        value = cfg.get(field, default)
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"model.{field} must be an int >= {low}, got {value!r}")
+    if cfg.get("mot_matmul", "auto") not in mot_lib.MATMULS:
+        raise ValueError(f"model.mot_matmul must be one of {mot_lib.MATMULS}, "
+                         f"got {cfg.get('mot_matmul')!r}")
 
 
 class Block(nnx.Module):
@@ -91,7 +104,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=STACKED)
         def make_blocks(rngs):
-            return Block(cfg, rngs=rngs)
+            return (mot_lib.MoTBlock if cfg.get("mot", False) else Block)(cfg, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
@@ -103,20 +116,37 @@ class Decoder(nnx.Module):
         self.dtype = jnp.dtype(cfg.dtype)
         self.remat_policy = REMAT_POLICIES.get(cfg.remat)
         self.attention = cfg.get("attention", "xla")
+        self.mot = cfg.get("mot", False)
+        self.num_modalities, self.mot_tile = cfg.get("num_modalities", 2), cfg.get("mot_tile", 256)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
-                 segment_ids: jax.Array) -> jax.Array:
+    def _route(self, x, modality):
+        """MoT: (x in modality order, {"routing": ...} for the blocks); dense: (x, {})."""
+        if not self.mot:
+            return x, {}
+        if modality is None:
+            raise ValueError("model.mot=True: the decoder needs `modality` [B, S] (0 text, "
+                             "1 image) to pick each token's weights")
+        routing = mot_lib.route(modality, self.num_modalities, self.mot_tile)
+        return mot_lib.sort_rows(x, routing), {"routing": routing}
+
+    def _unroute(self, x, kw):
+        return mot_lib.unsort_rows(x, kw["routing"]) if kw else x
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 modality: jax.Array | None = None) -> jax.Array:
         """tokens, positions, segment_ids [B, S] int32 -> logits [B, S, vocab] float32.
 
         Rows may pack several documents: attention stays inside a segment id, segment 0 is
-        padding, and positions restart at 0 for each document.
+        padding, and positions restart at 0 for each document. `modality` [B, S] (0 text,
+        1 image) is required with `mot=True` and ignored otherwise.
         """
         # The plain path shares one [B, S, S] mask across layers; the others build their own
         # from the segment ids (blockwise: per query block; cuDNN: inside the kernel call).
         mask = attention_mask(segment_ids, segment_ids) if self.attention == "xla" else None
+        x, kw = self._route(self.embed(tokens), modality)
 
         def block_fn(block, x):
-            return block(x, positions, mask, segments=segment_ids)[0]
+            return block(x, positions, mask, segments=segment_ids, **kw)[0]
 
         if self.remat_policy is not None:
             block_fn = nnx.remat(block_fn, policy=self.remat_policy)
@@ -125,7 +155,7 @@ class Decoder(nnx.Module):
         def run(x, block):
             return block_fn(block, x)
 
-        return self._logits(run(self.embed(tokens), self.blocks))
+        return self._logits(self._unroute(run(x, self.blocks), kw))
 
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict:
         """An empty KV cache: k/v [L, B, max_len, KVH, D], segment_ids [B, max_len] (0 =
@@ -136,13 +166,15 @@ class Decoder(nnx.Module):
                 "index": jnp.zeros((), jnp.int32)}
 
     def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-               cache: dict) -> tuple[jax.Array, dict]:
+               cache: dict, modality: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """Runs T new tokens [B, T] against the cache -> (logits [B, T, vocab], new cache).
 
         The tokens are written at slots index..index+T-1 of every row; each attends to the
         filled slots up to its own whose segment id equals its own (and is not 0). Prefill is
         one call with the (left-padded, pads in segment 0) prompt; then one call per step
         with T = 1. The caller keeps index + T <= max_len (beyond it writes are clamped).
+        `modality` [B, T] of the new tokens: as in `__call__` (the sampler derives it from
+        the token ids: image codes are 1).
         """
         index = cache["index"]
         cache_segments = jax.lax.dynamic_update_slice(
@@ -152,10 +184,12 @@ class Decoder(nnx.Module):
         @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
                   transform_metadata=STACKED)
         def run(x, block, k, v):
-            x, (k, v) = block(x, positions, mask, cache=(k, v, index))
+            x, (k, v) = block(x, positions, mask, cache=(k, v, index), **kw)
             return x, k, v
 
-        x, k, v = run(self.embed(tokens), self.blocks, cache["k"], cache["v"])
+        x, kw = self._route(self.embed(tokens), modality)
+        x, k, v = run(x, self.blocks, cache["k"], cache["v"])
+        x = self._unroute(x, kw)
         new_cache = {"k": k, "v": v, "segment_ids": cache_segments,
                      "index": index + tokens.shape[1]}
         return self._logits(x), new_cache

@@ -187,6 +187,13 @@ class Sampler:
                                        steps=steps, guided=guided, n=n,
                                        allow_images=allow_images))
 
+    def _modality(self, tokens):
+        """0 text / 1 image per token, as in training data (mmar/data/sequences.py: image codes
+        are 1, <boi>/<eoi> and text 0); Mixture-of-Transformers decoders route by it."""
+        v = self.vocab
+        return ((tokens >= v.image_offset) &
+                (tokens < v.image_offset + v.num_image_codes)).astype(jnp.int32)
+
     def _generate(self, params, tokens, positions, segments, state, s, key, *, steps, guided,
                   n, allow_images):
         v = self.vocab
@@ -226,7 +233,7 @@ class Sampler:
         st = (jnp.asarray(state[0], bool), jnp.asarray(state[1], jnp.int32),
               jnp.zeros((batch,), bool))
         cache = model.init_cache(rows, plen + steps)
-        logits, cache = model.decode(tokens, positions, segments, cache)
+        logits, cache = model.decode(tokens, positions, segments, cache, self._modality(tokens))
         first_key, rest = jax.random.split(key)  # the key stream of earlier versions
         keys = jnp.concatenate([first_key[None], jax.random.split(rest, steps - 1)])
         first, st = pick(logits, st, 0, keys[0])
@@ -236,7 +243,8 @@ class Sampler:
             tok, pos, st, cache = carry
             t, step_key = xs
             step_model = self.model_state.merge(params)  # NNX modules do not cross traces
-            logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache)
+            logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache,
+                                              self._modality(tok[:, None]))
             nxt, st = pick(logits, st, t, step_key)
             return (nxt, pos + 1, st, cache), tok
 

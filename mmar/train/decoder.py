@@ -27,7 +27,8 @@ def decoder_task(cfg) -> step_lib.Task:
     model_cfg, seq_len = cfg.model, cfg.data.seq_len
 
     def loss_fn(model, batch):
-        logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+        logits = model(batch["tokens"], batch["positions"], batch["segment_ids"],
+                       batch["modality"])
         return loss_lib.decoder_loss(logits, batch, z_loss=cfg.train.z_loss)
 
     return step_lib.Task(

@@ -170,3 +170,28 @@ def test_sharded_params_decode_like_one_device(setup):
     np.testing.assert_array_equal(a, b)
     assert one.captions(params, a, jax.random.key(1)) == many.captions(sharded, a,
                                                                       jax.random.key(1))
+
+
+def test_mot_sampler_routes_codes_as_image_tokens(test_config):
+    """Mixture-of-Transformers: the sampler derives each new token's modality from its id
+    (image codes 1, everything else 0, as the training data marks them); greedy codes must
+    equal a full forward pass given that modality array."""
+    cfg = ml_collections.ConfigDict(test_config.to_dict())
+    cfg.model.update(init_std=0.5, mot=True, mot_tile=4)
+    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    model_state, params = state.create(lambda r: Decoder(cfg.model, rngs=r), mesh, seed=3)
+    vocab = config_lib.make_vocab(cfg)
+    sampler = Sampler(model_state, vocab, cfg.model.vocab_size,
+                      ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=0.0,
+                                                     cfg_scale_image=1.0)))
+    caption = [97, 32, 98]
+    codes = sampler.images(params, [caption], 5, jax.random.key(0))[0]
+    model, allowed = model_state.merge(params), sampler._allowed["image"]
+    seq = [vocab.bos, *caption, vocab.boi]
+    for code in vocab.image_ids(codes):
+        t = jnp.asarray([seq], jnp.int32)
+        modality = (t >= vocab.image_offset) & (t < vocab.image_offset + vocab.num_image_codes)
+        logits = model(t, jnp.arange(len(seq))[None], jnp.ones_like(t),
+                       modality.astype(jnp.int32))[0, -1]
+        assert int(np.argmax(np.where(allowed, logits, -np.inf))) == code
+        seq.append(int(code))

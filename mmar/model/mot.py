@@ -1,0 +1,322 @@
+"""Mixture-of-Transformers (MoT, Liang et al. 2024): one copy of every block weight per modality.
+
+`model.mot=True` gives every non-embedding weight of a block (q, k, v, o, the MLP, and the
+norms: attn_norm, mlp_norm, q_norm, k_norm) a leading `modality` axis of size
+`model.num_modalities` (2: text, image). A token is projected with its own modality's copy;
+attention stays global (every token attends over the whole sequence as in the dense model,
+with any `model.attention` implementation). The embedding table, the final norm and the output
+head are shared: they are the token space, not a block.
+
+Each token pays for one copy only. The tokens of a batch (all B * S of them, or B * T when
+decoding) are put in modality order once per forward (a stable counting sort: `route`), and
+the residual stream stays in that order between blocks; only attention needs the original
+order, so each block unsorts q/k/v (one gather) and sorts the attention output back (one
+gather). Every projection is then a grouped matmul of contiguous row groups:
+
+- `tiled` (default off TPU): the sorted rows are cut into tiles of `model.mot_tile` rows and
+  `lax.map` multiplies each tile by its modality's weight; only a tile that straddles a
+  modality boundary (at most M - 1 of them) computes several copies and selects. Exact cost
+  on every backend; a custom VJP keeps the backward pass tiled as well (dx by the transposed
+  weights, dW accumulated per modality in place), since autodiff of the dynamic weight index
+  would add a full [M, K, F] buffer per tile.
+- `ragged`: `jax.lax.ragged_dot` over the group sizes; native grouped matmul on TPU, but XLA:CPU
+  lowers it to one masked dense matmul per group (2.3x dense forward, 3x backward for M = 2;
+  docs/performance.md), so it is not the default there.
+
+Sharding: the sort runs over the whole (batch-sharded) token set, so under a multi-device
+mesh XLA moves rows between devices at each sort; correct, but a per-shard sort under
+`shard_map` is the next step for large data-parallel meshes (docs/design_notes.md).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmar.model.layers import Attention, param
+
+MATMULS = ("auto", "tiled", "ragged")
+
+
+def resolve_matmul(name: str) -> str:
+    """"auto": `ragged` on TPU (native grouped matmul), `tiled` elsewhere (CPU measured)."""
+    if name == "auto":
+        return "ragged" if jax.default_backend() == "tpu" else "tiled"
+    return name
+
+
+class Routing(NamedTuple):
+    """Where each token goes. `modality` [B, S] (original order); `perm` [Np]: the original
+    flat row of each sorted row (padding rows point at row 0); `inv` [B * S]: the sorted row
+    of each original row; `groups` [Np]: modality of each sorted row (non-decreasing);
+    `first`/`last` [Np / tile]: modality of each tile's first/last row; `sizes` [M]: rows per
+    modality (padding counted in the last group, as `ragged_dot` wants all rows covered)."""
+    modality: jax.Array
+    perm: jax.Array
+    inv: jax.Array
+    groups: jax.Array
+    first: jax.Array
+    last: jax.Array
+    sizes: jax.Array
+
+
+def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
+    """A stable counting sort of the B * S tokens by modality, padded to whole tiles.
+
+    Counting sort (one cumsum per modality) instead of argsort: O(N * M), and cheap on every
+    backend. Padding rows take the last real row's modality, so they never add a boundary.
+    """
+    g = jnp.clip(modality.astype(jnp.int32), 0, num_modalities - 1)
+    flat = g.reshape(-1)
+    n = flat.shape[0]
+    tile = min(tile, n)
+    padded = -(-n // tile) * tile
+    onehot = flat[:, None] == jnp.arange(num_modalities)[None, :]
+    counts = jnp.sum(onehot, axis=0, dtype=jnp.int32)
+    offsets = jnp.cumsum(counts) - counts
+    rank = jnp.cumsum(onehot, axis=0, dtype=jnp.int32) - 1
+    inv = offsets[flat] + jnp.take_along_axis(rank, flat[:, None], axis=1)[:, 0]
+    perm = jnp.zeros((padded,), jnp.int32).at[inv].set(jnp.arange(n, dtype=jnp.int32))
+    groups = jnp.zeros((padded,), jnp.int32).at[inv].set(flat)
+    groups = groups.at[n:].set(groups[n - 1])
+    sizes = counts.at[groups[n - 1]].add(padded - n)
+    return Routing(g, perm, inv, groups, groups[::tile], groups[tile - 1::tile], sizes)
+
+
+def _gather_sorted(x, perm, inv):
+    return x[perm]
+
+
+def _gather_sorted_fwd(x, perm, inv):
+    return x[perm], (perm, inv)
+
+
+def _gather_sorted_bwd(res, dxs):
+    # The transpose of a gather is a scatter-add, a serial loop on XLA:CPU; the transpose of
+    # a permutation is the inverse permutation, a gather. Padding rows (copies of row 0) add
+    # their cotangent to row 0.
+    perm, inv = res
+    n = inv.shape[0]
+    return dxs[inv].at[0].add(jnp.sum(dxs[n:], axis=0)), None, None
+
+
+_gather_sorted = jax.custom_vjp(_gather_sorted)
+_gather_sorted.defvjp(_gather_sorted_fwd, _gather_sorted_bwd)
+
+
+def _gather_unsorted(xs, perm, inv):
+    return xs[inv]
+
+
+def _gather_unsorted_fwd(xs, perm, inv):
+    return xs[inv], (perm, inv)
+
+
+def _gather_unsorted_bwd(res, dx):
+    perm, inv = res
+    real = (jnp.arange(perm.shape[0]) < inv.shape[0]).reshape((-1,) + (1,) * (dx.ndim - 1))
+    return jnp.where(real, dx[perm], 0), None, None
+
+
+_gather_unsorted = jax.custom_vjp(_gather_unsorted)
+_gather_unsorted.defvjp(_gather_unsorted_fwd, _gather_unsorted_bwd)
+
+
+def sort_rows(x: jax.Array, r: Routing) -> jax.Array:
+    """[B, S, ...] in sequence order -> [Np, ...] in modality order."""
+    return _gather_sorted(x.reshape(-1, *x.shape[r.modality.ndim:]), r.perm, r.inv)
+
+
+def unsort_rows(x: jax.Array, r: Routing) -> jax.Array:
+    """[Np, ...] in modality order -> [B, S, ...] in sequence order (padding rows dropped)."""
+    return _gather_unsorted(x, r.perm, r.inv).reshape(*r.modality.shape, *x.shape[1:])
+
+
+# ---- grouped matmul of sorted rows: y[i] = x[i] @ w[groups[i]] ----
+
+def _tiles_matmul(x, w, groups, first, last):
+    nt = first.shape[0]
+    tile = x.shape[0] // nt
+    xt, gt = x.reshape(nt, tile, x.shape[1]), groups.reshape(nt, tile)
+
+    def one(args):
+        xb, gb, f, l = args
+
+        def mixed():
+            out = jnp.dot(xb, w[0])
+            for m in range(1, w.shape[0]):
+                out = jnp.where((gb == m)[:, None], jnp.dot(xb, w[m]), out)
+            return out
+
+        return jax.lax.cond(f == l, lambda: jnp.dot(xb, w[f]), mixed)
+
+    return jax.lax.map(one, (xt, gt, first, last)).reshape(x.shape[0], w.shape[2])
+
+
+def _tiles_weight_grad(x, dy, groups, first, last, num):
+    nt = first.shape[0]
+    tile = x.shape[0] // nt
+    xt, gt = x.reshape(nt, tile, x.shape[1]), groups.reshape(nt, tile)
+    dyt = dy.reshape(nt, tile, dy.shape[1])
+
+    def outer(a, b):
+        return jnp.dot(a.T, b, preferred_element_type=jnp.float32)
+
+    def body(dw, args):
+        xb, dyb, gb, f, l = args
+
+        def pure(dw):
+            return jax.lax.dynamic_update_index_in_dim(dw, dw[f] + outer(xb, dyb), f, 0)
+
+        def mixed(dw):
+            for m in range(num):
+                dw = dw.at[m].add(outer(jnp.where((gb == m)[:, None], xb, 0), dyb))
+            return dw
+
+        return jax.lax.cond(f == l, pure, mixed, dw), None
+
+    init = jnp.zeros((num, x.shape[1], dy.shape[1]), jnp.float32)
+    return jax.lax.scan(body, init, (xt, dyt, gt, first, last))[0]
+
+
+@jax.custom_vjp
+def tiled_matmul(x, w, groups, first, last):
+    """x [Np, K] sorted by `groups`, w [M, K, F] -> [Np, F]; see the module doc."""
+    return _tiles_matmul(x, w, groups, first, last)
+
+
+def _tiled_fwd(x, w, groups, first, last):
+    return _tiles_matmul(x, w, groups, first, last), (x, w, groups, first, last)
+
+
+def _tiled_bwd(res, dy):
+    x, w, groups, first, last = res
+    dx = _tiles_matmul(dy, jnp.swapaxes(w, 1, 2), groups, first, last)
+    dw = _tiles_weight_grad(x, dy, groups, first, last, w.shape[0]).astype(w.dtype)
+    return dx, dw, None, None, None
+
+
+tiled_matmul.defvjp(_tiled_fwd, _tiled_bwd)
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, r: Routing, impl: str) -> jax.Array:
+    """Sorted rows x [Np, K] times their modality's weight w [M, K, F] -> [Np, F]."""
+    if impl == "ragged":
+        return jax.lax.ragged_dot(x, w, r.sizes)
+    if impl == "tiled":
+        return tiled_matmul(x, w, r.groups, r.first, r.last)
+    raise ValueError(f"model.mot_matmul={impl!r}: one of {MATMULS}")
+
+
+# ---- modules ----
+
+class MoTNorm(nnx.Module):
+    """RMSNorm with one scale per modality: scale [M, dim], each row uses its modality's."""
+
+    def __init__(self, num: int, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+        self.scale = param(rngs, nnx.initializers.ones, (num, dim), ("modality", "norm"),
+                           param_dtype)
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x: jax.Array, groups: jax.Array) -> jax.Array:
+        """x [*G, ..., dim] with `groups` [*G] the modality of each leading index."""
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # A one-hot matmul rather than scale[groups]: its gradient is a matmul too, where a
+        # gather's would be a scatter-add (slow on XLA:CPU).
+        scale = jax.nn.one_hot(groups, self.scale.shape[0], dtype=jnp.float32) @ \
+            self.scale[...].astype(jnp.float32)
+        scale = scale.reshape(groups.shape + (1,) * (x.ndim - groups.ndim - 1) + scale.shape[-1:])
+        return (x32 * scale).astype(self.dtype)
+
+
+def _norm_args(cfg, rngs):
+    return dict(eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
+                param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+class MoTAttention(Attention):
+    """Per-modality q/k/v/o (and QK-norm); the attention itself is `Attention.mix`."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):  # noqa: super().__init__ would build dense weights
+        num, d, h, kvh = cfg.get("num_modalities", 2), cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+        hd = cfg.head_dim
+        pdt = jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(cfg.init_std)
+        out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        self.q = param(rngs, init, (num, d, h, hd), ("modality", "embed", "heads", "head_dim"), pdt)
+        self.k = param(rngs, init, (num, d, kvh, hd), ("modality", "embed", "kv_heads", "head_dim"),
+                       pdt)
+        self.v = param(rngs, init, (num, d, kvh, hd), ("modality", "embed", "kv_heads", "head_dim"),
+                       pdt)
+        self.o = param(rngs, out_init, (num, h, hd, d), ("modality", "heads", "head_dim", "embed"),
+                       pdt)
+        if cfg.qk_norm:
+            self.q_norm = MoTNorm(num, hd, **_norm_args(cfg, rngs))
+            self.k_norm = MoTNorm(num, hd, **_norm_args(cfg, rngs))
+        else:
+            self.q_norm = self.k_norm = None
+        self.rope_theta = cfg.rope_theta
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.impl = cfg.get("attention", "xla")
+        self.block = cfg.get("attention_block", 512)
+        self.matmul = resolve_matmul(cfg.get("mot_matmul", "auto"))
+
+    def __call__(self, xs, r: Routing, positions, mask, cache=None, segments=None):
+        """xs [Np, E] (normed, modality order) -> (out [Np, E] modality order, (k, v))."""
+        dt, num, e = self.dtype, self.q.shape[0], self.q.shape[1]
+        h, kvh, hd = self.q.shape[2], self.k.shape[2], self.q.shape[3]
+        w = jnp.concatenate([p[...].astype(dt).reshape(num, e, -1)
+                             for p in (self.q, self.k, self.v)], axis=-1)
+        qkv = unsort_rows(grouped_matmul(xs, w, r, self.matmul), r)  # one gather for q, k, v
+        b, s = r.modality.shape
+        q, k, v = jnp.split(qkv, [h * hd, (h + kvh) * hd], axis=-1)
+        q, k, v = q.reshape(b, s, h, hd), k.reshape(b, s, kvh, hd), v.reshape(b, s, kvh, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q, r.modality), self.k_norm(k, r.modality)
+        out, kv = self.mix(q, k, v, positions, mask, cache, segments)
+        out = sort_rows(out.reshape(b, s, h * hd), r)
+        wo = self.o[...].astype(dt).reshape(num, h * hd, e)
+        return grouped_matmul(out, wo, r, self.matmul), kv
+
+
+class MoTMLP(nnx.Module):
+    """Per-modality SwiGLU; gate and up run as one grouped matmul."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        num, d, m = cfg.get("num_modalities", 2), cfg.d_model, cfg.mlp_dim
+        pdt = jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(cfg.init_std)
+        out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        self.gate = param(rngs, init, (num, d, m), ("modality", "embed", "mlp"), pdt)
+        self.up = param(rngs, init, (num, d, m), ("modality", "embed", "mlp"), pdt)
+        self.down = param(rngs, out_init, (num, m, d), ("modality", "mlp", "embed"), pdt)
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.matmul = resolve_matmul(cfg.get("mot_matmul", "auto"))
+
+    def __call__(self, xs: jax.Array, r: Routing) -> jax.Array:
+        dt = self.dtype
+        w = jnp.concatenate([self.gate[...].astype(dt), self.up[...].astype(dt)], axis=-1)
+        gate, up = jnp.split(grouped_matmul(xs, w, r, self.matmul), 2, axis=-1)
+        return grouped_matmul(jax.nn.silu(gate) * up, self.down[...].astype(dt), r, self.matmul)
+
+
+class MoTBlock(nnx.Module):
+    """`transformer.Block` with per-modality weights; the residual stream `xs` [Np, E] is in
+    modality order (`route`) from the embedding to the final norm."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        num = cfg.get("num_modalities", 2)
+        self.attn_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))
+        self.attn = MoTAttention(cfg, rngs=rngs)
+        self.mlp_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))
+        self.mlp = MoTMLP(cfg, rngs=rngs)
+
+    def __call__(self, xs, positions, mask, cache=None, segments=None, *, routing: Routing):
+        h, kv = self.attn(self.attn_norm(xs, routing.groups), routing, positions, mask, cache,
+                          segments)
+        xs = xs + h
+        xs = xs + self.mlp(self.mlp_norm(xs, routing.groups), routing)
+        return xs, kv
