@@ -16,22 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from benchmarks.train_mfu import PRESETS, batch_arrays, model_config
+from benchmarks.train_mfu import PRESETS, batch_arrays, interleaved_seconds, mmar_step, model_config
 from mmar.model import mot
-from mmar.model.transformer import Decoder
-from mmar.parallel import mesh as mesh_lib
-from mmar.train import loss as loss_lib
-from mmar.train import optim, state
-from mmar.train import step as step_lib
-from mmar.train.decoder import BATCH_AXES
 
 
 def pair_modality(batch: int, seq: int, image_fraction: float, seed: int = 0) -> np.ndarray:
@@ -42,43 +34,6 @@ def pair_modality(batch: int, seq: int, image_fraction: float, seed: int = 0) ->
         start = rng.integers(1, max(2, seq - span))
         row[start:start + span] = 1
     return out
-
-
-def make_step(cfg, batch: dict):
-    """A no-argument function running one train step (state kept between calls)."""
-    mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-
-    def loss_fn(model, b):
-        logits = model(b["tokens"], b["positions"], b["segment_ids"], b["modality"])
-        return loss_lib.decoder_loss(logits, b)
-
-    task = step_lib.Task("bench", lambda rngs: Decoder(cfg, rngs=rngs), loss_fn, BATCH_AXES)
-    model_state, params = state.create(task.make_module, mesh, seed=0)
-    tx = optim.make_optimizer(ml_collections.ConfigDict(dict(
-        lr=1e-4, warmup_steps=0, steps=1000, schedule="constant", weight_decay=0.1)))
-    opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
-    train_step = step_lib.make_train_step(task, model_state, tx, mesh, model_state.shardings,
-                                          opt_shardings)
-    arrays = step_lib.global_batch(batch, step_lib.batch_shardings(task, mesh))
-    holder = {"p": params, "o": opt_state}
-
-    def run():
-        holder["p"], holder["o"], metrics = train_step(holder["p"], holder["o"], arrays)
-        jax.block_until_ready(metrics["loss"])
-
-    return run
-
-
-def round_robin(fns: dict, steps: int) -> dict:
-    for fn in fns.values():
-        fn()                                  # compile / warm up
-    times = {k: [] for k in fns}
-    for _ in range(steps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def matmul_fns(rows: int, k: int, f: int, modality: np.ndarray, matmuls, tile: int) -> dict:
@@ -119,13 +74,13 @@ def main(argv=None) -> dict:
     base = model_config(args.preset, "float32", "xla")
     batch = batch_arrays(args.batch, args.seq, base.vocab_size)
     batch["modality"] = pair_modality(args.batch, args.seq, args.image_fraction)
-    fns = {"dense": make_step(base, batch)}
+    fns = {"dense": mmar_step(base, batch)}
     for m in matmuls:
         cfg = ml_collections.ConfigDict(dict(base.to_dict(), mot=True, num_modalities=2,
                                              mot_matmul=m, mot_tile=args.tile))
-        fns[f"mot-{m}"] = make_step(cfg, batch)
-    step = round_robin(fns, args.steps)
-    mm = round_robin(matmul_fns(args.batch * args.seq, base.d_model, base.mlp_dim,
+        fns[f"mot-{m}"] = mmar_step(cfg, batch)
+    step = interleaved_seconds(fns, args.steps)
+    mm = interleaved_seconds(matmul_fns(args.batch * args.seq, base.d_model, base.mlp_dim,
                                 batch["modality"], matmuls, args.tile), args.steps)
     result = {"device": jax.devices()[0].device_kind, "preset": args.preset,
               "batch": args.batch, "seq": args.seq, "image_fraction": args.image_fraction,

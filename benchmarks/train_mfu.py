@@ -79,7 +79,7 @@ def mmar_step(cfg, batch: dict):
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
 
     def loss_fn(model, b):
-        logits = model(b["tokens"], b["positions"], b["segment_ids"])
+        logits = model(b["tokens"], b["positions"], b["segment_ids"], b["modality"])
         return loss_lib.decoder_loss(logits, b)
 
     task = step_lib.Task("bench", lambda rngs: Decoder(cfg, rngs=rngs), loss_fn, BATCH_AXES)
