@@ -1,4 +1,5 @@
-"""benchmarks/train_mfu.py runs on a tiny config, with its PyTorch peer (no timing asserted)."""
+"""benchmarks/train_mfu.py (with its PyTorch peer) and benchmarks/mot_step.py run on a tiny
+config; no timing is asserted."""
 import importlib.util
 import pathlib
 
@@ -22,3 +23,13 @@ def test_train_mfu_reports_mmar_and_peer():
     assert result["parameters"] == 139_584 and result["attention"] == "blockwise"
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1.5
     assert result["peer_tokens_per_s"] > 0 and result["ratio_vs_transformers"] > 0
+
+
+def test_mot_step_reports_ratios_for_each_grouped_matmul():
+    spec = importlib.util.spec_from_file_location("mot_step", ROOT / "benchmarks/mot_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--preset=tiny", "--batch=2", "--seq=64", "--steps=1"])
+    assert set(result["step_ratio_vs_dense"]) == {"dense", "mot-tiled", "mot-ragged"}
+    assert result["step_ratio_vs_dense"]["dense"] == 1.0
+    assert all(v > 0 for v in result["matmul_grad_ratio_vs_dense"].values())
