@@ -166,7 +166,8 @@ class Decoder(nnx.Module):
                 "index": jnp.zeros((), jnp.int32)}
 
     def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-               cache: dict, modality: jax.Array | None = None) -> tuple[jax.Array, dict]:
+               cache: dict, modality: jax.Array | None = None,
+               visible: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """Runs T new tokens [B, T] against the cache -> (logits [B, T, vocab], new cache).
 
         The tokens are written at slots index..index+T-1 of every row; each attends to the
@@ -175,11 +176,22 @@ class Decoder(nnx.Module):
         with T = 1. The caller keeps index + T <= max_len (beyond it writes are clamped).
         `modality` [B, T] of the new tokens: as in `__call__` (the sampler derives it from
         the token ids: image codes are 1).
+
+        `visible` [B, T, max_len] bool replaces the causal rule (slot j visible to new token t
+        when j <= index + t) for decoders whose tokens do not enter the cache in the order
+        they are conditioned on (parallel and out-of-order decoding, mmar/sample/); the
+        segment rule still applies on top of it. The cache may also be rewound by setting
+        `index` lower: slots at or past it are rewritten before any query can see them under
+        the causal rule.
         """
         index = cache["index"]
         cache_segments = jax.lax.dynamic_update_slice(
             cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
-        mask = attention_mask(segment_ids, cache_segments, q_offset=index)
+        if visible is None:
+            mask = attention_mask(segment_ids, cache_segments, q_offset=index)
+        else:
+            same_doc = segment_ids[:, :, None] == cache_segments[:, None, :]
+            mask = visible & same_doc & (cache_segments != 0)[:, None, :]
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
                   transform_metadata=STACKED)

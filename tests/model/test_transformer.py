@@ -206,3 +206,42 @@ def test_bfloat16_compute_returns_float32_logits():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"model.{field}"):
         make(**{field: value})
+
+
+def test_decode_with_visible_mask_out_of_order_and_rewound():
+    """`visible` lets tokens enter the cache in another order than they condition on.
+
+    Token 6 is written first after the prompt (it sees the prompt only: the forward pass of
+    the sequence without token 5), then token 5 ("keys at positions up to mine": the plain
+    forward's logits), then a wrong draft of token 7, rewound and rewritten with the true
+    one: the plain forward's logits again."""
+    model = make(qk_norm=True)
+    tokens, positions, segments = one_doc(8, seed=11)
+    want = forward(model, tokens, positions, segments)
+    keep = [0, 1, 2, 3, 4, 6]
+    without_5 = forward(model, tokens[:, keep], positions[:, keep], segments[:, keep])
+    cache = model.init_cache(1, 12)
+    _, cache = decode(model, tokens[:, :5], positions[:, :5], segments[:, :5], cache)
+    slot_pos = np.full(12, 99, np.int32)  # position held by each cache slot (99: empty)
+    slot_pos[:5] = np.arange(5)
+    decode_visible = nnx.jit(lambda m, t, p, s, c, v: m.decode(t, p, s, c, visible=v))
+
+    def step(t, cache):
+        slot = int(cache["index"])
+        slot_pos[slot] = t
+        visible = (slot_pos[None, None, :] <= t) & (np.arange(12) <= slot)[None, None]
+        return decode_visible(model, tokens[:, t:t + 1], positions[:, t:t + 1],
+                              segments[:, t:t + 1], cache, jnp.asarray(visible))
+
+    logits, cache = step(6, cache)
+    np.testing.assert_allclose(logits[:, 0], without_5[:, 5], atol=1e-4)
+    logits, cache = step(5, cache)
+    np.testing.assert_allclose(logits[:, 0], want[:, 5], atol=1e-4)
+    # Rewinding: a wrong draft at slot 6, then index set back and the true token 6 written.
+    cache = model.init_cache(1, 12)
+    _, cache = decode(model, tokens[:, :6], positions[:, :6], segments[:, :6], cache)
+    wrong = (tokens[:, 6:7] + 1) % 48
+    _, drafted = decode(model, wrong, positions[:, 6:7], segments[:, 6:7], cache)
+    logits, _ = decode(model, tokens[:, 6:8], positions[:, 6:8], segments[:, 6:8],
+                       dict(drafted, index=cache["index"]))
+    np.testing.assert_allclose(logits, want[:, 6:8], atol=1e-4)
