@@ -134,7 +134,7 @@ def attend_cudnn(q, k, v, segments) -> jax.Array:
     return out.astype(q.dtype)
 
 
-ATTENTION = ("xla", "blockwise", "cudnn")
+ATTENTION = ("xla", "blockwise", "cudnn", "splash")
 
 
 class Attention(nnx.Module):
@@ -206,6 +206,9 @@ class Attention(nnx.Module):
             out = attend_blockwise(q, k, v, segments, self.block)
         elif cache is None and segments is not None and self.impl == "cudnn":
             out = attend_cudnn(q, k, v, segments)
+        elif cache is None and segments is not None and self.impl == "splash":
+            from mmar.model.splash import attend_splash  # Pallas: imported when used
+            out = attend_splash(q, k, v, segments, block=self.block)
         else:
             out = attend(q, k.astype(dt), v.astype(dt), mask)
         return constrain(out, ("batch", "length", "act_heads", None)), (k, v)

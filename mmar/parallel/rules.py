@@ -117,6 +117,12 @@ def use_mesh(mesh: Mesh, rules=DEFAULT_RULES):
         _ACTIVE.reset(token)
 
 
+def active() -> tuple[Mesh, tuple] | None:
+    """(mesh, rules) inside `use_mesh`, else None: for code that must place work on the mesh
+    itself (a Pallas kernel inside `shard_map`, model/splash.py)."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint` by logical names; a no-op outside `use_mesh`."""
     active = _ACTIVE.get()
