@@ -1,0 +1,132 @@
+"""Decoding methods compared on the same trained models: forward passes, images/s, judge accuracy.
+
+    PYTHONPATH=. python benchmarks/decoding.py \
+        --runs=tiny:runs/demo,tiny_rar:runs/demo_rar,tiny_randar:runs/demo_randar
+
+Each `--runs` entry is a preset of configs/t2i_shapes.py and a run directory trained with it
+(`mmar demo --config=configs/t2i_shapes.py:PRESET --workdir=DIR`; a missing directory is
+skipped with that command printed). Every method applicable to a run's training order draws
+one image for each of the first `--num` test captions with the run's sampling settings
+(temperature, CFG scale: `sample.*` of the preset), `sample.batch_size` captions per batch,
+keys as `mmar sample` draws them (`key(seed)` split once per batch), and is judged by the
+shape judge (mmar/eval/judge.py). Reported per method:
+
+- forward passes per image: model calls (prefill included) needed for one batch, i.e. for
+  each image in it, since the rows of a batch advance together;
+- images/s after one warm-up batch (compilation excluded), measured in this run;
+- ratios of both to plain raster decoding of the same model in the same run, and the
+  judge accuracy.
+
+Methods (docs/decoding.md): `plain` (one token per pass, every model), `sjd` / `lantern`
+(speculative Jacobi decoding, optionally with LANTERN's relaxed acceptance) and `zipar` on
+raster-trained models (`raster`, `rar`), `randar` (random order, several positions per
+pass) on RandAR models. `--out=FILE.json` also writes the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmar import config as config_lib  # noqa: E402
+from mmar.data import synthetic  # noqa: E402
+from mmar.eval import judge  # noqa: E402
+from mmar.vocab import ByteTokenizer  # noqa: E402
+
+
+def plain(models, caption_ids, key):
+    """One code per forward pass: the prefill predicts the first code, each step one more."""
+    codes = models.sampler.images(models.params, caption_ids, models.num_codes, key)
+    return codes, models.num_codes
+
+
+def methods_for(order: str) -> list[tuple[str, object]]:
+    """(label, draw function) of every method that applies to a model of this order."""
+    return [("plain", plain)]
+
+
+def run_method(models, draw, captions: list[str], seed: int) -> dict:
+    """Draws and judges one image per caption, batch by batch; times all but the warm-up."""
+    text, spec = ByteTokenizer(), synthetic.ShapesSpec.from_config(models.cfg.data)
+    size = models.cfg.sample.batch_size
+    batches = [captions[i:i + size] for i in range(0, len(captions), size)]
+    key = jax.random.key(seed)
+    keys = []
+    for _ in batches:
+        key, sub = jax.random.split(key)
+        keys.append(sub)
+    draw(models, [text.encode(c) for c in batches[0]], keys[0])  # warm-up: compilation
+    images, passes, t0 = [], [], time.perf_counter()
+    for chunk, sub in zip(batches, keys):
+        codes, n = draw(models, [text.encode(c) for c in chunk], sub)
+        images.append(models.tokenizer.decode(np.asarray(codes)))
+        passes.append(n)
+    seconds = time.perf_counter() - t0
+    images = np.concatenate(images)
+    correct = [judge.judge_image(img, c, spec) for img, c in zip(images, captions)]
+    return {"images": len(captions), "forward_passes_per_image": float(np.mean(passes)),
+            "images_per_s": len(captions) / seconds, "judge_accuracy": float(np.mean(correct))}
+
+
+def load_models(preset: str, workdir: str):
+    from mmar.sample.generate import Models
+    cfg = config_lib.validate(config_lib.load(f"{ROOT}/configs/t2i_shapes.py:{preset}"))
+    return Models(cfg, workdir)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | method | forward passes / image | vs plain | images/s | vs plain "
+            "| judge accuracy |\n|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['model']} | {r['method']} | {r['forward_passes_per_image']:.1f} | "
+        f"{r['passes_ratio']:.2f}x | {r['images_per_s']:.1f} | {r['speed_ratio']:.2f}x | "
+        f"{r['judge_accuracy']:.3f} |\n" for r in rows)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", default="tiny:runs/demo,tiny_rar:runs/demo_rar,"
+                   "tiny_randar:runs/demo_randar", help="PRESET:DIR,... (see the docstring)")
+    p.add_argument("--num", type=int, default=200, help="test captions per method")
+    p.add_argument("--methods", default="", help="comma-separated labels to run (default all)")
+    p.add_argument("--out", default="", help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    wanted = {m for m in args.methods.split(",") if m}
+    rows = []
+    for entry in args.runs.split(","):
+        preset, _, workdir = entry.partition(":")
+        if not pathlib.Path(workdir, "decoder").is_dir():
+            print(f"[decoding] {workdir}: no trained run; make it with `mmar demo "
+                  f"--config=configs/t2i_shapes.py:{preset} --workdir={workdir}`")
+            continue
+        models = load_models(preset, workdir)
+        captions = [r["caption"] for r in models.records("test")][:args.num]
+        order = models.cfg.data.get("image_order", "raster")
+        base = None
+        for label, draw in methods_for(order):
+            if wanted and label not in wanted and label != "plain":
+                continue
+            result = run_method(models, draw, captions, models.cfg.sample.seed)
+            base = base or result
+            row = {"model": preset, "method": label, **result,
+                   "passes_ratio": base["forward_passes_per_image"]
+                   / result["forward_passes_per_image"],
+                   "speed_ratio": result["images_per_s"] / base["images_per_s"]}
+            rows.append(row)
+            print(f"[decoding] {preset} {label}: {json.dumps(result)}", flush=True)
+    print(table(rows))
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
