@@ -13,6 +13,7 @@ Conventions shared by every layer here:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -64,6 +65,20 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def project(x: jax.Array, w: jax.Array, n_contract: int = 1, out_dtype=None) -> jax.Array:
+    """x [..., *c] @ w [*c, *f] -> [..., *f], computed as one [rows, k] @ [k, f] matmul.
+
+    Same contraction as `einsum("bse,ehd->bshd")` and friends, but XLA:CPU runs a dot with
+    several free dimensions on the left (batch and length) markedly slower than the same
+    product of 2-D matrices: 1.6x for the forward + backward of the 25M model's MLP and
+    1.3x for its output head (docs/performance.md). On TPU/GPU the reshapes are free; the
+    merged rows keep the batch's sharding (batch is the major dimension).
+    """
+    lead, k = x.shape[:x.ndim - n_contract], math.prod(x.shape[x.ndim - n_contract:])
+    y = jnp.dot(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=out_dtype)
+    return y.reshape(*lead, *w.shape[n_contract:])
 
 
 def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_offset=0) -> jax.Array:
@@ -176,13 +191,13 @@ class Attention(nnx.Module):
         `mask` (always the plain XLA path), and (k, v) is the updated cache.
         """
         dt = self.dtype
-        q = jnp.einsum("bse,ehd->bshd", x, self.q[...].astype(dt))
-        k = jnp.einsum("bse,ehd->bshd", x, self.k[...].astype(dt))
-        v = jnp.einsum("bse,ehd->bshd", x, self.v[...].astype(dt))
+        q = project(x, self.q[...].astype(dt))
+        k = project(x, self.k[...].astype(dt))
+        v = project(x, self.v[...].astype(dt))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         out, kv = self.mix(q, k, v, positions, mask, cache, segments)
-        out = jnp.einsum("bshd,hde->bse", out, self.o[...].astype(dt))
+        out = project(out, self.o[...].astype(dt), n_contract=2)
         return constrain(out, ("batch", "length", "act_embed")), kv
 
     def mix(self, q, k, v, positions, mask, cache=None, segments=None):
@@ -228,10 +243,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate = jnp.einsum("bse,em->bsm", x, self.gate[...].astype(dt))
-        up = jnp.einsum("bse,em->bsm", x, self.up[...].astype(dt))
+        gate = project(x, self.gate[...].astype(dt))
+        up = project(x, self.up[...].astype(dt))
         h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        out = jnp.einsum("bsm,me->bse", h, self.down[...].astype(dt))
+        out = project(h, self.down[...].astype(dt))
         return constrain(out, ("batch", "length", "act_embed"))
 
 
@@ -254,6 +269,6 @@ class Embed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits x @ E^T, accumulated and returned in float32."""
-        logits = jnp.einsum("bse,ve->bsv", x, self.embedding[...].astype(self.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = project(x, self.embedding[...].astype(self.dtype).T,
+                         out_dtype=jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))

@@ -23,7 +23,7 @@ from flax import nnx
 
 from mmar.model import mot as mot_lib
 from mmar.model.layers import (ATTENTION, MLP, Attention, Embed, RMSNorm, attention_mask,
-                               param)
+                               param, project)
 from mmar.parallel.rules import constrain
 
 DTYPES = ("float32", "bfloat16")
@@ -210,6 +210,5 @@ class Decoder(nnx.Module):
         x = self.final_norm(x)
         if self.head is None:
             return self.embed.attend(x)
-        logits = jnp.einsum("bse,ev->bsv", x, self.head[...].astype(self.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = project(x, self.head[...].astype(self.dtype), out_dtype=jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
