@@ -100,17 +100,28 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     """Grouped-query attention: q [B, S, H, D], k/v [B, T, KVH, D], mask [B, S, T].
 
     Query head h reads kv head h // (H / KVH) (the grouping of Hugging Face `repeat_kv`).
-    A plain einsum: on CPU it beat `jax.nn.dot_product_attention` (DESIGN.md). Logits and
-    softmax are float32. A query with no visible key (padding) gets a uniform average
-    instead of NaN; its output is never used.
+    The G query heads of a KV head and their S queries are merged into one row dimension,
+    so every matmul here and in its autodiff transpose is a (B, KV head)-batched product
+    with a single contracted dimension: XLA:CPU runs those at matmul speed, while the
+    [B, S, KVH, G, D] einsum this replaced contracted two dimensions in the backward pass
+    (dK, dV) and took 1.5x as long (docs/performance.md). Logits and softmax are float32;
+    the softmax subtracts a stop-gradient row max (the same gradient, one pass fewer). A
+    query with no visible key (padding) gets a uniform average instead of NaN; its output
+    is never used.
     """
     b, s, h, d = q.shape
-    kvh = k.shape[2]
-    q = q.reshape(b, s, kvh, h // kvh, d) * jnp.asarray(d ** -0.5, q.dtype)
-    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgst,btkd->bskgd", probs, v).reshape(b, s, h, d)
+    t, kvh = k.shape[1], k.shape[2]
+    g = h // kvh
+    q = q * jnp.asarray(d ** -0.5, q.dtype)
+    rows = q.reshape(b, s, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * s, d)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
+    logits = jnp.einsum("bkxd,bktd->bkxt", rows, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits.reshape(b, kvh, g, s, t),
+                       jnp.finfo(jnp.float32).min)
+    shifted = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    probs = (shifted / jnp.sum(shifted, axis=-1, keepdims=True)).astype(v.dtype)
+    out = jnp.einsum("bkxt,bktd->bkxd", probs.reshape(b, kvh, g * s, t), v)
+    return out.reshape(b, kvh, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
 def attend_blockwise(q, k, v, segments, block: int) -> jax.Array:
