@@ -178,3 +178,13 @@ def randar_row(row: dict, vocab: Vocab, seq_len: int, rng: np.random.Generator |
     spans = image_spans(doc["tokens"], vocab)
     orders = [rng.permutation(n) if rng is not None else np.arange(n) for _, n in spans]
     return pad(randar_document(doc, vocab, orders), vocab, seq_len, what=what)
+
+
+def raster_row(row: dict, vocab: Vocab, order: str, seq_len: int) -> dict:
+    """A raster row as a model trained in `order` reads it in raster order (held-out loss):
+    raster targets for RAR, raster-ordered P c pairs for RandAR, unchanged for raster."""
+    if order == "rar":
+        return rar_permute(row, vocab, [None] * len(image_spans(row["tokens"], vocab)))
+    if order == "randar":
+        return randar_row(row, vocab, seq_len, None)
+    return row
