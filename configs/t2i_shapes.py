@@ -93,6 +93,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         cfg_scale_image=2.0,  # classifier-free guidance for images (1 = off, 0 = unconditional)
         cfg_interval_image=(0.0, 1.0),  # guide codes whose raster fraction is in [a, b)
         interleaved_tokens=64,  # new tokens per continued story (`mmar sample`, interleaved)
+        # RandAR models (data.image_order="randar"): codes per forward pass, "constant"
+        # (randar_tokens_per_step) or RandAR's "cosine" in randar_steps (docs/decoding.md)
+        randar_schedule="constant", randar_tokens_per_step=1, randar_steps=8,
         max_text_len=48, batch_size=50, seed=0,
     ))
     c.eval = ml_collections.ConfigDict(dict(

@@ -167,6 +167,13 @@ def _validate_order(cfg) -> None:
                           f"[data.rar_anneal_start={start}, 1]")
     with cfg.unlocked():
         cfg.model.num_targets = orders.codes_per_image(cfg) + 1 if order == "rar" else 0
+    sample = cfg.sample
+    if sample.get("randar_schedule", "constant") not in ("constant", "cosine"):
+        raise ConfigError(f"sample.randar_schedule={sample.randar_schedule!r}: must be "
+                          "'constant' or 'cosine'")
+    for field in ("randar_tokens_per_step", "randar_steps"):
+        if not _positive_int(sample.get(field, 1)):
+            raise ConfigError(f"sample.{field}={sample.get(field)!r}: must be a positive int")
     if order == "raster":
         return
     if cfg.image_tokenizer.quantizer == "rq":
