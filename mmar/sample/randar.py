@@ -180,7 +180,7 @@ class RandarSampler:
                                         knobs, key, sizes=sizes, guided=guided,
                                         known=(k, n)))
         codes = np.where(mask, known, 0).astype(np.int32)
-        np.put_along_axis(codes, full[:, k:], drawn, axis=1)
+        np.put_along_axis(codes, full[:, k:], v.codes_from_ids(drawn), axis=1)
         return RandarResult(codes=codes, orders=full, forward_passes=len(sizes))
 
     def _orders(self, order, b: int, n: int, key) -> np.ndarray:
@@ -198,7 +198,7 @@ class RandarSampler:
 
     def _generate(self, params, tokens, positions, segments, boi_pos, order, s, key, *,
                   sizes, guided, known):
-        """Codes [B, n - k] for the grid indices `order` [B, n - k], drawn step by step."""
+        """Code ids [B, n - k] for the grid indices `order` [B, n - k], step by step."""
         v, (k, n) = self.vocab, known
         model = self.model_state.merge(params)
         rows, plen = tokens.shape
