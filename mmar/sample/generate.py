@@ -93,14 +93,22 @@ def provenance(models: Models, seed: int, index: int) -> dict:
             "seed": seed, "batch": batch, "row": row}
 
 
-def draw_images(models: Models, captions: list[str], seed: int) -> np.ndarray:
+def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np.ndarray:
     """uint8 images [N, H, W, 3] for captions, batch by batch from key(seed)."""
-    text, key, images = ByteTokenizer(), jax.random.key(seed), []
+    text, key, images, passes = ByteTokenizer(), jax.random.key(seed), [], []
     for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
-        codes = models.image_sampler.images(models.params, [text.encode(c) for c in chunk],
-                                            models.num_codes, sub)
+        ids = [text.encode(c) for c in chunk]
+        if isinstance(models.image_sampler, RandarSampler):
+            result = models.image_sampler.generate(models.params, ids, models.num_codes, sub)
+            codes = result.codes
+            passes.append(result.forward_passes)
+        else:
+            codes = models.image_sampler.images(models.params, ids, models.num_codes, sub)
         images.append(models.tokenizer.decode(codes))
+    if passes:
+        log(f"[sample] RandAR: {len(captions)} images of {models.num_codes} codes in "
+            f"{len(passes)} batches, {passes[0]} forward passes per batch")
     return np.concatenate(images)
 
 
@@ -109,7 +117,7 @@ def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) 
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     captions = [r["caption"] for r in models.records(split)]
     n = len(captions)
-    images = draw_images(models, captions, cfg.sample.seed)
+    images = draw_images(models, captions, cfg.sample.seed, log)
     models.images[f"t2i_{split}"] = images  # for the Frechet distance in `mmar eval`
     records = [{"index": i, "caption": c, "correct": bool(judge.judge_image(img, c, spec)),
                 "read": judge.describe(judge.read_image(img, spec)),
@@ -172,7 +180,8 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
     cfg = models.cfg
     n = min(cfg.eval.num_examples, 1000)
     labels = [i % 10 for i in range(n)]
-    images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2)
+    images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2,
+                         log)
     predicted = digits.classifier(cfg.data.image_size).predict(images)
     records = [{"index": i, "caption": f"the digit {k}", "label": k, "predicted": int(p),
                 "correct": bool(p == k), **provenance(models, cfg.sample.seed + 2, i)}
