@@ -136,12 +136,14 @@ class RandarSampler:
         return self.generate(params, caption_ids, num_codes, key, **kw).codes
 
     def generate(self, params, caption_ids, num_codes: int, key, *, order=None, known=None,
-                 known_mask=None, **overrides) -> RandarResult:
+                 known_mask=None, sizes=None, **overrides) -> RandarResult:
         """Codes for each caption (ids without specials), with the forward-pass count.
 
         order: None (a random order per row from `key`), "raster", or grid indices [n] or
         [B, n]. known / known_mask: codes [B, n] and bool [n] or [B, n] (the same count per
         row): those codes are given (inpainting / outpainting), the rest generated.
+        sizes: codes per pass, explicitly (summing to the unknown count); default: from
+        the schedule settings.
         """
         v, s, n, b = self.vocab, self.settings(**overrides), num_codes, len(caption_ids)
         order_key, key = jax.random.split(key)
@@ -170,9 +172,12 @@ class RandarSampler:
             positions[i] += np.repeat(boi_pos + 1 + g, 2).tolist()
         tokens, pos, segments = left_pad(prompts, v.pad, positions)
         boi_pos = np.array([p[len(p) - 2 * k - 1] for p in positions])  # before the pairs
-        sizes = group_sizes(n - k, schedule=s["randar_schedule"],
-                            tokens_per_step=s["randar_tokens_per_step"],
-                            num_steps=s["randar_steps"])
+        sizes = tuple(int(m) for m in sizes) if sizes is not None else group_sizes(
+            n - k, schedule=s["randar_schedule"], tokens_per_step=s["randar_tokens_per_step"],
+            num_steps=s["randar_steps"])
+        if sum(sizes) != n - k or min(sizes) < 1:
+            raise ValueError(f"sizes={sizes}: positive counts summing to {n - k} (the codes "
+                             "to generate)")
         knobs = {name: np.asarray(s[name], np.int32 if "top_k" in name else np.float32)
                  for name in ("temperature_image", "top_k_image", "top_p_image",
                               "cfg_scale_image", "cfg_interval_image")}
@@ -206,9 +211,13 @@ class RandarSampler:
         max_len = plen + 2 * (n - k)
         cache = model.init_cache(rows, max_len)
         image = jnp.asarray(self._image)
-        tile = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
+
+        def tile(x):  # guided: the unconditional twins follow the same order and codes
+            return jnp.concatenate([x, x]) if guided else x
         order_rows, boi = tile(order), jnp.asarray(boi_pos)
-        modality = lambda t: ((t >= v.image_offset) & (t < v.used)).astype(jnp.int32)
+
+        def modality(t):  # codes and P tokens are image tokens (as in training rows)
+            return ((t >= v.image_offset) & (t < v.used)).astype(jnp.int32)
 
         def queries(first, m):
             g = order_rows[:, first:first + m]
@@ -234,10 +243,10 @@ class RandarSampler:
                 on = ((frac >= lo) & (frac < hi))[None, :, None]
                 cond = jnp.where(on, uncond + s["cfg_scale_image"] * (cond - uncond), cond)
             flat = cond.reshape(b * m, -1)
-            knob = lambda name: jnp.full((b * m,), s[name])
+            knobs = [jnp.full((b * m,), s[f"{name}_image"])
+                     for name in ("temperature", "top_k", "top_p")]
             drawn = sample_logits(flat, jnp.broadcast_to(image, flat.shape), step_key,
-                                  knob("temperature_image"), knob("top_k_image"),
-                                  knob("top_p_image")).reshape(b, m)
+                                  *knobs).reshape(b, m)
             out.append(drawn)
             if step + 1 == len(sizes):
                 break

@@ -94,13 +94,7 @@ def test_parallel_queries_equal_single_query_forwards(setup, sizes, scale):
     _, model_state, params, vocab = setup
     sampler = _sampler(setup, cfg_scale_image=scale)
     orders = np.stack([np.random.default_rng(i).permutation(N) for i in range(2)])
-    import mmar.sample.randar as r
-    original = r.group_sizes
-    r.group_sizes = lambda n, **kw: sizes
-    try:
-        res = sampler.generate(params, CAPTIONS, N, jax.random.key(0), order=orders)
-    finally:
-        r.group_sizes = original
+    res = sampler.generate(params, CAPTIONS, N, jax.random.key(0), order=orders, sizes=sizes)
     assert res.forward_passes == len(sizes)
     model = model_state.merge(params)
     for caption, order, got in zip(CAPTIONS, orders, res.codes):
