@@ -80,18 +80,31 @@ def group_sizes(n: int, *, schedule: str = "constant", tokens_per_step: int = 1,
     return tuple(sizes)
 
 
-def step_visible(rows: int, start: int, num_pairs: int, num_queries: int,
+def step_visible(rows: int, start, num_pairs: int, num_queries: int,
                  max_len: int) -> jax.Array:
-    """`visible` [rows, T, max_len] for one step written at slot `start`: T = num_pairs
-    committed tokens (causal) then num_queries queries (committed cache + itself)."""
+    """`visible` [rows, T, max_len] for one step written at slot `start` (an int or a traced
+    scalar): T = num_pairs committed tokens (causal), then num_queries queries that see the
+    committed cache and themselves."""
     t = num_pairs + num_queries
-    slots = start + np.arange(t)
-    keys = np.arange(max_len)
+    slots = start + jnp.arange(t)
+    keys = jnp.arange(max_len)
     causal = keys[None, :] <= slots[:, None]
     committed = keys[None, :] < start + num_pairs
-    query = np.arange(t)[:, None] >= num_pairs
-    vis = np.where(query, committed | (keys[None, :] == slots[:, None]), causal)
-    return jnp.broadcast_to(jnp.asarray(vis), (rows, t, max_len))
+    query = (jnp.arange(t) >= num_pairs)[:, None]
+    vis = jnp.where(query, committed | (keys[None, :] == slots[:, None]), causal)
+    return jnp.broadcast_to(vis, (rows, t, max_len))
+
+
+def runs(sizes) -> list[tuple[int, int, int]]:
+    """Steps 1.. of a schedule grouped into runs of equal (previous m, m): (m_prev, m, count).
+    Each run is one `lax.scan` (a constant schedule compiles three step bodies, not n)."""
+    out = []
+    for prev, m in zip(sizes[:-1], sizes[1:]):
+        if out and out[-1][:2] == (prev, m):
+            out[-1] = (prev, m, out[-1][2] + 1)
+        else:
+            out.append((prev, m, 1))
+    return out
 
 
 def raster_image_prompt(codes, vocab: Vocab) -> tuple[list[int], list[int]]:
@@ -205,35 +218,29 @@ class RandarSampler:
                   sizes, guided, known):
         """Code ids [B, n - k] for the grid indices `order` [B, n - k], step by step."""
         v, (k, n) = self.vocab, known
-        model = self.model_state.merge(params)
         rows, plen = tokens.shape
         b = rows // 2 if guided else rows
         max_len = plen + 2 * (n - k)
-        cache = model.init_cache(rows, max_len)
         image = jnp.asarray(self._image)
 
         def tile(x):  # guided: the unconditional twins follow the same order and codes
             return jnp.concatenate([x, x]) if guided else x
+
         order_rows, boi = tile(order), jnp.asarray(boi_pos)
 
-        def modality(t):  # codes and P tokens are image tokens (as in training rows)
-            return ((t >= v.image_offset) & (t < v.used)).astype(jnp.int32)
-
-        def queries(first, m):
-            g = order_rows[:, first:first + m]
+        def queries(first, m):  # P tokens (and positions) of order[first:first + m]
+            g = jax.lax.dynamic_slice_in_dim(order_rows, first, m, axis=1)
             return v.position_offset + g, boi[:, None] + 1 + g
 
-        seg_q = jnp.ones((rows, 1), jnp.int32)
-        q_tok, q_pos = queries(0, sizes[0])
-        step_tokens = jnp.concatenate([tokens, q_tok], 1)
-        step_pos = jnp.concatenate([positions, q_pos], 1)
-        step_seg = jnp.concatenate([segments, jnp.tile(seg_q, (1, sizes[0]))], 1)
-        start, num_pairs, first, out = 0, plen, 0, []
-        for step, (m, step_key) in enumerate(zip(sizes, jax.random.split(key, len(sizes)))):
-            vis = step_visible(rows, start, num_pairs, m, max_len)
+        def step(cache, step_tokens, step_pos, step_seg, start, num_pairs, first, m, step_key):
+            """One forward pass at slot `start`; draws the codes of the m queries at the end."""
+            model = self.model_state.merge(params)  # NNX modules do not cross traces
+            modality = ((step_tokens >= v.image_offset) &
+                        (step_tokens < v.used)).astype(jnp.int32)  # codes and P tokens
             cache = dict(cache, index=jnp.asarray(start, jnp.int32))
-            logits, cache = model.decode(step_tokens, step_pos, step_seg, cache,
-                                         modality(step_tokens), visible=vis)
+            logits, cache = model.decode(step_tokens, step_pos, step_seg, cache, modality,
+                                         visible=step_visible(rows, start, num_pairs, m,
+                                                              max_len))
             logits = logits[:, -m:].astype(jnp.float32)           # [rows, m, V]
             cond = logits[:b]
             if guided:
@@ -247,16 +254,38 @@ class RandarSampler:
                      for name in ("temperature", "top_k", "top_p")]
             drawn = sample_logits(flat, jnp.broadcast_to(image, flat.shape), step_key,
                                   *knobs).reshape(b, m)
-            out.append(drawn)
-            if step + 1 == len(sizes):
-                break
-            # Next step: this step's queries as committed P c pairs, then the next queries.
-            p_tok, p_pos = queries(first, m)
-            pair_tok = jnp.stack([p_tok, tile(drawn)], 2).reshape(rows, 2 * m)
-            pair_pos = jnp.repeat(p_pos, 2, axis=1)
-            start, num_pairs, first = start + num_pairs, 2 * m, first + m
-            q_tok, q_pos = queries(first, sizes[step + 1])
-            step_tokens = jnp.concatenate([pair_tok, q_tok], 1)
-            step_pos = jnp.concatenate([pair_pos, q_pos], 1)
-            step_seg = jnp.tile(seg_q, (1, 2 * m + sizes[step + 1]))
+            return cache, drawn
+
+        def later_step(carry, step_key, m_prev, m):
+            """This step's input: the previous queries as committed P c pairs, then the
+            next m queries."""
+            cache, drawn_prev, first_prev, start = carry
+            p_tok, p_pos = queries(first_prev, m_prev)
+            pair_tok = jnp.stack([p_tok, tile(drawn_prev)], 2).reshape(rows, 2 * m_prev)
+            first = first_prev + m_prev
+            q_tok, q_pos = queries(first, m)
+            cache, drawn = step(cache, jnp.concatenate([pair_tok, q_tok], 1),
+                                jnp.concatenate([jnp.repeat(p_pos, 2, axis=1), q_pos], 1),
+                                jnp.ones((rows, 2 * m_prev + m), jnp.int32), start,
+                                2 * m_prev, first, m, step_key)
+            return (cache, drawn, first, start + 2 * m_prev), drawn
+
+        keys = jax.random.split(key, len(sizes))
+        q_tok, q_pos = queries(0, sizes[0])   # prefill: the prompt, then the first queries
+        cache = self.model_state.merge(params).init_cache(rows, max_len)
+        cache, drawn = step(cache, jnp.concatenate([tokens, q_tok], 1),
+                            jnp.concatenate([positions, q_pos], 1),
+                            jnp.concatenate([segments, jnp.ones_like(q_tok)], 1),
+                            0, plen, 0, sizes[0], keys[0])
+        carry, out, done = (cache, drawn, jnp.int32(0), jnp.int32(plen)), [drawn], 1
+        for m_prev, m, count in runs(sizes):
+            if count == 1:
+                carry, drawn = later_step(carry, keys[done], m_prev, m)
+                out.append(drawn)
+            else:
+                carry, drawn = jax.lax.scan(
+                    lambda c, kk, mp=m_prev, mm=m: later_step(c, kk, mp, mm), carry,
+                    keys[done:done + count])                      # [count, B, m]
+                out.append(drawn.transpose(1, 0, 2).reshape(b, count * m))
+            done += count
         return jnp.concatenate(out, 1)

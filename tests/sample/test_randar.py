@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from mmar import config as config_lib
 from mmar.model.transformer import Decoder
@@ -34,9 +35,22 @@ def _sampler(setup, **sample):
     return randar.RandarSampler(model_state, vocab, cfg.model.vocab_size, sample_cfg)
 
 
-def _last_logits(model, seq, pos):
-    t = jnp.asarray([seq], jnp.int32)
-    return np.asarray(model(t, jnp.asarray([pos]), jnp.ones_like(t))[0, -1])
+_FORWARD = {}
+
+
+def _last_logits(model, seq, pos, width=40):
+    """The model's full forward (no cache) at the last token of `seq`; rows are right-padded
+    to `width` (padding is later than every real token, so causality hides it) so that one
+    jit compile serves every length."""
+    if id(model) not in _FORWARD:
+        graphdef, weights = nnx.split(model)
+        fn = jax.jit(lambda w, t, p, s: nnx.merge(graphdef, w)(t, p, s))
+        _FORWARD.clear()
+        _FORWARD[id(model)] = (fn, weights, model)
+    fn, weights, _ = _FORWARD[id(model)]
+    t, p, s = (np.zeros((1, width), np.int32) for _ in range(3))
+    t[0, :len(seq)], p[0, :len(seq)], s[0, :len(seq)] = seq, pos, 1
+    return np.asarray(fn(weights, t, p, s)[0, len(seq) - 1])
 
 
 def _reference(model, vocab, caption, groups, known=(), scale=1.0):
@@ -157,3 +171,6 @@ def test_group_sizes():
     assert list(cos[:10]) == sorted(cos[:10])  # grows (RandAR: few first, more later)
     with pytest.raises(ValueError, match="sample.randar_schedule"):
         randar.group_sizes(4, schedule="linear")
+    # steps after the first, as scanned runs of equal (previous m, m)
+    assert randar.runs((3, 3, 3, 1)) == [(3, 3, 2), (3, 1, 1)]
+    assert randar.runs((1, 2, 2, 2)) == [(1, 2, 1), (2, 2, 2)]
