@@ -180,10 +180,11 @@ def _validate_order(cfg) -> None:
         raise ConfigError(f"data.image_order={order!r}: residual quantization "
                           "(image_tokenizer.quantizer='rq') is raster-only (several codes per "
                           "grid position)")
-    for field, bad, why in (("pack", True, "packing"), ("mixture", "", "mixtures")):
-        value = cfg.data.get(field, bad if field == "mixture" else False)
-        if (field == "pack" and value) or (field == "mixture" and value):
-            raise ConfigError(f"data.{field}={value!r}: {why} support only "
+    # Packing restarts positions per document and mixtures pack: neither knows the other
+    # orders' positions / targets yet, so they are refused rather than silently wrong.
+    for field, what in (("pack", "packing"), ("mixture", "mixtures")):
+        if cfg.data.get(field):
+            raise ConfigError(f"data.{field}={cfg.data.get(field)!r}: {what} support only "
                               f"data.image_order='raster', not {order!r}")
     if "stories" in cfg.eval.get("tasks", ()) and order == "randar":
         raise ConfigError("eval.tasks: 'stories' (interleaved continuation) needs "
