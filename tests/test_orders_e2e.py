@@ -53,3 +53,30 @@ def test_train_sample_eval(order, test_config, tokenizer_run):
     assert saved["data"]["image_order"] == order
     if order == "randar":
         assert any("forward passes" in line for line in logs)
+
+
+def test_docs_commands_name_real_presets_and_fields():
+    """Every `mmar` command in docs/decoding.md loads its preset and validates with its
+    overrides (the runs themselves are the test above, on the same overrides)."""
+    import ast
+    import pathlib
+    import shlex
+    root = pathlib.Path(__file__).resolve().parents[1]
+    lines = [line for line in (root / "docs/decoding.md").read_text().splitlines()
+             if line.startswith("mmar ")]
+    assert len(lines) == 4
+    for line in lines:
+        args = shlex.split(line)
+        spec = next(a for a in args if a.startswith("--config="))[len("--config="):]
+        cfg = config_lib.load(str(root / spec))
+        with cfg.unlocked():
+            for arg in args:
+                if arg.startswith("--config."):
+                    field, value = arg[len("--config."):].split("=", 1)
+                    section, name = field.split(".")
+                    try:
+                        value = ast.literal_eval(value)
+                    except (ValueError, SyntaxError):
+                        pass
+                    cfg[section][name] = value
+        config_lib.validate(cfg)

@@ -24,8 +24,9 @@ merged with the first step, so an image of n codes in S steps costs S forward pa
 
 m follows `sample.randar_schedule`: "constant" (`sample.randar_tokens_per_step` per step)
 or "cosine" (RandAR's: `sample.randar_steps` steps, 1 code first, then the count decoded
-so far follows n (1 - cos(pi/2 (s+1)/S)) + 1). The step sizes are static, so every step is
-unrolled inside one jit (compiled once per schedule, batch and prompt length).
+so far follows n (1 - cos(pi/2 (s+1)/S)) + 1). The step sizes are static (shapes follow
+them): one jit per schedule, batch and prompt bucket, in which consecutive steps of equal
+sizes run as one `lax.scan` and the others are unrolled (`runs`).
 
 Inpainting / outpainting: `known` codes at the grid indices where `known_mask` is True go
 first, as P c pairs in the prompt (every row the same number of them); only the rest is
