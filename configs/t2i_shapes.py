@@ -1,18 +1,21 @@
 r"""Text-to-image and image-to-text on the built-in shapes data set.
 
 Presets by argument: `tiny` (the demo: a 0.7M-parameter decoder and a patch FSQ tokenizer,
-trained and judged in about 15 minutes on 2 CPU cores) and `test` (seconds, for the tests).
+trained and judged in about 15 minutes on 2 CPU cores), `tiny_rar` and `tiny_randar` (the
+same, trained in RAR's annealed random order or RandAR's random order with position
+instructions: docs/decoding.md) and `test` (seconds, for the tests).
 
     mmar demo --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
+    mmar demo --config=configs/t2i_shapes.py:tiny_randar --workdir=runs/demo_randar
     mmar tokenizer-train --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
     mmar train  --config=configs/t2i_shapes.py:tiny --workdir=runs/demo --config.train.steps=100
 
 Parameter counts (decoder, embeddings included; checked by tests/test_configs.py):
-    tiny: 722,304    test: 51,424
+    tiny: 722,304    tiny_rar: 724,480    tiny_randar: 722,304    test: 51,424
 """
 import ml_collections
 
-PRESETS = ("tiny", "test")
+PRESETS = ("tiny", "tiny_rar", "tiny_randar", "test")
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -43,6 +46,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         mixture="",           # "" = shapes pairs; or e.g. "shapes:0.6,stories:0.3,digits:0.1"
         pretokenized=False,   # True: train reads WORKDIR/tokens from `mmar pretokenize`
         shard_records=1024,   # records per token shard (a kill loses at most one shard)
+        image_order="raster",  # or "rar" / "randar" (mmar/data/orders.py, docs/decoding.md)
+        rar_anneal_start=0.25,  # rar: permute every row until this fraction of train.steps,
+        rar_anneal_end=0.75,    # then P(permute) decays linearly to 0 at this fraction
     ))
     c.vocab = ml_collections.ConfigDict(dict(text_tokenizer="bytes"))
     c.image_tokenizer = ml_collections.ConfigDict(dict(
@@ -87,6 +93,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         cfg_scale_image=2.0,  # classifier-free guidance for images (1 = off, 0 = unconditional)
         cfg_interval_image=(0.0, 1.0),  # guide codes whose raster fraction is in [a, b)
         interleaved_tokens=64,  # new tokens per continued story (`mmar sample`, interleaved)
+        # RandAR models (data.image_order="randar"): codes per forward pass, "constant"
+        # (randar_tokens_per_step) or RandAR's "cosine" in randar_steps (docs/decoding.md)
+        randar_schedule="constant", randar_tokens_per_step=1, randar_steps=8,
         max_text_len=48, batch_size=50, seed=0,
     ))
     c.eval = ml_collections.ConfigDict(dict(
@@ -97,6 +106,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         inception_weights="",  # a Keras InceptionV3 .weights.h5 for fid_inception ("" = off)
     ))
 
+    if arg == "tiny_rar":
+        c.data.image_order = "rar"
+    if arg == "tiny_randar":
+        c.data.update(image_order="randar", seq_len=80)  # 16 more tokens: the P tokens
     if arg == "test":
         c.data.update(num_train=256, num_test=16, num_unseen=16, shard_records=64)
         c.image_tokenizer.update(arch="conv", channels=8, channel_mult=(1, 1, 1), steps=20,

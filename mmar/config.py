@@ -138,10 +138,63 @@ def _get(cfg, dotted):
     return node
 
 
+def image_order(cfg) -> str:
+    """`data.image_order` ("raster" when a config predates the field)."""
+    return cfg.data.get("image_order", "raster")
+
+
 def make_vocab(cfg) -> vocab_lib.Vocab:
+    """The run's token space; RandAR adds one position-instruction id per grid index."""
     text = vocab_lib.make_text_tokenizer(cfg.vocab)
+    from mmar.data import orders
     from mmar.tokenizers.image.quantizers import num_codes_of
-    return vocab_lib.Vocab(text.vocab_size, num_codes_of(cfg.image_tokenizer))
+    positions = orders.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
+    return vocab_lib.Vocab(text.vocab_size, num_codes_of(cfg.image_tokenizer), positions)
+
+
+def _validate_order(cfg) -> None:
+    """`data.image_order` and what it needs (mmar/data/orders.py); fills model.num_targets."""
+    from mmar.data import orders
+    order = image_order(cfg)
+    if order not in orders.IMAGE_ORDERS:
+        raise ConfigError(f"data.image_order={order!r}: must be one of {orders.IMAGE_ORDERS}")
+    start = cfg.data.get("rar_anneal_start", 0.25)
+    end = cfg.data.get("rar_anneal_end", 0.75)
+    if not (_fraction(start) and not isinstance(start, bool)):
+        raise ConfigError(f"data.rar_anneal_start={start!r}: must be a number in [0, 1]")
+    if not (_fraction(end) and not isinstance(end, bool) and end >= start):
+        raise ConfigError(f"data.rar_anneal_end={end!r}: must be a number in "
+                          f"[data.rar_anneal_start={start}, 1]")
+    with cfg.unlocked():
+        cfg.model.num_targets = orders.codes_per_image(cfg) + 1 if order == "rar" else 0
+    sample = cfg.sample
+    if sample.get("randar_schedule", "constant") not in ("constant", "cosine"):
+        raise ConfigError(f"sample.randar_schedule={sample.randar_schedule!r}: must be "
+                          "'constant' or 'cosine'")
+    for field in ("randar_tokens_per_step", "randar_steps"):
+        if not _positive_int(sample.get(field, 1)):
+            raise ConfigError(f"sample.{field}={sample.get(field)!r}: must be a positive int")
+    if order == "raster":
+        return
+    if cfg.image_tokenizer.quantizer == "rq":
+        raise ConfigError(f"data.image_order={order!r}: residual quantization "
+                          "(image_tokenizer.quantizer='rq') is raster-only (several codes per "
+                          "grid position)")
+    # Packing restarts positions per document and mixtures pack: neither knows the other
+    # orders' positions / targets yet, so they are refused rather than silently wrong.
+    for field, what in (("pack", "packing"), ("mixture", "mixtures")):
+        if cfg.data.get(field):
+            raise ConfigError(f"data.{field}={cfg.data.get(field)!r}: {what} support only "
+                              f"data.image_order='raster', not {order!r}")
+    if "stories" in cfg.eval.get("tasks", ()) and order == "randar":
+        raise ConfigError("eval.tasks: 'stories' (interleaved continuation) needs "
+                          "data.image_order 'raster' or 'rar', not 'randar'")
+    n = orders.codes_per_image(cfg)
+    need = 2 * n + 4 if order == "randar" else n + 4
+    if cfg.data.seq_len < need:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: data.image_order={order!r} "
+                          f"needs at least {need} tokens for one image of {n} codes "
+                          "(<bos> <boi> ... <eoi> <eos>), plus its caption")
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -168,6 +221,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if tok.quantizer == "rq" and (tok.ema or tok.dead_code_restart):
         raise ConfigError("image_tokenizer.ema: EMA and dead-code restart are VQ options; "
                           "RQ trains its codebooks by gradient")
+    _validate_order(cfg)
     try:
         vocab = make_vocab(cfg)
     except ValueError as e:
@@ -175,9 +229,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     with cfg.unlocked():
         if m.vocab_size == 0:
             m.vocab_size = vocab.size
-    if m.vocab_size < vocab.image_offset + vocab.num_image_codes:
+    if m.vocab_size < vocab.used:
         raise ConfigError(f"model.vocab_size={m.vocab_size}: the vocabulary needs at least "
-                          f"{vocab.image_offset + vocab.num_image_codes} ids")
+                          f"{vocab.used} ids")
     for group in (("data", "fsdp", "tensor"), ("dcn_data", "dcn_fsdp", "dcn_tensor")):
         for axis in group:
             size = cfg.mesh.get(axis, 1)

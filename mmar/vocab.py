@@ -3,9 +3,16 @@
     [0, V_text)                      text (bytes by default: V_text = 256)
     [V_text, V_text + 5)             <pad> <bos> <eos> <boi> <eoi>   (append only, never reorder)
     [image_offset, + num_codes)      image codes: id = image_offset + code
+    [position_offset, + num_positions)  RandAR position instructions: id = position_offset + k
+                                     means "the next code is the one at grid index k"
+                                     (`data.image_order="randar"` only; 0 ids otherwise)
     padded up to a multiple of 128   (unused ids; never sampled)
 
-An image in a sequence is `<boi> c_1 ... c_n <eoi>` in raster order. A text-to-image pair is
+Position ids come after the image codes so that a raster vocabulary (num_positions=0) keeps
+every id, and a RandAR model's text, special and code ids are those of a raster model.
+
+An image in a sequence is `<boi> c_1 ... c_n <eoi>` in raster order (other orders:
+mmar/data/orders.py). A text-to-image pair is
 `<bos> caption <boi> codes <eoi> <eos>`; image-to-text puts the image first:
 `<bos> <boi> codes <eoi> caption <eos>`.
 """
@@ -37,6 +44,7 @@ class Vocab:
 
     text_size: int
     num_image_codes: int
+    num_positions: int = 0  # RandAR position-instruction ids (codes per image), else 0
 
     @property
     def pad(self) -> int:
@@ -63,10 +71,30 @@ class Vocab:
         return self.text_size + len(SPECIALS)
 
     @property
+    def position_offset(self) -> int:
+        return self.image_offset + self.num_image_codes
+
+    @property
+    def used(self) -> int:
+        """Ids in use (text, specials, codes, position instructions), before padding."""
+        return self.position_offset + self.num_positions
+
+    @property
     def size(self) -> int:
         """Vocabulary size padded to a multiple of 128 (the model's embedding rows)."""
-        used = self.image_offset + self.num_image_codes
-        return -(-used // PAD_MULTIPLE) * PAD_MULTIPLE
+        return -(-self.used // PAD_MULTIPLE) * PAD_MULTIPLE
+
+    def position_ids(self, grid_index) -> np.ndarray:
+        """RandAR position-instruction ids of grid indices in [0, num_positions)."""
+        k = np.asarray(grid_index)
+        if k.size and (k.min() < 0 or k.max() >= self.num_positions):
+            raise ValueError(f"grid indices must be in [0, {self.num_positions}) (the vocabulary's "
+                             f"position ids), got [{k.min()}, {k.max()}]")
+        return k.astype(np.int32) + self.position_offset
+
+    def is_position(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        return (ids >= self.position_offset) & (ids < self.used)
 
     def image_ids(self, codes) -> np.ndarray:
         codes = np.asarray(codes)

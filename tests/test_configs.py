@@ -65,3 +65,32 @@ def test_unknown_preset_and_missing_file():
         config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:huge")
     with pytest.raises(config_lib.ConfigError, match="does not exist"):
         config_lib.load("configs/nope.py:tiny")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"data.image_order": "zigzag"}, "data.image_order='zigzag'"),
+    ({"data.image_order": "rar", "data.pack": True}, "data.pack=True"),
+    ({"data.image_order": "randar", "data.mixture": "shapes:1,stories:1"}, "data.mixture="),
+    ({"data.image_order": "randar", "data.seq_len": 30, "eval.tasks": ()}, "data.seq_len=30"),
+    ({"data.image_order": "randar"}, "eval.tasks"),   # the test preset continues stories
+    ({"data.rar_anneal_start": 0.5, "data.rar_anneal_end": 0.25}, "data.rar_anneal_end=0.25"),
+    ({"data.image_order": "rar", "image_tokenizer.quantizer": "rq"}, "data.image_order='rar'"),
+    ({"sample.randar_schedule": "linear"}, "sample.randar_schedule='linear'"),
+])
+def test_image_order_errors_name_the_field(overrides, message):
+    cfg = config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:test")
+    with cfg.unlocked():
+        for field, value in overrides.items():
+            section, name = field.split(".")
+            cfg[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+        config_lib.validate(cfg)
+
+
+def test_image_order_derives_the_model():
+    rar = config_lib.validate(config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:tiny_rar"))
+    randar = config_lib.validate(config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:tiny_randar"))
+    assert rar.model.num_targets == 16 + 1 and randar.model.num_targets == 0
+    vocab = config_lib.make_vocab(randar)
+    assert vocab.num_positions == 16 and vocab.position_offset == 256 + 5 + 125
+    assert config_lib.make_vocab(rar).num_positions == 0

@@ -13,7 +13,7 @@ import grain
 import jax
 import numpy as np
 
-from mmar.data import packing, sequences
+from mmar.data import orders, packing, sequences
 from mmar.vocab import ByteTokenizer, Vocab
 
 
@@ -60,6 +60,7 @@ class PairToRow(grain.transforms.RandomMap):
         self.vocab, self.text = vocab, ByteTokenizer()
         self.seq_len, self.i2t = data_cfg.seq_len, data_cfg.i2t_fraction
         self.caption_dropout = data_cfg.caption_dropout
+        self.order = data_cfg.get("image_order", "raster")
         self.weights = dict(text_weight=data_cfg.loss_weight_text,
                             image_weight=data_cfg.loss_weight_image)
 
@@ -73,8 +74,37 @@ class PairToRow(grain.transforms.RandomMap):
 
     def random_map(self, record, rng: np.random.Generator):
         tokens, modality = sequences.document_tokens(self.segments(record, rng), self.vocab)
-        return sequences.pad_row(tokens, modality, self.vocab, self.seq_len, **self.weights,
-                                 what=f"caption {record['caption']!r} with its image")
+        what = f"caption {record['caption']!r} with its image"
+        row = sequences.pad_row(tokens, modality, self.vocab, self.seq_len, **self.weights,
+                                what=what)
+        if self.order == "randar":  # a fresh random order per example (orders.py)
+            return orders.randar_row(row, self.vocab, self.seq_len, rng,
+                                     what=f"{what} in data.image_order='randar'")
+        return row
+
+
+class RarPermute(grain.transforms.MapWithIndex):
+    """RAR (orders.py): permutes a row's image codes with probability r(step), adds targets.
+
+    The step is the batch index: this process's element `index` lands in local batch
+    `index // local_batch` (batches are consecutive elements, drop_remainder), which is the
+    train step. The draw comes from `default_rng([seed, index])`, so a resumed Grain
+    iterator (which restarts at the saved element index) gives the same permutations.
+    """
+
+    def __init__(self, vocab: Vocab, data_cfg, *, total_steps: int, local_batch: int,
+                 seed: int):
+        self.vocab, self.total, self.local_batch, self.seed = vocab, total_steps, local_batch, seed
+        self.start = data_cfg.get("rar_anneal_start", 0.25)
+        self.end = data_cfg.get("rar_anneal_end", 0.75)
+
+    def map_with_index(self, index: int, row):
+        r = orders.rar_probability(index // self.local_batch, self.total, self.start, self.end)
+        rng = np.random.default_rng([self.seed, jax.process_index(), index])
+        permute = rng.random() < r
+        perms = [rng.permutation(n) if permute else None
+                 for _, n in orders.image_spans(row["tokens"], self.vocab)]
+        return orders.rar_permute(row, self.vocab, perms)
 
 
 class PairToDocument(PairToRow):
@@ -120,11 +150,13 @@ def with_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
 
 
 def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global_batch: int,
-                    seed: int):
+                    seed: int, total_steps: int | None = None):
     """Endless shuffled batches of rows for the decoder (a checkpointable iterator).
 
     With `data.pack` several documents share a row (mmar/data/packing.py); without it each
-    row holds one document, padded.
+    row holds one document, padded. `data.image_order` other than raster (orders.py):
+    RandAR rows are built per example; RAR permutes rows by the step, so it needs
+    `total_steps` (train.steps) for its anneal schedule.
     """
     ds = _shard_shuffle_repeat(source, seed)
     if data_cfg.get("pack", False):
@@ -134,6 +166,13 @@ def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global
                           max_bad_fraction=data_cfg.max_bad_fraction)
     else:
         ds = ds.random_map(PairToRow(vocab, data_cfg))
+        if data_cfg.get("image_order", "raster") == "rar":
+            if not total_steps:
+                raise ValueError("data.image_order='rar': decoder_batches needs total_steps "
+                                 "(train.steps) for the anneal schedule")
+            ds = ds.map_with_index(RarPermute(vocab, data_cfg, total_steps=total_steps,
+                                              local_batch=local_batch_size(global_batch),
+                                              seed=seed))
     return _finish(ds, global_batch, data_cfg.num_workers)
 
 

@@ -22,7 +22,8 @@ import pathlib
 import jax
 import numpy as np
 
-from mmar.data import sequences, synthetic
+from mmar import config as config_lib
+from mmar.data import orders, sequences, synthetic
 from mmar.eval import digits, frechet, geneval, judge
 from mmar.sample import generate
 from mmar.tokenizers.image import losses, quantizers
@@ -56,12 +57,16 @@ def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
     rows = [sequences.pair_example(text.encode(r["caption"]), models.vocab.image_ids(c),
                                    models.vocab, cfg.data.seq_len, image_first=first)
             for r, c in zip(recs, codes) for first in (False, True)]
-    batch = {k: np.stack([row[k] for row in rows]) for k in sequences.FEATURES}
+    # Other image orders are scored in raster order (RandAR: P c pairs in raster order).
+    order = config_lib.image_order(cfg)
+    rows = [orders.raster_row(row, models.vocab, order, cfg.data.seq_len) for row in rows]
+    batch = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
     @jax.jit
     def metrics(params, batch):
         logits = models.model_state.merge(params)(batch["tokens"], batch["positions"],
-                                                  batch["segment_ids"])
+                                                  batch["segment_ids"], batch["modality"],
+                                                  batch.get("targets"))
         return loss_lib.decoder_loss(logits, batch)[1]
 
     m = jax.device_get(metrics(models.params, batch))

@@ -89,6 +89,9 @@ def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape) -> None:
         "text_size": vocab.text_size,
         "special_ids": {name: vocab.text_size + i for i, name in enumerate(SPECIALS)},
         "image_offset": vocab.image_offset, "num_image_codes": vocab.num_image_codes,
+        # RandAR (mmar/data/orders.py): P_k = position_offset + k precedes the code at grid k
+        "image_order": cfg.data.get("image_order", "raster"),
+        "position_offset": vocab.position_offset, "num_position_ids": vocab.num_positions,
         "vocab_size": cfg.model.vocab_size, "image_size": cfg.data.get("image_size"),
         "codes_shape": list(codes_shape) if codes_shape else None,
         "codes_per_image": int(np.prod(codes_shape)) if codes_shape else None,

@@ -84,6 +84,17 @@ def architecture(model_cfg) -> tuple[str, str]:
     return ("qwen3", "Qwen3ForCausalLM") if model_cfg.qk_norm else ("llama", "LlamaForCausalLM")
 
 
+def check_order(cfg) -> None:
+    """RAR adds a target embedding to the input (mmar/data/orders.py): no Llama has one.
+    RandAR decoders are plain Llamas whose vocabulary ends with position-instruction ids
+    (mmar.json records them), so they export as they are."""
+    order = cfg.data.get("image_order", "raster")
+    if order == "rar":
+        raise ValueError("data.image_order='rar': a transformers Llama cannot hold RAR's "
+                         "target embeddings (model.num_targets); export it with --format mmar "
+                         "(docs/export.md)")
+
+
 def check_mappable(model_cfg, names) -> None:
     """Raises ValueError unless the checkpoint maps exactly onto Llama / Qwen3."""
     if model_cfg.get("mot", False):
@@ -170,6 +181,7 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
     cfg = reader.config()
     vocab = config_lib.make_vocab(cfg)
     if fmt == "hf":
+        check_order(cfg)
         check_mappable(cfg.model, reader.names)
     dtype = dtype or cfg.model.param_dtype
     if dtype not in ("float32", "bfloat16"):

@@ -93,7 +93,9 @@ def _config(hf_dir: pathlib.Path, base_cfg):
         raise ValueError(f"{hf_cfg_path}: vocab_size={text_size!r} must be a positive int")
     cfg = ml_collections.ConfigDict(base_cfg.to_dict())
     num_codes = quantizers.num_codes_of(cfg.image_tokenizer)
-    used = text_size + len(SPECIALS) + num_codes
+    from mmar.data import orders  # RandAR position ids follow the codes (mmar/vocab.py)
+    positions = orders.codes_per_image(cfg) if config_lib.image_order(cfg) == "randar" else 0
+    used = text_size + len(SPECIALS) + num_codes + positions
     cfg.model.update(model_section(hf_cfg, hf_cfg_path),
                      vocab_size=-(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
     cfg.model.param_dtype = "float32"

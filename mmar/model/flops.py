@@ -36,7 +36,7 @@ def non_embedding_param_count(cfg) -> int:
 def param_count(cfg) -> int:
     """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
     d = cfg.d_model
-    embed = cfg.vocab_size * d
+    embed = (cfg.vocab_size + cfg.get("num_targets", 0)) * d  # + RAR's target table
     head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
     return embed + non_embedding_param_count(cfg) + head
 

@@ -70,6 +70,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         value = cfg.get(field, default)
         if not isinstance(value, int) or value < low:
             raise ValueError(f"model.{field} must be an int >= {low}, got {value!r}")
+    targets = cfg.get("num_targets", 0)
+    if not isinstance(targets, int) or isinstance(targets, bool) or targets < 0:
+        raise ValueError(f"model.num_targets must be an int >= 0, got {targets!r}")
     if cfg.get("mot_matmul", "auto") not in mot_lib.MATMULS:
         raise ValueError(f"model.mot_matmul must be one of {mot_lib.MATMULS}, "
                          f"got {cfg.get('mot_matmul')!r}")
@@ -100,6 +103,12 @@ class Decoder(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         validate(cfg)
         self.embed = Embed(cfg, rngs=rngs)
+        # RAR's target embedding (mmar/data/orders.py): row k + 1 says "the next token is the
+        # code at grid index k", row 0 "not an image code". Derived from data.image_order.
+        self.num_targets = cfg.get("num_targets", 0)
+        self.target_embed = param(
+            rngs, nnx.initializers.normal(cfg.init_std), (self.num_targets, cfg.d_model),
+            ("targets", "embed"), jnp.dtype(cfg.param_dtype)) if self.num_targets else None
 
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=STACKED)
@@ -119,6 +128,17 @@ class Decoder(nnx.Module):
         self.mot = cfg.get("mot", False)
         self.num_modalities, self.mot_tile = cfg.get("num_modalities", 2), cfg.get("mot_tile", 256)
 
+    def _embed(self, tokens, targets):
+        """Token embeddings, plus the target embeddings of a RAR decoder (`targets` [B, S])."""
+        x = self.embed(tokens)
+        if self.target_embed is None:
+            return x
+        if targets is None:
+            raise ValueError(f"this decoder has model.num_targets={self.num_targets} (RAR, "
+                             "data.image_order='rar'): it needs `targets` [B, S]")
+        table = constrain(self.target_embed[...], (None, None))
+        return x + jnp.take(table, targets, axis=0).astype(x.dtype)
+
     def _route(self, x, modality):
         """MoT: (x in modality order, {"routing": ...} for the blocks); dense: (x, {})."""
         if not self.mot:
@@ -133,17 +153,19 @@ class Decoder(nnx.Module):
         return mot_lib.unsort_rows(x, kw["routing"]) if kw else x
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 modality: jax.Array | None = None) -> jax.Array:
+                 modality: jax.Array | None = None, targets: jax.Array | None = None
+                 ) -> jax.Array:
         """tokens, positions, segment_ids [B, S] int32 -> logits [B, S, vocab] float32.
 
         Rows may pack several documents: attention stays inside a segment id, segment 0 is
         padding, and positions restart at 0 for each document. `modality` [B, S] (0 text,
-        1 image) is required with `mot=True` and ignored otherwise.
+        1 image) is required with `mot=True` and ignored otherwise; `targets` [B, S] with
+        `num_targets` > 0 (RAR) and ignored otherwise.
         """
         # The plain path shares one [B, S, S] mask across layers; the others build their own
         # from the segment ids (blockwise: per query block; cuDNN: inside the kernel call).
         mask = attention_mask(segment_ids, segment_ids) if self.attention == "xla" else None
-        x, kw = self._route(self.embed(tokens), modality)
+        x, kw = self._route(self._embed(tokens, targets), modality)
 
         def block_fn(block, x):
             return block(x, positions, mask, segments=segment_ids, **kw)[0]
@@ -167,7 +189,8 @@ class Decoder(nnx.Module):
 
     def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                cache: dict, modality: jax.Array | None = None,
-               visible: jax.Array | None = None) -> tuple[jax.Array, dict]:
+               visible: jax.Array | None = None, targets: jax.Array | None = None
+               ) -> tuple[jax.Array, dict]:
         """Runs T new tokens [B, T] against the cache -> (logits [B, T, vocab], new cache).
 
         The tokens are written at slots index..index+T-1 of every row; each attends to the
@@ -182,7 +205,7 @@ class Decoder(nnx.Module):
         they are conditioned on (parallel and out-of-order decoding, mmar/sample/); the
         segment rule still applies on top of it. The cache may also be rewound by setting
         `index` lower: slots at or past it are rewritten before any query can see them under
-        the causal rule.
+        the causal rule. `targets` [B, T]: as in `__call__` (RAR decoders only).
         """
         index = cache["index"]
         cache_segments = jax.lax.dynamic_update_slice(
@@ -199,7 +222,7 @@ class Decoder(nnx.Module):
             x, (k, v) = block(x, positions, mask, cache=(k, v, index), **kw)
             return x, k, v
 
-        x, kw = self._route(self.embed(tokens), modality)
+        x, kw = self._route(self._embed(tokens, targets), modality)
         x, k, v = run(x, self.blocks, cache["k"], cache["v"])
         x = self._unroute(x, kw)
         new_cache = {"k": k, "v": v, "segment_ids": cache_segments,

@@ -36,7 +36,8 @@ _ACTIVATIONS = (
     ("act_kv_heads", "tensor"),
     ("act_vocab", "tensor"),
 )
-_ALWAYS_REPLICATED = (("head_dim", None), ("layers", None), ("norm", None), ("modality", None))
+_ALWAYS_REPLICATED = (("head_dim", None), ("layers", None), ("norm", None), ("modality", None),
+                      ("targets", None))
 
 # One short table per strategy: (logical parameter name, mesh axes). A strategy names the
 # mesh axes it uses; `mesh.validate_strategy` refuses a mesh whose other axes are > 1.

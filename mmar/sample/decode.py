@@ -27,6 +27,12 @@ the conditional one. `sample.cfg_interval_image = (a, b)` guides only codes whos
 fraction `k / n` lies in [a, b) (e.g. (0, 0.5): only the top half); elsewhere the conditional
 logits are used. Parameters keep the shardings they were loaded with (a model sharded on the
 mesh decodes sharded: jit follows its inputs).
+
+Other image orders (mmar/data/orders.py): a RAR decoder (`target_aware=True`) samples in
+raster order and is fed, with every token, the target embedding of what comes next (k + 1
+while the next token is the image's code k, else 0); a raster decoder gets no targets, so
+its path is unchanged. A RandAR decoder's images come from mmar/sample/randar.py; its
+captions from `run` here with the prompt's own `positions` (P c pairs share a position).
 """
 from __future__ import annotations
 
@@ -39,17 +45,35 @@ from mmar.vocab import Vocab
 NEG_INF = -1e9
 
 
-def left_pad(prompts, pad_id: int):
-    """Lists of ids -> (tokens, positions, segment_ids) [B, P], right-aligned."""
+def left_pad(prompts, pad_id: int, positions=None):
+    """Lists of ids -> (tokens, positions, segment_ids) [B, P], right-aligned. Positions are
+    0, 1, ... per prompt unless given (lists as long as the prompts)."""
     length = max(len(p) for p in prompts)
     tokens = np.full((len(prompts), length), pad_id, np.int32)
     segments = np.zeros((len(prompts), length), np.int32)
-    positions = np.zeros((len(prompts), length), np.int32)
+    pos = np.zeros((len(prompts), length), np.int32)
     for i, p in enumerate(prompts):
         tokens[i, length - len(p):] = p
         segments[i, length - len(p):] = 1
-        positions[i, length - len(p):] = np.arange(len(p))
-    return tokens, positions, segments
+        pos[i, length - len(p):] = np.arange(len(p)) if positions is None else positions[i]
+    return tokens, pos, segments
+
+
+def prompt_targets(prompt, vocab: Vocab, n: int) -> np.ndarray:
+    """RAR targets of a raster prompt: k + 1 on the token before an image's code k, and on
+    the last token when the prompt ends inside an image with k < n codes (0 elsewhere)."""
+    targets = np.zeros(len(prompt), np.int32)
+    inside, k = False, 0
+    for t, tok in enumerate(prompt):
+        if tok == vocab.boi:
+            inside, k = True, 0
+        elif tok == vocab.eoi:
+            inside = False
+        elif inside and vocab.is_image(tok):
+            targets[t - 1], k = k + 1, k + 1
+    if inside and k < n and len(prompt):
+        targets[-1] = k + 1
+    return targets
 
 
 def sample_logits(logits, allowed, key, temperature, top_k, top_p):
@@ -118,9 +142,9 @@ class Sampler:
     """Holds the jitted generation function for one model (compiled once per shape)."""
 
     def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg,
-                 num_codes: int | None = None):
+                 num_codes: int | None = None, target_aware: bool = False):
         self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
-        self.num_codes = num_codes
+        self.num_codes, self.target_aware = num_codes, target_aware
         ids = np.arange(vocab_rows)
         self._allowed = {
             "image": (ids >= vocab.image_offset) & (ids < vocab.image_offset + vocab.num_image_codes),
@@ -152,11 +176,17 @@ class Sampler:
         return v.codes_from_ids(ids)
 
     def captions(self, params, image_codes, key, **overrides) -> list[list[int]]:
-        """Text ids per image (up to `<eos>`, at most sample.max_text_len)."""
-        v = self.vocab
-        prompts = [[v.bos, v.boi, *v.image_ids(c).tolist(), v.eoi] for c in image_codes]
-        ids = self.run(params, prompts, int(self.cfg.max_text_len), key,
-                       n=len(image_codes[0]), allow_images=False, **overrides)
+        """Text ids per image (up to `<eos>`, at most sample.max_text_len). A RandAR
+        vocabulary (position ids) gets the image as P c pairs in raster order."""
+        v, positions = self.vocab, None
+        if v.num_positions:
+            from mmar.sample import randar  # that module imports this one
+            prompts, positions = zip(*[randar.raster_image_prompt(c, v) for c in image_codes])
+        else:
+            prompts = [[v.bos, v.boi, *v.image_ids(c).tolist(), v.eoi] for c in image_codes]
+        ids = self.run(params, list(prompts), int(self.cfg.max_text_len), key,
+                       n=len(image_codes[0]), allow_images=False, positions=positions,
+                       **overrides)
         return [row[:row.index(v.eos)] if v.eos in row else row for row in ids.tolist()]
 
     def continue_documents(self, params, prompts, steps: int, key, **overrides):
@@ -171,31 +201,39 @@ class Sampler:
         return [row[:row.index(v.eos) + 1] if v.eos in row else row for row in ids.tolist()]
 
     def run(self, params, prompts, steps: int, key, *, n: int, allow_images: bool,
-            **overrides) -> np.ndarray:
-        """Generated ids [B, steps] after each prompt (lists of ids); see the module doc."""
+            positions=None, **overrides) -> np.ndarray:
+        """Generated ids [B, steps] after each prompt (lists of ids); see the module doc.
+        `positions`: per-prompt RoPE positions (default 0, 1, ...; not with guidance)."""
         v, s = self.vocab, self.settings(**overrides)
         starts = [prompt_state(p, v) for p in prompts]
         guided = s["cfg_scale_image"] != 1.0 and any(inside for inside, _ in starts)
+        if guided and positions is not None:
+            raise ValueError("explicit prompt positions are for unguided prompts (captions)")
         if guided:
             prompts = list(prompts) + [[v.bos, v.boi, *p[len(p) - c:]] for p, (_, c)
                                        in zip(prompts, starts)]
-        tokens, positions, segments = left_pad(prompts, v.pad)
+        tokens, positions, segments = left_pad(prompts, v.pad, positions)
+        targets = None
+        if self.target_aware:
+            targets = np.zeros_like(tokens)
+            for i, p in enumerate(prompts):
+                targets[i, tokens.shape[1] - len(p):] = prompt_targets(p, v, n)
         state = (np.array([i for i, _ in starts]), np.array([c for _, c in starts], np.int32))
         knobs = {k: np.asarray(s[k], np.float32 if "top_k" not in k else np.int32)
                  for k in s}
         return np.asarray(self._jitted(params, tokens, positions, segments, state, knobs, key,
-                                       steps=steps, guided=guided, n=n,
+                                       targets, steps=steps, guided=guided, n=n,
                                        allow_images=allow_images))
 
     def _modality(self, tokens):
         """0 text / 1 image per token, as in training data (mmar/data/sequences.py: image codes
         are 1, <boi>/<eoi> and text 0); Mixture-of-Transformers decoders route by it."""
         v = self.vocab
-        return ((tokens >= v.image_offset) &
-                (tokens < v.image_offset + v.num_image_codes)).astype(jnp.int32)
+        # RandAR position ids (after the codes; none in a raster vocabulary) are image too.
+        return ((tokens >= v.image_offset) & (tokens < v.used)).astype(jnp.int32)
 
-    def _generate(self, params, tokens, positions, segments, state, s, key, *, steps, guided,
-                  n, allow_images):
+    def _generate(self, params, tokens, positions, segments, state, s, key, targets, *, steps,
+                  guided, n, allow_images):
         v = self.vocab
         model = self.model_state.merge(params)
         rows, plen = tokens.shape
@@ -233,7 +271,8 @@ class Sampler:
         st = (jnp.asarray(state[0], bool), jnp.asarray(state[1], jnp.int32),
               jnp.zeros((batch,), bool))
         cache = model.init_cache(rows, plen + steps)
-        logits, cache = model.decode(tokens, positions, segments, cache, self._modality(tokens))
+        logits, cache = model.decode(tokens, positions, segments, cache, self._modality(tokens),
+                                     targets=targets)
         first_key, rest = jax.random.split(key)  # the key stream of earlier versions
         keys = jnp.concatenate([first_key[None], jax.random.split(rest, steps - 1)])
         first, st = pick(logits, st, 0, keys[0])
@@ -243,8 +282,13 @@ class Sampler:
             tok, pos, st, cache = carry
             t, step_key = xs
             step_model = self.model_state.merge(params)  # NNX modules do not cross traces
+            target = None
+            if self.target_aware:  # RAR: what comes after tok (the state after drawing it)
+                inside, codes, _ = st
+                target = jnp.where(inside & (codes < n), codes + 1, 0).astype(jnp.int32)
+                target = (jnp.tile(target, 2) if guided else target)[:, None]
             logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache,
-                                              self._modality(tok[:, None]))
+                                              self._modality(tok[:, None]), targets=target)
             nxt, st = pick(logits, st, t, step_key)
             return (nxt, pos + 1, st, cache), tok
 

@@ -25,6 +25,7 @@ from mmar.eval import digits, geneval, judge
 from mmar.parallel import mesh as mesh_lib
 from mmar.sample import interleaved
 from mmar.sample.decode import Sampler
+from mmar.sample.randar import RandarSampler
 from mmar.tokenizers.image.train import ImageTokenizer
 from mmar.train import trainer
 from mmar.train.decoder import SUBDIR, decoder_task
@@ -43,8 +44,16 @@ class Models:
         self.model_state, self.params, self.step = trainer.load_params(
             decoder_task(cfg), mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
         self.num_codes = (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
+        # The sampler follows the training order (mmar/data/orders.py): raster and RAR
+        # decode in raster order (RAR with its target embeddings); RandAR images come from
+        # the RandAR sampler (parallel decoding by sample.randar_*), its captions from the
+        # plain one. `image_sampler` draws every image; `sampler` every text.
+        order = config_lib.image_order(cfg)
         self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
-                               num_codes=self.num_codes)
+                               num_codes=self.num_codes, target_aware=order == "rar")
+        self.image_sampler = self.sampler if order != "randar" else RandarSampler(
+            self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
+            num_codes=self.num_codes)
         self._records = {}
         self.images = {}  # generated images by sample set, kept for `mmar eval`
 
@@ -79,19 +88,27 @@ def _batches(items, size):
 def provenance(models: Models, seed: int, index: int) -> dict:
     """What re-draws sample `index`: its settings, seed, batch and row in the batch."""
     batch, row = divmod(index, models.cfg.sample.batch_size)
-    return {"settings": dict(models.sampler.settings(),
+    return {"settings": dict(models.image_sampler.settings(), **models.sampler.settings(),
                              batch_size=models.cfg.sample.batch_size),
             "seed": seed, "batch": batch, "row": row}
 
 
-def draw_images(models: Models, captions: list[str], seed: int) -> np.ndarray:
+def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np.ndarray:
     """uint8 images [N, H, W, 3] for captions, batch by batch from key(seed)."""
-    text, key, images = ByteTokenizer(), jax.random.key(seed), []
+    text, key, images, passes = ByteTokenizer(), jax.random.key(seed), [], []
     for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
-        codes = models.sampler.images(models.params, [text.encode(c) for c in chunk],
-                                      models.num_codes, sub)
+        ids = [text.encode(c) for c in chunk]
+        if isinstance(models.image_sampler, RandarSampler):
+            result = models.image_sampler.generate(models.params, ids, models.num_codes, sub)
+            codes = result.codes
+            passes.append(result.forward_passes)
+        else:
+            codes = models.image_sampler.images(models.params, ids, models.num_codes, sub)
         images.append(models.tokenizer.decode(codes))
+    if passes:
+        log(f"[sample] RandAR: {len(captions)} images of {models.num_codes} codes in "
+            f"{len(passes)} batches, {passes[0]} forward passes per batch")
     return np.concatenate(images)
 
 
@@ -100,7 +117,7 @@ def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) 
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     captions = [r["caption"] for r in models.records(split)]
     n = len(captions)
-    images = draw_images(models, captions, cfg.sample.seed)
+    images = draw_images(models, captions, cfg.sample.seed, log)
     models.images[f"t2i_{split}"] = images  # for the Frechet distance in `mmar eval`
     records = [{"index": i, "caption": c, "correct": bool(judge.judge_image(img, c, spec)),
                 "read": judge.describe(judge.read_image(img, spec)),
@@ -163,7 +180,8 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
     cfg = models.cfg
     n = min(cfg.eval.num_examples, 1000)
     labels = [i % 10 for i in range(n)]
-    images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2)
+    images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2,
+                         log)
     predicted = digits.classifier(cfg.data.image_size).predict(images)
     records = [{"index": i, "caption": f"the digit {k}", "label": k, "predicted": int(p),
                 "correct": bool(p == k), **provenance(models, cfg.sample.seed + 2, i)}

@@ -25,17 +25,20 @@ BATCH_AXES = {k: ROW_AXES for k in ("tokens", "positions", "segment_ids", "modal
 
 def decoder_task(cfg) -> step_lib.Task:
     model_cfg, seq_len = cfg.model, cfg.data.seq_len
+    batch_axes = dict(BATCH_AXES)
+    if model_cfg.get("num_targets", 0):  # RAR rows carry targets (mmar/data/orders.py)
+        batch_axes["targets"] = ROW_AXES
 
     def loss_fn(model, batch):
         logits = model(batch["tokens"], batch["positions"], batch["segment_ids"],
-                       batch["modality"])
+                       batch["modality"], batch.get("targets"))
         return loss_lib.decoder_loss(logits, batch, z_loss=cfg.train.z_loss)
 
     return step_lib.Task(
         name="decoder",
         make_module=lambda rngs: Decoder(model_cfg, rngs=rngs),
         loss_fn=loss_fn,
-        batch_axes=BATCH_AXES,
+        batch_axes=batch_axes,
         tokens_per_example=seq_len,
         flops_per_example=seq_len * flops.flops_per_token(model_cfg, seq_len),
         batch_weight=loss_lib.scored_weight,
@@ -46,6 +49,7 @@ def train_batches(cfg, workdir, vocab, log=print):
     """The decoder's batches: from token shards (`data.pretokenized`, checked against this
     run's tokenizer) or encoded in memory at start by the trained tokenizer."""
     kw = dict(global_batch=cfg.train.batch_size, seed=cfg.seed)
+    pair_kw = dict(kw, total_steps=cfg.train.steps)  # RAR's anneal schedule (orders.py)
     if cfg.data.get("pretokenized"):  # `mmar pretokenize` shards (mmar/data/pretokenize.py)
         shards = pretokenize.open_for_training(cfg, workdir)
         log("[data] token shards: " + ", ".join(f"{n} ({len(s)} documents)"
@@ -54,14 +58,14 @@ def train_batches(cfg, workdir, vocab, log=print):
             return sources.mixture_batches(cfg.data, None, vocab, documents=shards, log=log,
                                            **kw)
         return pipeline.decoder_batches(tokens.CaptionView(shards["shapes"]), vocab,
-                                        cfg.data, **kw)
+                                        cfg.data, **pair_kw)
     tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir)
     if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)
         return sources.mixture_batches(cfg.data, tokenizer.encode, vocab, log=log, **kw)
     captions, codes = tokenizer_train.encode_source(
         tokenizer, pipeline.shapes_split(cfg.data, "train"), log=log)
     source = pipeline.CaptionCodeSource(captions, codes)
-    return pipeline.decoder_batches(source, vocab, cfg.data, **kw)
+    return pipeline.decoder_batches(source, vocab, cfg.data, **pair_kw)
 
 
 def run(cfg, workdir, log=print) -> trainer.Result:
