@@ -88,6 +88,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         cfg_interval_image=(0.0, 1.0),  # guide codes whose raster fraction is in [a, b)
         interleaved_tokens=64,  # new tokens per continued story (`mmar sample`, interleaved)
         max_text_len=48, batch_size=50, seed=0,
+        # "sjd" | "zipar": parallel image decoding (docs/decoding_parallel.md)
+        image_decoder="plain", sjd_window=8, sjd_acceptance="probabilistic",
+        lantern_k=6, lantern_delta=0.0, zipar_window=2,
     ))
     c.eval = ml_collections.ConfigDict(dict(
         num_examples=200, grid_columns=10,

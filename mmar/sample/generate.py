@@ -23,7 +23,7 @@ from mmar import config as config_lib
 from mmar.data import pipeline, synthetic
 from mmar.eval import digits, geneval, judge
 from mmar.parallel import mesh as mesh_lib
-from mmar.sample import interleaved
+from mmar.sample import interleaved, speculative
 from mmar.sample.decode import Sampler
 from mmar.tokenizers.image.train import ImageTokenizer
 from mmar.train import trainer
@@ -45,6 +45,8 @@ class Models:
         self.num_codes = (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
         self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
                                num_codes=self.num_codes)
+        if cfg.image_tokenizer.quantizer != "rq":   # latent neighbours for LANTERN
+            self.sampler.code_vectors = speculative.code_vectors(self.tokenizer)
         self._records = {}
         self.images = {}  # generated images by sample set, kept for `mmar eval`
 
