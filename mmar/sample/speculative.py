@@ -90,7 +90,7 @@ def parallel_images(sampler, params, caption_ids, num_codes: int, key, **overrid
                                 float(opts["lantern_delta"]))
         sampler.last_row_forward_passes = rows
     sampler.last_forward_passes = int(passes)
-    return np.asarray(ids, np.int32) - sampler.vocab.image_offset
+    return np.asarray(ids, np.int32)
 
 
 # ---- shared by SJD and ZipAR -----------------------------------------------------------------
@@ -191,13 +191,13 @@ def sampler_neighbours(sampler, k: int) -> np.ndarray:
     return cache[k]
 
 
-def relaxed_mass(p, drafts, nbrs, delta, offset):
-    """LANTERN's p(d) + neighbour mass. p [..., V]; drafts [...] vocab ids; nbrs [codes, k]
-    code indices. The added mass is the largest nearest-first prefix sum <= the budget."""
+def relaxed_mass(p, drafts, nbrs, delta):
+    """LANTERN's p(d) + neighbour mass. p [..., codes]; drafts [...] and nbrs [codes, k] code
+    indices. The added mass is the largest nearest-first prefix sum <= the budget."""
     px = jnp.take_along_axis(p, drafts[..., None], -1)[..., 0]
     if nbrs is None:
         return px
-    near = jnp.take_along_axis(p, nbrs[drafts - offset] + offset, -1)   # [..., k]
+    near = jnp.take_along_axis(p, nbrs[drafts], -1)                    # [..., k]
     csum = jnp.cumsum(near, -1)
     budget = jnp.where(delta > 1.0, (delta - 1.0) * px, delta)
     added = jnp.max(jnp.where(csum <= budget[..., None], csum, 0.0), -1)
@@ -215,7 +215,7 @@ def _residual(p, q):
 # ---- SJD -------------------------------------------------------------------------------------
 
 def sjd(sampler, params, batch, n, key, window, greedy, nbrs, delta):
-    """Image ids [B, n] (vocab ids), forward passes for the batch, and per row."""
+    """Image codes [B, n], forward passes for the batch, and per row."""
     fn = _jitted(sampler)
     ids, passes, rows = fn(params, batch["tokens"], batch["positions"], batch["segments"],
                            batch["knobs"], key, None if nbrs is None else jnp.asarray(nbrs),
@@ -233,12 +233,15 @@ def _jitted(sampler):
 
 def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, *, n,
          window, guided, greedy):
+    # Everything below is over image codes only (logits sliced to the code ids): drafts,
+    # codes and distributions are code indices; the model is fed `offset + code`.
     v, L = sampler.vocab, window
+    offset, num = v.image_offset, v.num_image_codes
     model = sampler.model_state.merge(params)
     rows, plen = tokens.shape
     batch = rows // 2 if guided else rows
-    allowed = jnp.asarray(sampler._allowed["image"])
-    uniform = allowed / allowed.sum()
+    allowed = jnp.ones((num,), bool)
+    uniform = jnp.full((num,), 1.0 / num)
     temp = jnp.where(greedy, 0.0, knobs["temperature"])
     scratch, max_len = plen + n, plen + n + L + 1
     base = positions[:, -1] + 1                      # position of code 0, per row
@@ -246,7 +249,7 @@ def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, 
 
     def target(logits, first):                       # first: raster index of column 0 [batch]
         frac = (first[:, None] + jnp.arange(logits.shape[1])) / n
-        g = guide(logits, batch, guided, knobs, frac)
+        g = guide(logits[..., offset:offset + num], batch, guided, knobs, frac)
         return warped_probs(g, allowed, temp, knobs["top_k"], knobs["top_p"])
 
     cache = model.init_cache(rows, max_len)
@@ -275,11 +278,11 @@ def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, 
                    ((slots[None, :] >= scratch) & (slots[None, :] <= scratch + win[:, None]))
                    [None])
         step_model = sampler.model_state.merge(params)
-        logits, cache = step_model.decode(tile(inp), pos, jnp.ones_like(pos),
+        logits, cache = step_model.decode(tile(inp) + offset, pos, jnp.ones_like(pos),
                                           dict(cache, index=jnp.int32(scratch)),
                                           jnp.ones_like(pos), visible)
         p = target(logits, c)                                          # [batch, L+1, V]
-        ratio = relaxed_mass(p[:, :L], drafts, nbrs, delta, v.image_offset) / jnp.maximum(
+        ratio = relaxed_mass(p[:, :L], drafts, nbrs, delta) / jnp.maximum(
             jnp.take_along_axis(q, drafts[..., None], -1)[..., 0], 1e-30)
         ok = jax.random.uniform(k_acc, (batch, L)) < jnp.minimum(ratio, 1.0)
         j = jnp.sum(jnp.cumprod(ok, axis=1), axis=1)                   # accepted drafts

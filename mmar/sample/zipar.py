@@ -90,7 +90,7 @@ def plan(height: int, width: int, window: int) -> dict:
 
 
 def decode(sampler, params, batch, n: int, key, window: int):
-    """Image ids [B, n] (vocab ids) and forward passes; `batch` from
+    """Image codes [B, n] and forward passes; `batch` from
     `speculative.image_batch`. The grid is square (side sqrt(n)), as the tokenizers make."""
     side = int(round(np.sqrt(n)))
     if side * side != n:
@@ -102,7 +102,7 @@ def decode(sampler, params, batch, n: int, key, window: int):
                                           static_argnames=("n", "guided"))
     ids = fn(params, batch["tokens"], batch["positions"], batch["segments"], batch["knobs"],
              key, {k: jnp.asarray(v) for k, v in p.items()}, n=n, guided=batch["guided"])
-    return np.asarray(ids), len(p["src"]) + 1
+    return np.asarray(ids) - sampler.vocab.image_offset, len(p["src"]) + 1
 
 
 def _decode(sampler, params, tokens, positions, segments, knobs, key, p, *, n, guided):
