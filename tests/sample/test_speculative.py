@@ -186,7 +186,7 @@ def test_lantern_accepts_more_than_sjd(setup):
                                                method="sjd", sjd_window=6, lantern_k=20,
                                                lantern_delta=0.5)
     assert codes.min() >= 0 and codes.max() < setup[3].num_image_codes
-    assert sampler.last_row_forward_passes.mean() <= exact
+    assert relaxed < exact   # seen: 16 -> 10 passes (row mean 14.5 -> 4.9)
 
 
 @pytest.mark.parametrize("field,value", [("image_decoder", "beam"), ("sjd_window", 0),
