@@ -269,7 +269,7 @@ def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, 
 
     def body(state):
         cache, codes, c, drafts, q, passes, finished_at, key = state
-        key, k_acc, k_res, k_new, k_rand = jax.random.split(key, 5)
+        key, k_acc, k_res, k_new = jax.random.split(key, 4)
         last = jnp.take_along_axis(codes, (c - 1)[:, None], 1)
         inp = jnp.concatenate([last, drafts], 1)                       # [batch, L+1]
         pos = base[:, None] + tile(c - 1)[:, None] + win                 # [rows, L+1]

@@ -92,7 +92,7 @@ def plan(height: int, width: int, window: int) -> dict:
 def decode(sampler, params, batch, n: int, key, window: int):
     """Image codes [B, n] and forward passes; `batch` from
     `speculative.image_batch`. The grid is square (side sqrt(n)), as the tokenizers make."""
-    side = int(round(np.sqrt(n)))
+    side = round(np.sqrt(n))
     if side * side != n:
         raise ValueError(f"ZipAR needs a square code grid, got {n} codes")
     p = plan(side, side, window)

@@ -90,6 +90,7 @@ def _exact_joint(model_state, params, vocab, caption, n, scale):
     """P(c_1 .. c_n) of plain guided sampling at temperature 1: one full forward pass over
     every prefix (conditional and caption-free rows), small codebook."""
     import itertools
+
     import jax.numpy as jnp
     forward = jax.jit(lambda p, t: model_state.merge(p)(t, jnp.broadcast_to(
         jnp.arange(t.shape[1]), t.shape), jnp.ones_like(t)))
@@ -133,7 +134,7 @@ def test_probabilistic_sjd_keeps_the_distribution(small, window, broken, monkeyp
     matches the exact one (chi-square p > 1e-3). Window 1 and 2 both take drafts from the
     Jacobi update and from random initialisation. With the rejection residual replaced by
     p itself (a classic bug) the same test rejects (p < 1e-6): it has the power."""
-    cfg, model_state, params, vocab = small
+    _, model_state, params, vocab = small
     if broken:
         monkeypatch.setattr(speculative, "_residual", lambda p, q: p)
     sampler = _sampler(small, temperature_image=1.0, cfg_scale_image=2.0)

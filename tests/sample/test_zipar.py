@@ -3,11 +3,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_speculative import CAPTIONS, _sampler, _setup
 
 from mmar.sample import speculative, zipar
 from mmar.sample.decode import left_pad
 
-from test_speculative import CAPTIONS, _sampler, setup  # noqa: F401  (fixture)
+
+@pytest.fixture(scope="module")
+def setup(test_config):
+    return _setup(test_config)
 
 
 @pytest.mark.parametrize("height,width", [(1, 5), (2, 3), (4, 4), (5, 7), (8, 8)])
@@ -63,7 +67,7 @@ def test_each_code_is_the_greedy_code_of_what_it_sees(setup, window):
     """Greedy, guided ZipAR on a 4x4 grid: every code equals the argmax of a full forward
     pass over the prompt and the codes its query could see (drawn earlier, raster position
     at or before its own, at their true positions), plus the stand-in when it has one."""
-    cfg, model_state, params, vocab = setup
+    _, model_state, params, vocab = setup
     n, side, scale = 16, 4, 2.0
     sampler = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale)
     codes, passes = speculative.decode_images(sampler, params, CAPTIONS, n, jax.random.key(0),
