@@ -82,6 +82,7 @@ def provenance(models: Models, seed: int, index: int) -> dict:
     """What re-draws sample `index`: its settings, seed, batch and row in the batch."""
     batch, row = divmod(index, models.cfg.sample.batch_size)
     return {"settings": dict(models.sampler.settings(),
+                             **speculative.decoder_options(models.sampler),
                              batch_size=models.cfg.sample.batch_size),
             "seed": seed, "batch": batch, "row": row}
 

@@ -204,6 +204,13 @@ def relaxed_mass(p, drafts, nbrs, delta):
     return px + added
 
 
+def _initial_drafts(key, batch, window, num):
+    """The drafts of the first window and their q: uniform random codes (SJD's default;
+    tests put known drafts here)."""
+    q = jnp.full((batch, window, num), 1.0 / num)
+    return draw(key, q), q
+
+
 def _residual(p, q):
     """Where a rejected draft's replacement is drawn from: norm(max(0, p - q)) (p if that is
     all zero, which happens only when p == q and rejection had probability 0)."""
@@ -258,10 +265,9 @@ def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, 
     k0, k1, key = jax.random.split(key, 3)
     codes = jnp.zeros((batch, n + L + 1), jnp.int32)
     codes = codes.at[:, 0].set(draw(k0, target(logits[:, -1:], jnp.zeros(batch, jnp.int32))[:, 0]))
-    drafts = draw(k1, jnp.broadcast_to(uniform, (batch, L, uniform.shape[0])))
-    q = jnp.broadcast_to(uniform, (batch, L, uniform.shape[0]))
+    drafts, q = _initial_drafts(k1, batch, L, num)
     c = jnp.ones((batch,), jnp.int32)                # codes final so far; code c-1 not cached
-    finished_at = jnp.where(n <= 1, 1, 0) * jnp.ones((batch,), jnp.int32)
+    finished_at = jnp.full((batch,), 1 if n <= 1 else 0, jnp.int32)   # pass a row got n
     slots, win = jnp.arange(max_len), jnp.arange(L + 1)
 
     def cond_fn(state):
@@ -281,7 +287,7 @@ def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, 
         logits, cache = step_model.decode(tile(inp) + offset, pos, jnp.ones_like(pos),
                                           dict(cache, index=jnp.int32(scratch)),
                                           jnp.ones_like(pos), visible)
-        p = target(logits, c)                                          # [batch, L+1, V]
+        p = target(logits, c)                                      # [batch, L+1, codes]
         ratio = relaxed_mass(p[:, :L], drafts, nbrs, delta) / jnp.maximum(
             jnp.take_along_axis(q, drafts[..., None], -1)[..., 0], 1e-30)
         ok = jax.random.uniform(k_acc, (batch, L)) < jnp.minimum(ratio, 1.0)
@@ -292,7 +298,8 @@ def _sjd(sampler, params, tokens, positions, segments, knobs, key, nbrs, delta, 
         # codes c .. c+j-1 = accepted drafts, code c+j = fresh (rows already done: unchanged)
         live = c < n
         put = c[:, None] + win
-        val = jnp.where(win < j[:, None], jnp.concatenate([drafts, drafts[:, :1]], 1), fresh[:, None])
+        val = jnp.where(win < j[:, None], jnp.concatenate([drafts, drafts[:, :1]], 1),
+                        fresh[:, None])
         keep = (win <= j[:, None]) & live[:, None]
         codes = codes.at[jnp.arange(batch)[:, None], jnp.where(keep, put, n + L + 1)].set(
             val, mode="drop")

@@ -40,12 +40,12 @@ def _sampler(setup, **fields):
     return sampler
 
 
-@pytest.mark.parametrize("scale", [1.0, 2.0])
-@pytest.mark.parametrize("options", [
-    dict(sjd_acceptance="greedy", sjd_window=3),
-    dict(sjd_acceptance="greedy", sjd_window=16),      # window longer than the image
-    dict(sjd_acceptance="greedy", sjd_window=4, lantern_k=6, lantern_delta=0.0),
-    dict(sjd_acceptance="probabilistic", sjd_window=5, temperature_image=0.0),
+@pytest.mark.parametrize("scale,options", [
+    (1.0, dict(sjd_acceptance="greedy", sjd_window=3)),
+    (2.0, dict(sjd_acceptance="greedy", sjd_window=3)),
+    (2.0, dict(sjd_acceptance="greedy", sjd_window=16)),     # window longer than the image
+    (2.0, dict(sjd_acceptance="greedy", sjd_window=4, lantern_k=6, lantern_delta=0.0)),
+    (2.0, dict(sjd_acceptance="probabilistic", sjd_window=5, temperature_image=0.0)),
 ])
 def test_greedy_sjd_is_plain_greedy(setup, scale, options):
     """Keeping only drafts that equal the argmax gives plain greedy decoding, token for
@@ -60,6 +60,26 @@ def test_greedy_sjd_is_plain_greedy(setup, scale, options):
                                             method="sjd", **options)
     np.testing.assert_array_equal(got, want)
     assert 1 <= passes <= n
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_accepted_windows_are_committed_exactly(setup, scale, monkeypatch):
+    """Random models seldom accept a draft, so the first window is given the right codes
+    (q: a point mass on them): all L are accepted plus a bonus code in one pass, their
+    keys/values are copied to each row's committed slots, and every later code still
+    equals plain greedy decoding (which reads those slots)."""
+    params, n, L = setup[2], 12, 4
+    want = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale).images(
+        params, CAPTIONS, n, jax.random.key(0))
+    import jax.numpy as jnp
+    num = setup[3].num_image_codes
+    monkeypatch.setattr(speculative, "_initial_drafts", lambda key, batch, window, num_: (
+        jnp.asarray(want[:, 1:1 + L]), jax.nn.one_hot(want[:, 1:1 + L], num)))
+    sjd = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale)
+    got, passes = speculative.decode_images(sjd, params, CAPTIONS, n, jax.random.key(7),
+                                            method="sjd", sjd_window=L)
+    np.testing.assert_array_equal(got, want)
+    assert passes <= n - L
     assert passes == sjd.last_row_forward_passes.max()
 
 
