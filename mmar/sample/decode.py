@@ -149,7 +149,7 @@ class Sampler:
         `sample.image_decoder` "sjd" / "zipar" (config or override) decodes in parallel
         (mmar/sample/speculative.py, zipar.py); every decoder leaves the model calls the
         batch took, prefill included, in `self.last_forward_passes`."""
-        from mmar.sample import speculative   # (imported here: it imports this module)
+        from mmar.sample import speculative  # (imported here: it imports this module)
 
         if speculative.decoder_options(self, **overrides)["image_decoder"] != "plain":
             return speculative.parallel_images(self, params, caption_ids, num_codes, key,
