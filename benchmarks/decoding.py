@@ -1,13 +1,12 @@
 """Decoding methods compared on the same trained models: forward passes, images/s, judge accuracy.
 
-    PYTHONPATH=. python benchmarks/decoding.py \
-        --runs=tiny:runs/demo,tiny_rar:runs/demo_rar,tiny_randar:runs/demo_randar
+    PYTHONPATH=. python benchmarks/decoding.py --runs=runs/demo,runs/demo_rar,runs/demo_randar
 
-Each `--runs` entry is a preset of configs/t2i_shapes.py and a run directory trained with it
-(`mmar demo --config=configs/t2i_shapes.py:PRESET --workdir=DIR`; a missing directory is
-skipped with that command printed). Every method applicable to a run's training order draws
+Each `--runs` entry is a run directory of configs/t2i_shapes.py (`mmar demo
+--config=configs/t2i_shapes.py:tiny|tiny_rar|tiny_randar --workdir=DIR`; a missing one is
+skipped with that command printed); its config comes from its newest checkpoint. Every method applicable to a run's training order draws
 one image for each of the first `--num` test captions with the run's sampling settings
-(temperature, CFG scale: `sample.*` of the preset), `sample.batch_size` captions per batch,
+(temperature, CFG scale: `sample.*` of the run), `sample.batch_size` captions per batch,
 keys as `mmar sample` draws them (`key(seed)` split once per batch), and is judged by the
 shape judge (mmar/eval/judge.py). Reported per method:
 
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from mmar import config as config_lib  # noqa: E402
 from mmar.data import synthetic  # noqa: E402
 from mmar.eval import judge  # noqa: E402
+from mmar.export import orbax_reader  # noqa: E402
 from mmar.vocab import ByteTokenizer  # noqa: E402
 
 
@@ -48,8 +48,26 @@ def plain(models, caption_ids, key):
     return codes, models.num_codes
 
 
+def randar(order=None, **options):
+    """RandAR decoding (mmar/sample/randar.py): `order` None = random per row, "raster"."""
+    def draw(models, caption_ids, key):
+        out = models.image_sampler.generate(models.params, caption_ids, models.num_codes, key,
+                                            order=order, **options)
+        return out.codes, out.forward_passes
+    return draw
+
+
 def methods_for(order: str) -> list[tuple[str, object]]:
-    """(label, draw function) of every method that applies to a model of this order."""
+    """(label, draw function) of every method that applies to a model of this order; the
+    first is the baseline of the ratios (one code per forward pass in raster order)."""
+    if order == "randar":
+        one = {"randar_schedule": "constant", "randar_tokens_per_step": 1}
+        return [("plain", randar("raster", **one)),
+                ("randar random order, 1/pass", randar(**one)),
+                ("randar 2/pass", randar(randar_schedule="constant", randar_tokens_per_step=2)),
+                ("randar 4/pass", randar(randar_schedule="constant", randar_tokens_per_step=4)),
+                ("randar cosine, 8 passes", randar(randar_schedule="cosine", randar_steps=8)),
+                ("randar cosine, 4 passes", randar(randar_schedule="cosine", randar_steps=4))]
     return [("plain", plain)]
 
 
@@ -76,10 +94,31 @@ def run_method(models, draw, captions: list[str], seed: int) -> dict:
             "images_per_s": len(captions) / seconds, "judge_accuracy": float(np.mean(correct))}
 
 
-def load_models(preset: str, workdir: str):
+def _merge(base, saved) -> None:
+    """Saved config values into `base` (its preset), field by field: a run from an older
+    mmar lacks newer fields, which keep the preset's defaults; JSON lists become tuples."""
+    for key, value in saved.items():
+        if key not in base:
+            continue
+        if hasattr(base[key], "items") and hasattr(value, "items"):
+            _merge(base[key], value)
+        else:
+            base[key] = tuple(value) if isinstance(base[key], tuple) else value
+
+
+def run_config(workdir: str):
+    """The config a run was trained with (saved in its newest decoder checkpoint)."""
+    saved = orbax_reader.CheckpointReader(orbax_reader.find_step_dir(workdir, "decoder"))
+    saved = saved.config().to_dict()
+    cfg = config_lib.load(f"{ROOT}/configs/t2i_shapes.py:{saved.get('preset', 'tiny')}")
+    with cfg.unlocked():
+        _merge(cfg, saved)
+    return config_lib.validate(cfg)
+
+
+def load_models(workdir: str):
     from mmar.sample.generate import Models
-    cfg = config_lib.validate(config_lib.load(f"{ROOT}/configs/t2i_shapes.py:{preset}"))
-    return Models(cfg, workdir)
+    return Models(run_config(workdir), workdir)
 
 
 def table(rows: list[dict]) -> str:
@@ -93,21 +132,21 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", default="tiny:runs/demo,tiny_rar:runs/demo_rar,"
-                   "tiny_randar:runs/demo_randar", help="PRESET:DIR,... (see the docstring)")
+    p.add_argument("--runs", default="runs/demo,runs/demo_rar,runs/demo_randar",
+                   help="trained run directories, comma-separated (see the docstring)")
     p.add_argument("--num", type=int, default=200, help="test captions per method")
     p.add_argument("--methods", default="", help="comma-separated labels to run (default all)")
     p.add_argument("--out", default="", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     wanted = {m for m in args.methods.split(",") if m}
     rows = []
-    for entry in args.runs.split(","):
-        preset, _, workdir = entry.partition(":")
+    for workdir in args.runs.split(","):
+        name = pathlib.Path(workdir).name
         if not pathlib.Path(workdir, "decoder").is_dir():
-            print(f"[decoding] {workdir}: no trained run; make it with `mmar demo "
-                  f"--config=configs/t2i_shapes.py:{preset} --workdir={workdir}`")
+            print(f"[decoding] {workdir}: no trained run; make one with `mmar demo "
+                  f"--config=configs/t2i_shapes.py:PRESET --workdir={workdir}`")
             continue
-        models = load_models(preset, workdir)
+        models = load_models(workdir)
         captions = [r["caption"] for r in models.records("test")][:args.num]
         order = models.cfg.data.get("image_order", "raster")
         base = None
@@ -116,12 +155,12 @@ def main(argv=None) -> list[dict]:
                 continue
             result = run_method(models, draw, captions, models.cfg.sample.seed)
             base = base or result
-            row = {"model": preset, "method": label, **result,
+            row = {"model": name, "method": label, **result,
                    "passes_ratio": base["forward_passes_per_image"]
                    / result["forward_passes_per_image"],
                    "speed_ratio": result["images_per_s"] / base["images_per_s"]}
             rows.append(row)
-            print(f"[decoding] {preset} {label}: {json.dumps(result)}", flush=True)
+            print(f"[decoding] {name} {label}: {json.dumps(result)}", flush=True)
     print(table(rows))
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))

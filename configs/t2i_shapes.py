@@ -97,6 +97,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         # (randar_tokens_per_step) or RandAR's "cosine" in randar_steps (docs/decoding.md)
         randar_schedule="constant", randar_tokens_per_step=1, randar_steps=8,
         max_text_len=48, batch_size=50, seed=0,
+        # "sjd" | "zipar": parallel image decoding (docs/decoding_parallel.md)
+        image_decoder="plain", sjd_window=8, sjd_acceptance="probabilistic",
+        lantern_k=6, lantern_delta=0.0, zipar_window=2,
     ))
     c.eval = ml_collections.ConfigDict(dict(
         num_examples=200, grid_columns=10,

@@ -129,6 +129,33 @@ _CHECKS = (
 )
 
 
+IMAGE_DECODERS = ("plain", "sjd", "zipar")
+_DECODER_CHECKS = (
+    ("image_decoder", lambda v: v in IMAGE_DECODERS, f"one of {IMAGE_DECODERS}"),
+    ("sjd_window", _positive_int, "a positive int (draft codes per pass)"),
+    ("sjd_acceptance", lambda v: v in ("probabilistic", "greedy"),
+     "'probabilistic' or 'greedy'"),
+    ("lantern_k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+     "an int >= 0 (latent neighbours per code)"),
+    ("lantern_delta", _nonneg, "a number >= 0 (0 = exact SJD)"),
+    ("zipar_window", _positive_int, "a positive int (codes a row leads the next by)"),
+)
+
+
+def check_image_decoder(sample) -> None:
+    """The parallel image decoder options (mmar/sample/speculative.py, zipar.py) present in
+    `sample` (a ConfigDict section or a dict of overrides); absent ones keep their defaults."""
+    for field, ok, want in _DECODER_CHECKS:
+        if field not in sample:
+            continue
+        try:
+            good = ok(sample[field])
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"sample.{field}={sample[field]!r}: must be {want}")
+
+
 def _get(cfg, dotted):
     node = cfg
     for part in dotted.split("."):
@@ -240,6 +267,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                   "(the rest)")
         if [cfg.mesh.get(a, 1) for a in group].count(-1) > 1:
             raise ConfigError(f"mesh: at most one of {group} may be -1")
+    check_image_decoder(cfg.sample)
+    decoder = cfg.sample.get("image_decoder", "plain")
+    if decoder != "plain" and image_order(cfg) != "raster":
+        raise ConfigError(f"sample.image_decoder={decoder!r}: SJD / LANTERN / ZipAR decode "
+                          f"raster-order models; data.image_order={image_order(cfg)!r} "
+                          "samples with 'plain' (RandAR: sample.randar_*, docs/decoding.md)")
     accum, batch = cfg.train.grad_accum, cfg.train.batch_size
     if batch % accum:
         raise ConfigError(f"train.batch_size={batch}: must be a multiple of "

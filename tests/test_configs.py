@@ -76,6 +76,7 @@ def test_unknown_preset_and_missing_file():
     ({"data.rar_anneal_start": 0.5, "data.rar_anneal_end": 0.25}, "data.rar_anneal_end=0.25"),
     ({"data.image_order": "rar", "image_tokenizer.quantizer": "rq"}, "data.image_order='rar'"),
     ({"sample.randar_schedule": "linear"}, "sample.randar_schedule='linear'"),
+    ({"data.image_order": "rar", "sample.image_decoder": "sjd"}, "sample.image_decoder='sjd'"),
 ])
 def test_image_order_errors_name_the_field(overrides, message):
     cfg = config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:test")

@@ -80,3 +80,28 @@ def test_docs_commands_name_real_presets_and_fields():
                         pass
                     cfg[section][name] = value
         config_lib.validate(cfg)
+
+
+def test_decoding_benchmark_on_the_trained_runs(tokenizer_run):
+    """benchmarks/decoding.py on the two runs trained above (their saved configs): every
+    method of each order gives one judged image per caption and its forward passes; RandAR's
+    fixed-m rows cost ceil(n / m) passes, the raster baseline n. No timing is asserted."""
+    import importlib.util
+    import math
+    import pathlib
+    runs = [tokenizer_run / order for order in ORDERS]
+    if not all((r / "decoder").is_dir() for r in runs):
+        pytest.skip("needs the runs of test_train_sample_eval (same module, run first)")
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks/decoding.py"
+    spec = importlib.util.spec_from_file_location("decoding_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main([f"--runs={','.join(map(str, runs))}", "--num=4"])
+    by = {(r["model"], r["method"]): r for r in rows}
+    n = 16  # codes per image of the test preset (conv tokenizer, 32 px / 8)
+    assert by[("rar", "plain")]["forward_passes_per_image"] == n
+    assert by[("randar", "plain")]["forward_passes_per_image"] == n
+    assert by[("randar", "randar 4/pass")]["forward_passes_per_image"] == math.ceil(n / 4)
+    assert by[("randar", "randar 4/pass")]["passes_ratio"] == n / math.ceil(n / 4)
+    for r in rows:
+        assert r["images"] == 4 and 0 <= r["judge_accuracy"] <= 1 and r["images_per_s"] > 0

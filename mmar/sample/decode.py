@@ -168,7 +168,18 @@ class Sampler:
         return s
 
     def images(self, params, caption_ids, num_codes: int, key, **overrides) -> np.ndarray:
-        """Image codes [B, num_codes] for each caption (ids without specials)."""
+        """Image codes [B, num_codes] for each caption (ids without specials).
+
+        `sample.image_decoder` "sjd" / "zipar" (config or override) decodes in parallel
+        (mmar/sample/speculative.py, zipar.py); every decoder leaves the model calls the
+        batch took, prefill included, in `self.last_forward_passes`."""
+        from mmar.sample import speculative  # (imported here: it imports this module)
+
+        if speculative.decoder_options(self, **overrides)["image_decoder"] != "plain":
+            return speculative.parallel_images(self, params, caption_ids, num_codes, key,
+                                               **overrides)
+        overrides = {k: v for k, v in overrides.items() if k not in speculative.DECODER_FIELDS}
+        self.last_forward_passes = num_codes
         v = self.vocab
         prompts = [[v.bos, *c, v.boi] for c in caption_ids]
         ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,

@@ -23,7 +23,7 @@ from mmar import config as config_lib
 from mmar.data import pipeline, synthetic
 from mmar.eval import digits, geneval, judge
 from mmar.parallel import mesh as mesh_lib
-from mmar.sample import interleaved
+from mmar.sample import interleaved, speculative
 from mmar.sample.decode import Sampler
 from mmar.sample.randar import RandarSampler
 from mmar.tokenizers.image.train import ImageTokenizer
@@ -51,6 +51,8 @@ class Models:
         order = config_lib.image_order(cfg)
         self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
                                num_codes=self.num_codes, target_aware=order == "rar")
+        if cfg.image_tokenizer.quantizer != "rq":   # latent neighbours for LANTERN
+            self.sampler.code_vectors = speculative.code_vectors(self.tokenizer)
         self.image_sampler = self.sampler if order != "randar" else RandarSampler(
             self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
             num_codes=self.num_codes)
@@ -89,6 +91,7 @@ def provenance(models: Models, seed: int, index: int) -> dict:
     """What re-draws sample `index`: its settings, seed, batch and row in the batch."""
     batch, row = divmod(index, models.cfg.sample.batch_size)
     return {"settings": dict(models.image_sampler.settings(), **models.sampler.settings(),
+                             **speculative.decoder_options(models.sampler),
                              batch_size=models.cfg.sample.batch_size),
             "seed": seed, "batch": batch, "row": row}
 
