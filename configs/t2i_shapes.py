@@ -97,7 +97,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         # (randar_tokens_per_step) or RandAR's "cosine" in randar_steps (docs/decoding.md)
         randar_schedule="constant", randar_tokens_per_step=1, randar_steps=8,
         max_text_len=48, batch_size=50, seed=0,
-        # "sjd" | "zipar": parallel image decoding (docs/decoding_parallel.md)
+        # "sjd" | "zipar": parallel image decoding (docs/decoding.md)
         image_decoder="plain", sjd_window=8, sjd_acceptance="probabilistic",
         lantern_k=6, lantern_delta=0.0, zipar_window=2,
     ))

@@ -27,15 +27,20 @@ def tokenizer_run(test_config, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("order", list(ORDERS))
-def test_train_sample_eval(order, test_config, tokenizer_run):
+def order_config(test_config, order: str):
+    """The test preset with FAST and the order's overrides, validated."""
     cfg = ml_collections.ConfigDict(test_config.to_dict())
     with cfg.unlocked():
         cfg.model.vocab_size = 0
         for field, value in {**FAST, **ORDERS[order]}.items():
             section, name = field.split(".")
             cfg[section][name] = value
-    cfg = config_lib.validate(cfg)
+    return config_lib.validate(cfg)
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_train_sample_eval(order, test_config, tokenizer_run):
+    cfg = order_config(test_config, order)
     workdir = tokenizer_run / order
     shutil.copytree(tokenizer_run / "base" / "tokenizer", workdir / "tokenizer")
     logs = []
@@ -64,7 +69,7 @@ def test_docs_commands_name_real_presets_and_fields():
     root = pathlib.Path(__file__).resolve().parents[1]
     lines = [line for line in (root / "docs/decoding.md").read_text().splitlines()
              if line.startswith("mmar ")]
-    assert len(lines) == 4
+    assert len(lines) >= 6
     for line in lines:
         args = shlex.split(line)
         spec = next(a for a in args if a.startswith("--config="))[len("--config="):]
@@ -105,3 +110,21 @@ def test_decoding_benchmark_on_the_trained_runs(tokenizer_run):
     assert by[("randar", "randar 4/pass")]["passes_ratio"] == n / math.ceil(n / 4)
     for r in rows:
         assert r["images"] == 4 and 0 <= r["judge_accuracy"] <= 1 and r["images_per_s"] > 0
+
+
+def test_docs_inpainting_snippet_runs(tokenizer_run, test_config):
+    """The Python block of docs/decoding.md, on the RandAR run trained above (its config and
+    directory swapped in for the tiny_randar preset's): it asserts what it shows."""
+    import pathlib
+    workdir = tokenizer_run / "randar"
+    if not (workdir / "decoder").is_dir():
+        pytest.skip("needs the runs of test_train_sample_eval (same module, run first)")
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs/decoding.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    swaps = {'config_lib.validate(config_lib.load("configs/t2i_shapes.py:tiny_randar"))':
+             "RUN_CONFIG", '"runs/demo_randar"': repr(str(workdir))}
+    for old, new in swaps.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    exec(compile(code, "docs/decoding.md", "exec"),
+         {"RUN_CONFIG": order_config(test_config, "randar")})
