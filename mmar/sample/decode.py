@@ -138,6 +138,19 @@ def split_document(ids, vocab: Vocab) -> list[tuple[str, list[int]]]:
     return out
 
 
+def sampling_settings(c) -> dict:
+    """Temperature / top-k / top-p per modality and guidance of a `sample` config section;
+    fields missing from it (a config older than the field) take their defaults."""
+    return {"temperature_text": float(c.get("temperature_text", 0.0)),
+            "temperature_image": float(c.get("temperature_image", 1.0)),
+            "top_k_text": int(c.get("top_k_text", 0)),
+            "top_k_image": int(c.get("top_k_image", 0)),
+            "top_p_text": float(c.get("top_p_text", 1.0)),
+            "top_p_image": float(c.get("top_p_image", 1.0)),
+            "cfg_scale_image": float(c.get("cfg_scale_image", 1.0)),
+            "cfg_interval_image": [float(x) for x in c.get("cfg_interval_image", (0.0, 1.0))]}
+
+
 class Sampler:
     """Holds the jitted generation function for one model (compiled once per shape)."""
 
@@ -155,17 +168,7 @@ class Sampler:
 
     def settings(self, **overrides) -> dict:
         """The sampling settings of the config (fields missing from it take their defaults)."""
-        c = self.cfg
-        s = {"temperature_text": float(c.get("temperature_text", 0.0)),
-             "temperature_image": float(c.get("temperature_image", 1.0)),
-             "top_k_text": int(c.get("top_k_text", 0)),
-             "top_k_image": int(c.get("top_k_image", 0)),
-             "top_p_text": float(c.get("top_p_text", 1.0)),
-             "top_p_image": float(c.get("top_p_image", 1.0)),
-             "cfg_scale_image": float(c.get("cfg_scale_image", 1.0)),
-             "cfg_interval_image": [float(x) for x in c.get("cfg_interval_image", (0.0, 1.0))]}
-        s.update(overrides)
-        return s
+        return {**sampling_settings(self.cfg), **overrides}
 
     def images(self, params, caption_ids, num_codes: int, key, **overrides) -> np.ndarray:
         """Image codes [B, num_codes] for each caption (ids without specials).

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar.sample.decode import left_pad, sample_logits
+from mmar.sample.decode import left_pad, sample_logits, sampling_settings
 from mmar.vocab import Vocab
 
 SCHEDULES = ("constant", "cosine")
@@ -134,17 +134,13 @@ class RandarSampler:
         self._jitted = jax.jit(self._generate, static_argnames=("sizes", "guided", "known"))
 
     def settings(self, **overrides) -> dict:
+        """The image settings of the plain sampler plus the RandAR schedule, overridden."""
         c = self.cfg
-        s = {"temperature_image": float(c.get("temperature_image", 1.0)),
-             "top_k_image": int(c.get("top_k_image", 0)),
-             "top_p_image": float(c.get("top_p_image", 1.0)),
-             "cfg_scale_image": float(c.get("cfg_scale_image", 1.0)),
-             "cfg_interval_image": [float(x) for x in c.get("cfg_interval_image", (0.0, 1.0))],
-             "randar_schedule": str(c.get("randar_schedule", "constant")),
-             "randar_tokens_per_step": int(c.get("randar_tokens_per_step", 1)),
-             "randar_steps": int(c.get("randar_steps", 0))}
-        s.update(overrides)
-        return s
+        s = {k: v for k, v in sampling_settings(c).items() if not k.endswith("_text")}
+        s.update(randar_schedule=str(c.get("randar_schedule", "constant")),
+                 randar_tokens_per_step=int(c.get("randar_tokens_per_step", 1)),
+                 randar_steps=int(c.get("randar_steps", 0)))
+        return {**s, **overrides}
 
     def images(self, params, caption_ids, num_codes: int, key, **kw) -> np.ndarray:
         """Image codes [B, num_codes] per caption (the plain Sampler's `images`)."""
