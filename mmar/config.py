@@ -248,6 +248,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if tok.quantizer == "rq" and (tok.ema or tok.dead_code_restart):
         raise ConfigError("image_tokenizer.ema: EMA and dead-code restart are VQ options; "
                           "RQ trains its codebooks by gradient")
+    from mmar.tokenizers.image import autoencoder  # its shape rules (downsample stages)
+    try:
+        autoencoder.validate(tok)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
     _validate_order(cfg)
     try:
         vocab = make_vocab(cfg)

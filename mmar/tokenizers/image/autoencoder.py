@@ -109,7 +109,9 @@ class Upsample(nnx.Module):
         return self.conv(x)
 
 
-def _validate(cfg: Any) -> tuple[int, int, tuple[int, ...], int, str]:
+def validate(cfg: Any) -> tuple[int, int, tuple[int, ...], int, str]:
+    """The architecture fields of `image_tokenizer`, checked (errors name the field); also
+    called by `mmar.config.validate` so a bad shape stops a job before any work."""
     downsample = int(cfg.downsample)
     if downsample not in DOWNSAMPLES:
         raise ValueError(
@@ -251,7 +253,7 @@ class Autoencoder(nnx.Module):
     """Conv encoder -> quantizer -> conv decoder. See the module docstring."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-        downsample, channels, channel_mult, num_res_blocks, norm = _validate(cfg)
+        downsample, channels, channel_mult, num_res_blocks, norm = validate(cfg)
         self.downsample = downsample
         self.quantizer = make_quantizer(cfg, rngs)
         dim = self.quantizer.dim
