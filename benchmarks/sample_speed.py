@@ -122,7 +122,7 @@ def main(argv=None):
         results["transformers generate"] = transformers_time(cfg, params, vocab, prompts, n,
                                                              mesh, make, args.repeats)
     base = results["mmar KV cache"]
-    print(f"\n| sampler | image tokens/s | images/s | KV-cache mmar is faster by |")
+    print("\n| sampler | image tokens/s | images/s | KV-cache mmar is faster by |")
     print("| --- | --- | --- | --- |")
     for name, sec in results.items():
         print(f"| {name} | {args.batch * n / sec:,.0f} | {args.batch / sec:,.1f} | "

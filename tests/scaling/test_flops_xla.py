@@ -15,7 +15,6 @@ so a deeper model would be undercounted by XLA, not by us. `flops_per_token` is 
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
