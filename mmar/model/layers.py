@@ -109,36 +109,31 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     query with no visible key (padding) gets a uniform average instead of NaN; its output
     is never used.
     """
-    b, s, h, d = q.shape
-    t, kvh = k.shape[1], k.shape[2]
-    g = h // kvh
-    q = q * jnp.asarray(d ** -0.5, q.dtype)
-    rows = q.reshape(b, s, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * s, d)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, D]
-    logits = jnp.einsum("bkxd,bktd->bkxt", rows, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits.reshape(b, kvh, g, s, t),
-                       jnp.finfo(jnp.float32).min)
-    shifted = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-    probs = (shifted / jnp.sum(shifted, axis=-1, keepdims=True)).astype(v.dtype)
-    out = jnp.einsum("bkxt,bktd->bkxd", probs.reshape(b, kvh, g * s, t), v)
-    return out.reshape(b, kvh, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
+    return _attend_lse_fwd(q, k, v, mask)[0]
+
+
+def _heads_to_rows(x, kvh: int):
+    """[B, S, H, D] -> [B, KVH, G * S, D]: the G heads of a KV head and their queries."""
+    b, s, h, d = x.shape
+    return x.reshape(b, s, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, -1, d)
+
+
+def _rows_to_heads(x, s: int):
+    """[B, KVH, G * S, D] -> [B, S, H, D]."""
+    b, kvh, _, d = x.shape
+    return x.reshape(b, kvh, -1, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, -1, d)
 
 
 def _scores(q, k, mask):
     """Masked float32 logits [B, KVH, G, S, T] of `attend`, and q as merged rows."""
     b, s, h, d = q.shape
     t, kvh = k.shape[1], k.shape[2]
-    rows = q.reshape(b, s, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, -1, d)
+    rows = _heads_to_rows(q, kvh)
     logits = jnp.einsum("bkxd,bktd->bkxt", rows * jnp.asarray(d ** -0.5, q.dtype),
                         k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
     logits = jnp.where(mask[:, None, None], logits.reshape(b, kvh, h // kvh, s, t),
                        jnp.finfo(jnp.float32).min)
     return logits, rows
-
-
-def _rows_to_heads(x, b, s, h, d):
-    """[B, KVH, G * S, D] -> [B, S, H, D]."""
-    return x.reshape(b, x.shape[1], -1, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
 @jax.custom_vjp
@@ -152,33 +147,29 @@ def attend_saving_lse(q, k, v, mask):
 
 
 def _attend_lse_fwd(q, k, v, mask):
-    b, s, h, d = q.shape
+    """(attention output, residuals of the hand-written backward pass); `attend` itself."""
+    s, t, kvh = q.shape[1], k.shape[1], k.shape[2]
     logits, _ = _scores(q, k, mask)
-    top = jnp.max(logits, axis=-1, keepdims=True)
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     e = jnp.exp(logits - top)
     z = jnp.sum(e, axis=-1, keepdims=True)
-    probs = (e / z).astype(v.dtype).reshape(b, k.shape[2], -1, k.shape[1])
-    out = _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", probs, v.transpose(0, 2, 1, 3)),
-                         b, s, h, d)
+    probs = (e / z).astype(v.dtype).reshape(q.shape[0], kvh, -1, t)
+    out = _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", probs, v.transpose(0, 2, 1, 3)), s)
     return out, (q, k, v, mask, out, top + jnp.log(z))
 
 
 def _attend_lse_bwd(res, dout):
     q, k, v, mask, out, lse = res
-    b, s, h, d = q.shape
+    s, d = q.shape[1], q.shape[3]
     kvh, t = k.shape[2], k.shape[1]
     logits, rows = _scores(q, k, mask)
-    p = jnp.exp(logits - lse).reshape(b, kvh, -1, t)           # [B, KVH, G * S, T]
-
-    def as_rows(x):  # [B, S, H, D] -> [B, KVH, G * S, D]
-        return x.reshape(b, s, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, -1, d)
-
-    do, o = as_rows(dout).astype(jnp.float32), as_rows(out).astype(jnp.float32)
-    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    p = jnp.exp(logits - lse).reshape(q.shape[0], kvh, -1, t)   # [B, KVH, G * S, T]
+    do, o = (_heads_to_rows(x, kvh).astype(jnp.float32) for x in (dout, out))
+    kt, vt = (x.transpose(0, 2, 1, 3).astype(jnp.float32) for x in (k, v))
     dv = jnp.einsum("bkxt,bkxd->bktd", p, do)
-    dp = jnp.einsum("bkxd,bktd->bkxt", do, vt.astype(jnp.float32))
+    dp = jnp.einsum("bkxd,bktd->bkxt", do, vt)
     ds = p * (dp - jnp.sum(do * o, axis=-1, keepdims=True)) * d ** -0.5
-    dq = _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", ds, kt.astype(jnp.float32)), b, s, h, d)
+    dq = _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", ds, kt), s)
     dk = jnp.einsum("bkxt,bkxd->bktd", ds, rows.astype(jnp.float32))
     return (dq.astype(q.dtype), dk.transpose(0, 2, 1, 3).astype(k.dtype),
             dv.transpose(0, 2, 1, 3).astype(v.dtype), None)
@@ -192,9 +183,9 @@ def attend_blockwise(q, k, v, segments, block: int) -> jax.Array:
 
     Query block i reads only keys [0, (i + 1) * block) (causality, decided statically, so
     about half the score FLOPs of a full [S, S] matrix are never computed), builds its mask
-    from the segment ids, and is rematerialised in the backward pass: no [S, S] scores or
-    probabilities are kept between the passes, only q, k, v and the output. Same result as
-    `attend` with `attention_mask(segments, segments)`.
+    from the segment ids, and differentiates through `attend_saving_lse`: no [S, S] scores
+    or probabilities are kept between the passes, only q, k, v, the output and each query's
+    log-sum-exp. Same result as `attend` with `attention_mask(segments, segments)`.
 
     On a CPU without a multi-device mesh the blocks run one (row, KV head) at a time in a
     `lax.map`: each block's scores ([G x block, S] floats) then stay in cache between the
