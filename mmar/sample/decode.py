@@ -138,6 +138,15 @@ def split_document(ids, vocab: Vocab) -> list[tuple[str, list[int]]]:
     return out
 
 
+def cfg_mix(cond, uncond, scale, interval, frac, active=True):
+    """Classifier-free guidance of logits [..., V]: `uncond + scale * (cond - uncond)` where
+    `active` and the image's decoded fraction `frac` [...] lies in [interval[0],
+    interval[1]) (`sample.cfg_interval_image`), the conditional logits elsewhere. Shared by
+    every sampler (plain, RandAR, SJD / LANTERN, ZipAR)."""
+    on = active & (frac >= interval[0]) & (frac < interval[1])
+    return jnp.where(on[..., None], uncond + scale * (cond - uncond), cond)
+
+
 def sampling_settings(c) -> dict:
     """Temperature / top-k / top-p per modality and guidance of a `sample` config section;
     fields missing from it (a config older than the field) take their defaults."""
@@ -261,12 +270,9 @@ class Sampler:
             logits = logits[:, -1].astype(jnp.float32)
             cond = logits[:batch]
             if guided:
-                uncond = logits[batch:]
-                frac = codes.astype(jnp.float32) / n
-                lo, hi = s["cfg_interval_image"][0], s["cfg_interval_image"][1]
-                on = inside & (codes < n) & (frac >= lo) & (frac < hi)
-                cond = jnp.where(on[:, None], uncond + s["cfg_scale_image"] * (cond - uncond),
-                                 cond)
+                cond = cfg_mix(cond, logits[batch:], s["cfg_scale_image"],
+                               s["cfg_interval_image"], codes.astype(jnp.float32) / n,
+                               inside & (codes < n))
             room = steps - t >= n + 2
             text_ok = text_ids[None] | (boi[None] & allow_images & room)
             allowed = jnp.where((inside & (codes < n))[:, None], image_ids[None],

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar.sample.decode import left_pad, sample_logits, sampling_settings
+from mmar.sample.decode import cfg_mix, left_pad, sample_logits, sampling_settings
 from mmar.vocab import Vocab
 
 SCHEDULES = ("constant", "cosine")
@@ -247,11 +247,9 @@ class RandarSampler:
             logits = logits[:, -m:].astype(jnp.float32)           # [rows, m, V]
             cond = logits[:b]
             if guided:
-                uncond = logits[b:]
-                frac = (k + first + jnp.arange(m)) / n
-                lo, hi = s["cfg_interval_image"][0], s["cfg_interval_image"][1]
-                on = ((frac >= lo) & (frac < hi))[None, :, None]
-                cond = jnp.where(on, uncond + s["cfg_scale_image"] * (cond - uncond), cond)
+                frac = jnp.broadcast_to((k + first + jnp.arange(m)) / n, cond.shape[:2])
+                cond = cfg_mix(cond, logits[b:], s["cfg_scale_image"],
+                               s["cfg_interval_image"], frac)
             flat = cond.reshape(b * m, -1)
             knobs = [jnp.full((b * m,), s[f"{name}_image"])
                      for name in ("temperature", "top_k", "top_p")]

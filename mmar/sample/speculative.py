@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmar import config as config_lib
-from mmar.sample.decode import left_pad
+from mmar.sample.decode import cfg_mix, left_pad
 
 DECODER_FIELDS = {"image_decoder": "plain", "sjd_window": 8,
                   "sjd_acceptance": "probabilistic", "lantern_k": 6, "lantern_delta": 0.0,
@@ -124,9 +124,7 @@ def guide(logits, batch: int, guided: bool, knobs, frac):
     cond = logits[:batch]
     if not guided:
         return cond
-    uncond = logits[batch:]
-    on = (frac >= knobs["interval"][0]) & (frac < knobs["interval"][1])
-    return jnp.where(on[..., None], uncond + knobs["scale"] * (cond - uncond), cond)
+    return cfg_mix(cond, logits[batch:], knobs["scale"], knobs["interval"], frac)
 
 
 def warped_probs(logits, allowed, temperature, top_k, top_p):
