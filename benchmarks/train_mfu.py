@@ -1,7 +1,7 @@
 r"""Training-step speed and MFU of mmar's decoder, beside a peer on the same machine and shapes.
 
     PYTHONPATH=. python benchmarks/train_mfu.py [--preset=25m] [--batch=4] [--seq=1024]
-        [--steps=5] [--peer] [--attention=xla]
+        [--steps=5] [--peer] [--attention=xla] [--unroll_layers]
 
 Measures, in one process and run:
 - the peak: FLOP/s of a large jitted matmul in the model's compute dtype, measured now (on
@@ -46,14 +46,14 @@ PRESETS = {
 }
 
 
-def model_config(preset: str, dtype: str, attention: str,
-                 attention_block: int = 512) -> ml_collections.ConfigDict:
+def model_config(preset: str, dtype: str, attention: str, attention_block: int = 512,
+                 scan_layers: bool = True) -> ml_collections.ConfigDict:
     d, layers, heads, kv, hd, mlp, vocab = PRESETS[preset]
     return ml_collections.ConfigDict(dict(
         vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv,
         head_dim=hd, mlp_dim=mlp, rope_theta=10000.0, qk_norm=False, tie_embeddings=False,
         norm_eps=1e-5, dtype=dtype, param_dtype="float32", remat="none", init_std=0.02,
-        attention=attention, attention_block=attention_block))
+        attention=attention, attention_block=attention_block, scan_layers=scan_layers))
 
 
 def batch_arrays(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
@@ -154,12 +154,15 @@ def main(argv=None) -> dict:
     p.add_argument("--attention", default="xla")
     p.add_argument("--attention_block", type=int, default=512,
                    help="queries per block of `blockwise` (256 was fastest on a 2-core CPU)")
+    p.add_argument("--unroll_layers", action="store_true",
+                   help="model.scan_layers=False: unroll the layer scan")
     p.add_argument("--peer", action="store_true", help="also time transformers' Llama")
     p.add_argument("--peak_tflops", type=float, default=0.0,
                    help="vendor peak per device (GPU/TPU); 0 = measure a matmul now")
     args = p.parse_args(argv)
 
-    cfg = model_config(args.preset, args.dtype, args.attention, args.attention_block)
+    cfg = model_config(args.preset, args.dtype, args.attention, args.attention_block,
+                       scan_layers=not args.unroll_layers)
     batch = batch_arrays(args.batch, args.seq, cfg.vocab_size)
     tokens = args.batch * args.seq
     per_token = flops.flops_per_token(cfg, args.seq)
@@ -172,7 +175,7 @@ def main(argv=None) -> dict:
     result = {
         "device": jax.devices()[0].device_kind, "preset": args.preset,
         "parameters": flops.param_count(cfg), "batch": args.batch, "seq": args.seq,
-        "dtype": args.dtype, "attention": args.attention,
+        "dtype": args.dtype, "attention": args.attention, "scan_layers": cfg.scan_layers,
         "step_seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
         "achieved_tflops": round(per_token * tokens / seconds / 1e12, 4),
         "peak_tflops": round(peak / 1e12, 4),

@@ -69,6 +69,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=256,
         rope_theta=10000.0, qk_norm=True, tie_embeddings=False, norm_eps=1e-5,
         dtype="float32", param_dtype="float32", remat="none", init_std=0.02,
+        scan_layers=True,     # False: unroll the layer scan (faster step, longer compile)
         attention="xla",      # "blockwise" (long rows: no S x S scores), "cudnn" (GPU), "splash" (TPU)
         attention_block=512,  # queries per block for "blockwise"
         # Mixture-of-Transformers: per-modality block weights (docs/design_notes.md)

@@ -91,6 +91,7 @@ _CHECKS = (
      "'xla', 'blockwise', 'cudnn' or 'splash'"),
     ("model.attention_block", _positive_int, "a positive int"),
     ("model.remat", lambda v: v in ("none", "full", "dots"), "'none', 'full' or 'dots'"),
+    ("model.scan_layers", lambda v: isinstance(v, bool), "True or False"),
     ("train.steps", _positive_int, "a positive int"),
     ("train.batch_size", _positive_int, "a positive int"),
     ("train.lr", lambda v: isinstance(v, float) and v > 0, "a float > 0"),

@@ -50,6 +50,7 @@ def test_config_builds_and_matches_docstring(path, preset):
     ("data.i2t_fraction", 1.5, "data.i2t_fraction=1.5"),
     ("image_tokenizer.levels", (5, 1), "image_tokenizer.levels"),
     ("mesh.data", 0, "mesh.data=0"),
+    ("model.scan_layers", None, "model.scan_layers=None"),
     ("image_tokenizer.downsample", 4, "image_tokenizer.channel_mult"),  # 3 stages for 8
 ])
 def test_bad_field_is_named(field, value, message):

@@ -162,6 +162,26 @@ def test_remat_gives_same_loss_and_grads():
     assert "remat" in str(jaxpr)  # the block really is rematerialised
 
 
+def test_unrolled_layers_give_same_loss_and_grads_without_a_loop():
+    tokens, positions, segments = one_doc(6, seed=12, batch=2)
+
+    def loss_fn(model):
+        logits = model(tokens, positions, segments)
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    results, loops = [], []
+    for scan in (True, False):
+        model = make(scan_layers=scan, qk_norm=True)
+        results.append(nnx.jit(nnx.value_and_grad(loss_fn))(model))
+        graphdef, state = nnx.split(model)
+        hlo = jax.jit(lambda st: loss_fn(nnx.merge(graphdef, st))).lower(state).as_text()
+        loops.append("stablehlo.while" in hlo)
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_a, grads_b)
+    assert loops == [True, False]  # the scan is a loop; unrolled, the layers are inline
+
+
 def test_every_param_has_logical_names_of_its_rank():
     model = make(qk_norm=True)
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
