@@ -1,5 +1,5 @@
-"""benchmarks/train_mfu.py (with its PyTorch peer) and benchmarks/mot_step.py run on a tiny
-config; no timing is asserted."""
+"""benchmarks/train_mfu.py (with its PyTorch peer), benchmarks/mot_step.py and
+benchmarks/matmul_peer.py run on tiny configs; no timing is asserted."""
 import importlib.util
 import pathlib
 
@@ -33,3 +33,16 @@ def test_mot_step_reports_ratios_for_each_grouped_matmul():
     assert set(result["step_ratio_vs_dense"]) == {"dense", "mot-tiled", "mot-ragged"}
     assert result["step_ratio_vs_dense"]["dense"] == 1.0
     assert all(v > 0 for v in result["matmul_grad_ratio_vs_dense"].values())
+
+
+def test_matmul_peer_times_every_product_of_the_step():
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("matmul_peer", ROOT / "benchmarks/matmul_peer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--preset=tiny", "--batch=1", "--seq=64", "--rounds=1"])
+    ops = [row["op"] for row in result["rows"]]
+    assert len(ops) == 13 and ops[-1].startswith("attention")   # 4 weights x 3 products
+    assert sum("weight grad" in op for op in ops) == 4
+    assert all(row["xla_gflops"] > 0 and row["torch_gflops"] > 0 for row in result["rows"])
+    assert result["kernel_step_ratio"] > 0

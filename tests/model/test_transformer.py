@@ -265,3 +265,30 @@ def test_decode_with_visible_mask_out_of_order_and_rewound():
     logits, _ = decode(model, tokens[:, 6:8], positions[:, 6:8], segments[:, 6:8],
                        dict(drafted, index=cache["index"]))
     np.testing.assert_allclose(logits, want[:, 6:8], atol=1e-4)
+
+
+def test_blockwise_decoder_on_an_8_device_mesh_matches_xla_decoder():
+    """Under a multi-device mesh `blockwise` takes its batched query-block path (on one CPU
+    device it runs model/flash_cpu.py, tested in test_layers.py): the same logits and
+    gradients as the plain decoder, with packing and GQA."""
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (make test)")
+    cfg = dict(n_heads=4, n_kv_heads=2)
+    plain, blockwise = make(**cfg), make(attention="blockwise", attention_block=5, **cfg)
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(0, 48, (4, 12)), jnp.int32)
+    segments = jnp.asarray([[1] * 7 + [2] * 5] * 2 + [[1] * 12] * 2, jnp.int32)
+    positions = jnp.asarray([list(range(7)) + list(range(5))] * 2 + [list(range(12))] * 2,
+                            jnp.int32)
+
+    def loss_fn(model):
+        return jnp.mean(jnp.sin(model(tokens, positions, segments)))
+
+    want, want_grads = nnx.jit(nnx.value_and_grad(loss_fn))(plain)
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    with rules.use_mesh(mesh):
+        got, got_grads = nnx.jit(nnx.value_and_grad(loss_fn))(blockwise)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got_grads,
+                 want_grads)
