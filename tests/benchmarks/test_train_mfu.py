@@ -15,12 +15,20 @@ def _bench():
     return module
 
 
+def documented_args(script: str) -> list[str]:
+    """The flags of docs/performance.md's command for `script` (brackets: optional flags)."""
+    doc = (ROOT / "docs/performance.md").read_text()
+    line = next(l for l in doc.splitlines() if f"python benchmarks/{script}" in l)
+    return [a.strip("[]") for a in line.split(f"benchmarks/{script}")[1].split()]
+
+
 def test_train_mfu_reports_mmar_and_peer():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    result = _bench().main(["--preset=tiny", "--batch=2", "--seq=32", "--steps=1", "--peer",
-                            "--attention=blockwise"])
+    result = _bench().main(documented_args("train_mfu.py") +
+                           ["--preset=tiny", "--batch=2", "--seq=32", "--steps=1"])
     assert result["parameters"] == 139_584 and result["attention"] == "blockwise"
+    assert result["scan_layers"] is False      # the documented --unroll_layers
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1.5
     assert result["peer_tokens_per_s"] > 0 and result["ratio_vs_transformers"] > 0
 
@@ -36,11 +44,13 @@ def test_mot_step_reports_ratios_for_each_grouped_matmul():
 
 
 def test_matmul_peer_times_every_product_of_the_step():
+    """The documented command, shrunk by later flags to the tiny shapes."""
     pytest.importorskip("torch")
     spec = importlib.util.spec_from_file_location("matmul_peer", ROOT / "benchmarks/matmul_peer.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--preset=tiny", "--batch=1", "--seq=64", "--rounds=1"])
+    result = module.main(documented_args("matmul_peer.py") +
+                         ["--preset=tiny", "--batch=1", "--seq=64", "--rounds=1"])
     ops = [row["op"] for row in result["rows"]]
     assert len(ops) == 13 and ops[-1].startswith("attention")   # 4 weights x 3 products
     assert sum("weight grad" in op for op in ops) == 4
