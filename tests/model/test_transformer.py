@@ -174,7 +174,7 @@ def test_unrolled_layers_give_same_loss_and_grads_without_a_loop():
         model = make(scan_layers=scan, qk_norm=True)
         results.append(nnx.jit(nnx.value_and_grad(loss_fn))(model))
         graphdef, state = nnx.split(model)
-        hlo = jax.jit(lambda st: loss_fn(nnx.merge(graphdef, st))).lower(state).as_text()
+        hlo = jax.jit(lambda st, g=graphdef: loss_fn(nnx.merge(g, st))).lower(state).as_text()
         loops.append("stablehlo.while" in hlo)
     (loss_a, grads_a), (loss_b, grads_b) = results
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
