@@ -19,14 +19,16 @@ def token_losses(logits, tokens):
     vocabulary reduction: slicing the [B, S, vocab] logits first costs a copy forward and a
     pad of their gradient. "Correct" compares the target's logit with the row maximum that
     the log-partition needs anyway, instead of a separate argmax (a variadic reduce that
-    took 2.5% of the 25M model's CPU step); only exact ties differ from argmax.
+    took 2.5% of the 25M model's CPU step). A tie for the maximum counts as wrong (argmax
+    would credit the first index), so a model with constant logits scores 0, not 1.
     """
     logits = logits.astype(jnp.float32)
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
     top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
     log_z = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    correct = target_logit >= top
+    unique_top = jnp.sum(logits == top[..., None], axis=-1) == 1
+    correct = (target_logit >= top) & unique_top
     return (log_z - target_logit)[:, :-1], log_z[:, :-1], correct[:, :-1]
 
 

@@ -48,3 +48,15 @@ def test_padding_does_not_count():
     a, _ = decoder_loss(jnp.asarray(logits), batch)
     b, _ = decoder_loss(jnp.asarray(logits), changed)
     assert float(a) == float(b)
+
+
+def test_tied_top_logits_count_as_wrong():
+    """Constant logits (every id ties for the top) must not score as all correct."""
+    tokens = jnp.asarray([[1, 2, 3, 0]], jnp.int32)
+    batch = {"tokens": tokens, "loss_weights": jnp.ones((1, 4)),
+             "modality": jnp.zeros((1, 4), jnp.int32)}
+    _, metrics = decoder_loss(jnp.zeros((1, 4, 5)), batch)
+    assert float(metrics["accuracy_text"]) == 0.0
+    peaked = jnp.zeros((1, 4, 5)).at[0, jnp.arange(3), jnp.asarray([2, 3, 0])].set(1.0)
+    _, metrics = decoder_loss(peaked, batch)
+    assert float(metrics["accuracy_text"]) == 1.0
