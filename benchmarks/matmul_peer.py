@@ -22,29 +22,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.train_mfu import interleaved_seconds
 from mmar.model import layers
 
 # (d_model, n_layers, n_heads, head_dim, mlp_dim, vocab): train_mfu.py's presets, MHA.
 PRESETS = {"tiny": (64, 2, 4, 16, 128, 512), "25m": (512, 6, 8, 64, 1536, 16384)}
-
-
-def interleaved_min(cases: dict, rounds: int) -> dict:
-    """Minimum seconds per call of each case, calls interleaved after one warm-up each."""
-    for fn in cases.values():
-        fn()
-    best = {name: float("inf") for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def matmul_cases(name, m, k, n, rng):
@@ -106,7 +93,7 @@ def main(argv=None) -> dict:
     rows.append((label, flop, xla, peer, n_layers))
     result = {"preset": args.preset, "batch": args.batch, "seq": args.seq, "rows": []}
     for label, flop, xla, peer, per_step in rows:
-        t = interleaved_min({"xla": xla, "torch": peer}, args.rounds)
+        t = interleaved_seconds({"xla": xla, "torch": peer}, args.rounds, reduce=min)
         for side in totals:
             totals[side] += per_step * t[side]
         row = {"op": label, "xla_gflops": round(flop / t["xla"] / 1e9, 1),

@@ -124,9 +124,10 @@ def peer_step(cfg, batch: dict):
     return run
 
 
-def interleaved_seconds(fns: dict, steps: int) -> dict:
-    """Median seconds per call of each fn, calls interleaved (a, b, a, b, ...) after one
-    warm-up call each, so both sides see the same machine load on a shared machine."""
+def interleaved_seconds(fns: dict, steps: int, reduce=statistics.median) -> dict:
+    """Seconds per call of each fn (`reduce` of its times: the median, or min), calls
+    interleaved (a, b, a, b, ...) after one warm-up call each, so both sides see the same
+    machine load on a shared machine."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
@@ -135,7 +136,7 @@ def interleaved_seconds(fns: dict, steps: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: reduce(t) for name, t in times.items()}
 
 
 def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
