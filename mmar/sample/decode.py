@@ -11,7 +11,8 @@ codes drawn so far, finished) and the state alone decides which ids may come nex
 Text-to-image is a prompt that ends in `<boi>`; image-to-text a prompt that ends in `<eoi>`
 with images not allowed; interleaved continues any document prefix. Prompts of different
 lengths are left-padded (pad slots have segment id 0, so no query ever attends to them;
-positions start at 0 at the first real token).
+positions start at 0 at the first real token), to a multiple of `PROMPT_BUCKET` slots, so a
+new caption length compiles only when it crosses a bucket (every sampler here shares this).
 
 Sampling settings are separate for text and image tokens (`temperature_*`, `top_k_*`,
 `top_p_*`; temperature 0 = greedy, top-k 0 and top-p 1 = off) and are traced values, so
@@ -45,10 +46,17 @@ from mmar.vocab import Vocab
 NEG_INF = -1e9
 
 
-def left_pad(prompts, pad_id: int, positions=None):
+PROMPT_BUCKET = 16
+
+
+def left_pad(prompts, pad_id: int, positions=None, bucket: int = PROMPT_BUCKET):
     """Lists of ids -> (tokens, positions, segment_ids) [B, P], right-aligned. Positions are
-    0, 1, ... per prompt unless given (lists as long as the prompts)."""
-    length = max(len(p) for p in prompts)
+    0, 1, ... per prompt unless given (lists as long as the prompts).
+
+    P is the longest prompt rounded up to a multiple of `bucket`: the extra slots are left
+    padding (segment 0, seen by no query), so batches whose longest prompts differ by less
+    than a bucket reuse one compiled program instead of compiling per prompt length."""
+    length = -(-max(len(p) for p in prompts) // bucket) * bucket
     tokens = np.full((len(prompts), length), pad_id, np.int32)
     segments = np.zeros((len(prompts), length), np.int32)
     pos = np.zeros((len(prompts), length), np.int32)

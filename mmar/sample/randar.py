@@ -50,7 +50,6 @@ from mmar.sample.decode import cfg_mix, left_pad, sample_logits, sampling_settin
 from mmar.vocab import Vocab
 
 SCHEDULES = ("constant", "cosine")
-PROMPT_BUCKET = 16
 
 
 @dataclasses.dataclass
@@ -181,12 +180,7 @@ class RandarSampler:
             pairs = np.stack([v.position_ids(g), v.image_ids(known[row, g])], 1).reshape(-1)
             prompts[i] += pairs.tolist()
             positions[i] += np.repeat(boi_pos + 1 + g, 2).tolist()
-        tokens, pos, segments = left_pad(prompts, v.pad, positions)
-        # Prompt lengths rounded up to a multiple of PROMPT_BUCKET (more left padding, which
-        # no query sees) so that batches of other caption lengths reuse the compiled program.
-        extra = -tokens.shape[1] % PROMPT_BUCKET
-        tokens, pos, segments = (np.pad(x, ((0, 0), (extra, 0)), constant_values=c)
-                                 for x, c in ((tokens, v.pad), (pos, 0), (segments, 0)))
+        tokens, pos, segments = left_pad(prompts, v.pad, positions)  # bucketed
         boi_pos = np.array([p[len(p) - 2 * k - 1] for p in positions])  # before the pairs
         sizes = tuple(int(m) for m in sizes) if sizes is not None else group_sizes(
             n - k, schedule=s["randar_schedule"], tokens_per_step=s["randar_tokens_per_step"],

@@ -222,3 +222,30 @@ def test_bad_options_name_the_field(setup, test_config, field, value):
     cfg.sample[field] = value
     with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
         config_lib.validate(cfg)
+
+
+@pytest.mark.parametrize("method,jit_attr,options", [
+    ("plain", "_jitted", {}),
+    ("sjd", "_sjd_jit", dict(sjd_window=3)),
+    ("zipar", "_zipar_jit", dict(zipar_window=2)),
+])
+def test_new_caption_lengths_reuse_the_compiled_decoder(setup, method, jit_attr, options):
+    """Prompts are left-padded to a bucket: a batch whose longest caption differs, but stays
+    inside the bucket, runs the program already compiled, with the same codes a batch of
+    its own would get; a caption past the bucket compiles once more."""
+    params = setup[2]
+    sampler = _sampler(setup, temperature_image=0.0)
+    short, longer = [[97, 98]], [[97, 98, 99, 100, 101, 102, 103]]
+    speculative.decode_images(sampler, params, short + short, 9, jax.random.key(0),
+                              method=method, **options)
+    together, _ = speculative.decode_images(sampler, params, short + longer, 9,
+                                            jax.random.key(0), method=method, **options)
+    jitted = getattr(sampler, jit_attr)
+    assert jitted._cache_size() == 1
+    alone, _ = speculative.decode_images(_sampler(setup, temperature_image=0.0), params,
+                                         longer, 9, jax.random.key(0), method=method,
+                                         **options)
+    np.testing.assert_array_equal(together[1], alone[0])
+    speculative.decode_images(sampler, params, short + [[97] * 20], 9, jax.random.key(0),
+                              method=method, **options)
+    assert jitted._cache_size() == 2
