@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--image_fraction", type=float, default=0.5)
     p.add_argument("--matmuls", default="tiled,ragged")
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile", type=int, default=128)
     args = p.parse_args(argv)
     matmuls = [m for m in args.matmuls.split(",") if m]
 

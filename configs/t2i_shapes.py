@@ -73,7 +73,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         attention="xla",      # "blockwise" (long rows: no S x S scores), "cudnn" (GPU), "splash" (TPU)
         attention_block=512,  # queries per block for "blockwise"
         # Mixture-of-Transformers: per-modality block weights (docs/design_notes.md)
-        mot=False, num_modalities=2, mot_matmul="auto", mot_tile=256,
+        mot=False, num_modalities=2, mot_matmul="auto", mot_tile=128,
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",

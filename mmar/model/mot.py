@@ -13,12 +13,19 @@ the residual stream stays in that order between blocks; only attention needs the
 order, so each block unsorts q/k/v (one gather) and sorts the attention output back (one
 gather). Every projection is then a grouped matmul of contiguous row groups:
 
-- `tiled` (default off TPU): the sorted rows are cut into tiles of `model.mot_tile` rows and
-  `lax.map` multiplies each tile by its modality's weight; only a tile that straddles a
-  modality boundary (at most M - 1 of them) computes several copies and selects. Exact cost
-  on every backend; a custom VJP keeps the backward pass tiled as well (dx by the transposed
-  weights, dW accumulated per modality in place), since autodiff of the dynamic weight index
-  would add a full [M, K, F] buffer per tile.
+- `tiled` (default off TPU): each modality's rows (contiguous after the sort) are cut into
+  windows, starting at the modality's first row: as many as fit of the largest size
+  `mot_tile * 2^j` not above B * S, then at most one of each smaller size (the binary
+  digits of the rest), and one of `model.mot_tile` rows that rounds up. One `fori_loop` per
+  modality and size multiplies them by that modality's weight (a loop-invariant operand: no
+  cond, no per-window weight copy), so a modality costs a handful of loop trips on large
+  windows (each trip has a fixed cost on XLA:CPU; docs/performance.md). The last window of
+  modality m may run past its rows into m + 1's; the loops go in modality order, so m + 1's
+  windows overwrite those rows afterwards, and `route` pads `mot_tile - 1` rows so the last
+  modality's last window stays in bounds. Cost: one matmul per row plus at most
+  mot_tile - 1 rows per modality. A custom VJP runs the backward pass the same way (dx by
+  the transposed weight; dW per modality, accumulated over its windows, rows outside the
+  modality masked out).
 - `ragged`: `jax.lax.ragged_dot` over the group sizes; native grouped matmul on TPU, but XLA:CPU
   lowers it to one masked dense matmul per group (2.3x dense forward, 3x backward for M = 2;
   docs/performance.md), so it is not the default there.
@@ -29,6 +36,7 @@ mesh XLA moves rows between devices at each sort; correct, but a per-shard sort 
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -51,19 +59,19 @@ class Routing(NamedTuple):
     """Where each token goes. `modality` [B, S] (original order); `perm` [Np]: the original
     flat row of each sorted row (padding rows point at row 0); `inv` [B * S]: the sorted row
     of each original row; `groups` [Np]: modality of each sorted row (non-decreasing);
-    `first`/`last` [Np / tile]: modality of each tile's first/last row; `sizes` [M]: rows per
-    modality (padding counted in the last group, as `ragged_dot` wants all rows covered)."""
+    `counts` [M]: real rows per modality; `sizes` [M]: the same with the padding rows counted
+    in the last group (`ragged_dot` wants all rows covered). Np = B * S + tile - 1: the
+    window of `tiled` is Np - B * S + 1 rows (`window_rows`)."""
     modality: jax.Array
     perm: jax.Array
     inv: jax.Array
     groups: jax.Array
-    first: jax.Array
-    last: jax.Array
+    counts: jax.Array
     sizes: jax.Array
 
 
 def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
-    """A stable counting sort of the B * S tokens by modality, padded to whole tiles.
+    """A stable counting sort of the B * S tokens by modality, plus tile - 1 padding rows.
 
     Counting sort (one cumsum per modality) instead of argsort: O(N * M), and cheap on every
     backend. Padding rows take the last real row's modality, so they never add a boundary.
@@ -71,8 +79,7 @@ def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
     g = jnp.clip(modality.astype(jnp.int32), 0, num_modalities - 1)
     flat = g.reshape(-1)
     n = flat.shape[0]
-    tile = min(tile, n)
-    padded = -(-n // tile) * tile
+    padded = n + min(tile, n) - 1
     onehot = flat[:, None] == jnp.arange(num_modalities)[None, :]
     counts = jnp.sum(onehot, axis=0, dtype=jnp.int32)
     offsets = jnp.cumsum(counts) - counts
@@ -82,7 +89,12 @@ def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
     groups = jnp.zeros((padded,), jnp.int32).at[inv].set(flat)
     groups = groups.at[n:].set(groups[n - 1])
     sizes = counts.at[groups[n - 1]].add(padded - n)
-    return Routing(g, perm, inv, groups, groups[::tile], groups[tile - 1::tile], sizes)
+    return Routing(g, perm, inv, groups, counts, sizes)
+
+
+def window_rows(r: Routing) -> int:
+    """The `tiled` window (static: from the shapes), `model.mot_tile` capped at B * S."""
+    return r.perm.shape[0] - r.inv.shape[0] + 1
 
 
 def _gather_sorted(x, perm, inv):
@@ -136,66 +148,72 @@ def unsort_rows(x: jax.Array, r: Routing) -> jax.Array:
 
 # ---- grouped matmul of sorted rows: y[i] = x[i] @ w[groups[i]] ----
 
-def _tiles_matmul(x, w, groups, first, last):
-    nt = first.shape[0]
-    tile = x.shape[0] // nt
-    xt, gt = x.reshape(nt, tile, x.shape[1]), groups.reshape(nt, tile)
-
-    def one(args):
-        xb, gb, f, l = args
-
-        def mixed():
-            out = jnp.dot(xb, w[0])
-            for m in range(1, w.shape[0]):
-                out = jnp.where((gb == m)[:, None], jnp.dot(xb, w[m]), out)
-            return out
-
-        return jax.lax.cond(f == l, lambda: jnp.dot(xb, w[f]), mixed)
-
-    return jax.lax.map(one, (xt, gt, first, last)).reshape(x.shape[0], w.shape[2])
+def _windows(counts, tile: int, rows: int):
+    """[(size, first row [M], trips [M])], largest windows first: modality m's rows
+    [start_m, start_m + counts_m) are covered by windows of tile * 2^j rows (the largest
+    not above `rows`) as many as fit, then at most one of each smaller size, binary digits
+    of the rest, and the smallest (`tile`) rounds up: few loop trips, little overhang."""
+    sizes = [tile]
+    while sizes[-1] * 2 <= rows:
+        sizes.append(sizes[-1] * 2)
+    row, done, out = jnp.cumsum(counts) - counts, jnp.zeros_like(counts), []
+    for j, size in enumerate(reversed(sizes)):
+        rest = counts - done
+        trips = rest // size if j < len(sizes) - 1 else (rest + size - 1) // size
+        out.append((size, row + done, trips))
+        done = done + trips * size
+    return out
 
 
-def _tiles_weight_grad(x, dy, groups, first, last, num):
-    nt = first.shape[0]
-    tile = x.shape[0] // nt
-    xt, gt = x.reshape(nt, tile, x.shape[1]), groups.reshape(nt, tile)
-    dyt = dy.reshape(nt, tile, dy.shape[1])
+def _windows_matmul(x, w, counts, tile):
+    y = jnp.zeros((x.shape[0], w.shape[2]), x.dtype)
+    for m in range(w.shape[0]):   # modality order: m + 1 overwrites m's overhang
+        for size, first, trips in _windows(counts, tile, x.shape[0] - tile + 1):
 
-    def outer(a, b):
-        return jnp.dot(a.T, b, preferred_element_type=jnp.float32)
+            def body(i, y, wm=w[m], first=first[m], size=size):
+                row = first + i * size
+                xb = jax.lax.dynamic_slice_in_dim(x, row, size, 0)
+                return jax.lax.dynamic_update_slice_in_dim(y, jnp.dot(xb, wm), row, 0)
 
-    def body(dw, args):
-        xb, dyb, gb, f, l = args
-
-        def pure(dw):
-            return jax.lax.dynamic_update_index_in_dim(dw, dw[f] + outer(xb, dyb), f, 0)
-
-        def mixed(dw):
-            for m in range(num):
-                dw = dw.at[m].add(outer(jnp.where((gb == m)[:, None], xb, 0), dyb))
-            return dw
-
-        return jax.lax.cond(f == l, pure, mixed, dw), None
-
-    init = jnp.zeros((num, x.shape[1], dy.shape[1]), jnp.float32)
-    return jax.lax.scan(body, init, (xt, dyt, gt, first, last))[0]
+            y = jax.lax.fori_loop(0, trips[m], body, y)
+    return y
 
 
-@jax.custom_vjp
-def tiled_matmul(x, w, groups, first, last):
-    """x [Np, K] sorted by `groups`, w [M, K, F] -> [Np, F]; see the module doc."""
-    return _tiles_matmul(x, w, groups, first, last)
+def _windows_weight_grad(x, dy, counts, tile):
+    ends, dws = jnp.cumsum(counts), []
+    for m in range(counts.shape[0]):
+        dw = jnp.zeros((x.shape[1], dy.shape[1]), jnp.float32)
+        for size, first, trips in _windows(counts, tile, x.shape[0] - tile + 1):
+
+            def body(i, dw, first=first[m], size=size):
+                row = first + i * size
+                xb = jax.lax.dynamic_slice_in_dim(x, row, size, 0)
+                if size == tile:   # only the smallest windows overhang: mask other rows
+                    xb = jnp.where((row + jnp.arange(size) < ends[m])[:, None], xb, 0)
+                dyb = jax.lax.dynamic_slice_in_dim(dy, row, size, 0)
+                return dw + jnp.dot(xb.T, dyb, preferred_element_type=jnp.float32)
+
+            dw = jax.lax.fori_loop(0, trips[m], body, dw)
+        dws.append(dw)
+    return jnp.stack(dws)
 
 
-def _tiled_fwd(x, w, groups, first, last):
-    return _tiles_matmul(x, w, groups, first, last), (x, w, groups, first, last)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def tiled_matmul(x, w, counts, tile):
+    """x [Np, K] sorted by modality (`counts` rows each), w [M, K, F] -> [Np, F]; see the
+    module doc. Rows past the last modality's windows hold arbitrary values."""
+    return _windows_matmul(x, w, counts, tile)
 
 
-def _tiled_bwd(res, dy):
-    x, w, groups, first, last = res
-    dx = _tiles_matmul(dy, jnp.swapaxes(w, 1, 2), groups, first, last)
-    dw = _tiles_weight_grad(x, dy, groups, first, last, w.shape[0]).astype(w.dtype)
-    return dx, dw, None, None, None
+def _tiled_fwd(x, w, counts, tile):
+    return _windows_matmul(x, w, counts, tile), (x, w, counts)
+
+
+def _tiled_bwd(tile, res, dy):
+    x, w, counts = res
+    dx = _windows_matmul(dy, jnp.swapaxes(w, 1, 2), counts, tile)
+    dw = _windows_weight_grad(x, dy, counts, tile).astype(w.dtype)
+    return dx, dw, None
 
 
 tiled_matmul.defvjp(_tiled_fwd, _tiled_bwd)
@@ -206,7 +224,7 @@ def grouped_matmul(x: jax.Array, w: jax.Array, r: Routing, impl: str) -> jax.Arr
     if impl == "ragged":
         return jax.lax.ragged_dot(x, w, r.sizes)
     if impl == "tiled":
-        return tiled_matmul(x, w, r.groups, r.first, r.last)
+        return tiled_matmul(x, w, r.counts, window_rows(r))
     raise ValueError(f"model.mot_matmul={impl!r}: one of {MATMULS}")
 
 

@@ -69,7 +69,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.{field} must be a bool, got {cfg.get(field)!r}")
     if not isinstance(cfg.get("mot", False), bool):
         raise ValueError(f"model.mot must be a bool, got {cfg.get('mot')!r}")
-    for field, default, low in (("num_modalities", 2, 2), ("mot_tile", 256, 1)):
+    for field, default, low in (("num_modalities", 2, 2), ("mot_tile", 128, 1)):
         value = cfg.get(field, default)
         if not isinstance(value, int) or value < low:
             raise ValueError(f"model.{field} must be an int >= {low}, got {value!r}")
@@ -130,7 +130,7 @@ class Decoder(nnx.Module):
         self.scan_layers = cfg.get("scan_layers", True)
         self.attention = cfg.get("attention", "xla")
         self.mot = cfg.get("mot", False)
-        self.num_modalities, self.mot_tile = cfg.get("num_modalities", 2), cfg.get("mot_tile", 256)
+        self.num_modalities, self.mot_tile = cfg.get("num_modalities", 2), cfg.get("mot_tile", 128)
 
     def _embed(self, tokens, targets):
         """Token embeddings, plus the target embeddings of a RAR decoder (`targets` [B, S])."""

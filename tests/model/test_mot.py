@@ -15,7 +15,7 @@ from mmar.model import Decoder, flops, mot
 from mmar.model.layers import apply_rope, attend, attention_mask
 from model_configs import tiny_cfg
 
-B, S = 2, 7   # 14 tokens: with tile 4, 4 tiles and 2 padding rows
+B, S = 2, 7   # 14 tokens: with tile 4, windows overhang modalities and 3 padding rows
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,7 +33,7 @@ def inputs(pattern, seed=0):
         "text": np.zeros((B, S)),
         "image": np.ones((B, S)),
         "random": rng.integers(0, 2, (B, S)),
-        # one image run per row, so sorted rows switch modality inside a tile of 4
+        # one image run per row: 6 text rows, so the second text window of 4 overhangs
         "boundary": np.array([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 0]]),
     }[pattern]
     return tokens, positions, segments, jnp.asarray(modality, jnp.int32)
@@ -163,12 +163,19 @@ def test_decode_with_cache_matches_forward():
 
 # ---- the grouped matmul alone ----
 
-@pytest.mark.parametrize("num,tile,n", [(2, 4, 13), (2, 8, 8), (3, 4, 17), (2, 64, 9)])
+@pytest.mark.parametrize("num,tile,n,empty", [(2, 4, 13, None), (2, 8, 8, None),
+                                               (3, 4, 17, None), (2, 64, 9, None),
+                                               (3, 3, 11, 1), (3, 4, 10, 2), (2, 4, 9, 0),
+                                               (2, 2, 29, None), (3, 1, 23, None)])
 @pytest.mark.parametrize("impl", ["tiled", "ragged"])
-def test_grouped_matmul_value_and_gradient(num, tile, n, impl):
+def test_grouped_matmul_value_and_gradient(num, tile, n, empty, impl):
     rng = np.random.default_rng(n * num + tile)
     groups = rng.integers(0, num, n)
     groups[rng.random(n) < 0.3] = num - 1          # uneven group sizes
+    # (n, tile) = (29, 2): windows of 16, 8, 4 and 2 rows (mot._windows); a modality with
+    # no rows: `empty`
+    if empty is not None:
+        groups[groups == empty] = (empty + 1) % num
     modality = jnp.asarray(groups[None], jnp.int32)
     x = jnp.asarray(rng.normal(size=(1, n, 5)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(num, 5, 6)), jnp.float32)
@@ -192,10 +199,10 @@ def test_grouped_matmul_value_and_gradient(num, tile, n, impl):
 def test_route_is_a_stable_sort():
     modality = jnp.asarray([[1, 0, 1, 1], [0, 0, 1, 0]], jnp.int32)
     r = mot.route(modality, 2, 3)
-    assert r.perm.tolist() == [1, 4, 5, 7, 0, 2, 3, 6, 0]        # padded to 3 tiles of 3
-    assert r.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
-    assert (r.first.tolist(), r.last.tolist()) == ([0, 0, 1], [0, 1, 1])
-    assert r.sizes.tolist() == [4, 5]
+    assert r.perm.tolist() == [1, 4, 5, 7, 0, 2, 3, 6, 0, 0]     # + tile - 1 padding rows
+    assert r.groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert (r.counts.tolist(), r.sizes.tolist()) == ([4, 4], [4, 6])
+    assert mot.window_rows(r) == 3
     assert np.asarray(r.perm)[np.asarray(r.inv)].tolist() == list(range(8))
 
 
