@@ -37,7 +37,9 @@ def test_mot_step_reports_ratios_for_each_grouped_matmul():
     spec = importlib.util.spec_from_file_location("mot_step", ROOT / "benchmarks/mot_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.main(["--preset=tiny", "--batch=2", "--seq=64", "--steps=1"])
+    result = module.main(documented_args("mot_step.py") +
+                         ["--preset=tiny", "--batch=2", "--seq=64", "--steps=1", "--tile=16",
+                          "--matmuls=tiled,ragged"])
     assert set(result["step_ratio_vs_dense"]) == {"dense", "mot-tiled", "mot-ragged"}
     assert result["step_ratio_vs_dense"]["dense"] == 1.0
     assert all(v > 0 for v in result["matmul_grad_ratio_vs_dense"].values())
