@@ -30,13 +30,17 @@ gather). Every projection is then a grouped matmul of contiguous row groups:
   lowers it to one masked dense matmul per group (2.3x dense forward, 3x backward for M = 2;
   docs/performance.md), so it is not the default there.
 
-Sharding: the sort runs over the whole (batch-sharded) token set, so under a multi-device
-mesh XLA moves rows between devices at each sort; correct, but a per-shard sort under
-`shard_map` is the next step for large data-parallel meshes (docs/design_notes.md).
+Sharding: the sort runs over the whole (batch-sharded) token set, so under a mesh that
+splits the batch XLA replicates the sorted residual stream and every device computes the
+blocks for the whole batch (measured; `warn_if_batch_sharded` says so at trace time).
+Correct, but a per-shard sort under `shard_map` is needed before MoT scales with data
+parallelism (docs/design_notes.md).
 """
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -44,6 +48,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmar.model.layers import Attention, param
+from mmar.parallel import rules
 
 MATMULS = ("auto", "tiled", "ragged")
 
@@ -90,6 +95,23 @@ def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
     groups = groups.at[n:].set(groups[n - 1])
     sizes = counts.at[groups[n - 1]].add(padded - n)
     return Routing(g, perm, inv, groups, counts, sizes)
+
+
+def warn_if_batch_sharded() -> None:
+    """Called while tracing: the routing above is global, so under a mesh that splits the
+    batch XLA replicates the sorted residual stream (one all-reduce) and every device runs
+    the MoT blocks on the whole batch: correct, but no data-parallel speed-up and the whole
+    batch's activations on each device (docs/design_notes.md). Said once per compilation."""
+    active = rules.active()
+    if active is None:
+        return
+    mesh, table = active
+    spec = rules.logical_to_spec(("batch",), table)[0] or ()
+    shards = math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec))
+    if shards > 1:
+        warnings.warn(f"model.mot=True on a mesh with {shards} batch shards: MoT routes over "
+                      "the global batch, so every device runs the blocks on all of it (no "
+                      "data-parallel speed-up; docs/design_notes.md)", stacklevel=2)
 
 
 def window_rows(r: Routing) -> int:
