@@ -189,8 +189,9 @@ def _windows(counts, tile: int, rows: int):
 
 def _windows_matmul(x, w, counts, tile):
     y = jnp.zeros((x.shape[0], w.shape[2]), x.dtype)
+    windows = _windows(counts, tile, x.shape[0] - tile + 1)
     for m in range(w.shape[0]):   # modality order: m + 1 overwrites m's overhang
-        for size, first, trips in _windows(counts, tile, x.shape[0] - tile + 1):
+        for size, first, trips in windows:
 
             def body(i, y, wm=w[m], first=first[m], size=size):
                 row = first + i * size
@@ -203,9 +204,10 @@ def _windows_matmul(x, w, counts, tile):
 
 def _windows_weight_grad(x, dy, counts, tile):
     ends, dws = jnp.cumsum(counts), []
+    windows = _windows(counts, tile, x.shape[0] - tile + 1)
     for m in range(counts.shape[0]):
         dw = jnp.zeros((x.shape[1], dy.shape[1]), jnp.float32)
-        for size, first, trips in _windows(counts, tile, x.shape[0] - tile + 1):
+        for size, first, trips in windows:
 
             def body(i, dw, first=first[m], size=size):
                 row = first + i * size
