@@ -30,22 +30,22 @@ gather). Every projection is then a grouped matmul of contiguous row groups:
   lowers it to one masked dense matmul per group (2.3x dense forward, 3x backward for M = 2;
   docs/performance.md), so it is not the default there.
 
-Sharding: the sort runs over the whole (batch-sharded) token set, so under a mesh that
-splits the batch XLA replicates the sorted residual stream and every device computes the
-blocks for the whole batch (measured; `warn_if_batch_sharded` says so at trace time).
-Correct, but a per-shard sort under `shard_map` is needed before MoT scales with data
-parallelism (docs/design_notes.md).
+Sharding: under a mesh that splits the batch (`rules.use_mesh`), routing, the gathers and the
+grouped matmuls run per batch shard in a `shard_map` over the batch axes (`_per_shard`): each
+device sorts and multiplies its own rows, and the weights arrive whole on every shard (under
+FSDP, XLA gathers them as it does for dense layers; the `tensor` axis stays automatic). A
+sort over the global batch instead made XLA replicate the sorted stream, so every device ran
+the blocks on the whole batch (docs/design_notes.md).
 """
 from __future__ import annotations
 
 import functools
-import math
-import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from mmar.model.layers import Attention, param
 from mmar.parallel import rules
@@ -75,7 +75,7 @@ class Routing(NamedTuple):
     sizes: jax.Array
 
 
-def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
+def _route_local(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
     """A stable counting sort of the B * S tokens by modality, plus tile - 1 padding rows.
 
     Counting sort (one cumsum per modality) instead of argsort: O(N * M), and cheap on every
@@ -97,21 +97,46 @@ def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
     return Routing(g, perm, inv, groups, counts, sizes)
 
 
-def warn_if_batch_sharded() -> None:
-    """Called while tracing: the routing above is global, so under a mesh that splits the
-    batch XLA replicates the sorted residual stream (one all-reduce) and every device runs
-    the MoT blocks on the whole batch: correct, but no data-parallel speed-up and the whole
-    batch's activations on each device (docs/design_notes.md). Said once per compilation."""
+def _batch_mesh():
+    """(mesh, batch axes) when the active mesh (`rules.use_mesh`) splits the batch, else None."""
     active = rules.active()
     if active is None:
-        return
+        return None
     mesh, table = active
     spec = rules.logical_to_spec(("batch",), table)[0] or ()
-    shards = math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec))
-    if shards > 1:
-        warnings.warn(f"model.mot=True on a mesh with {shards} batch shards: MoT routes over "
-                      "the global batch, so every device runs the blocks on all of it (no "
-                      "data-parallel speed-up; docs/design_notes.md)", stacklevel=2)
+    axes = tuple(a for a in ((spec,) if isinstance(spec, str) else spec) if mesh.shape[a] > 1)
+    return (mesh, axes) if axes else None
+
+
+def _per_shard(fn, *args, replicated=()):
+    """fn on each batch shard's rows (a `shard_map` over the batch axes; the other mesh axes
+    stay automatic); args at the positions in `replicated` (weights) are whole on every
+    shard. Without a batch-splitting mesh: fn(*args)."""
+    batch = _batch_mesh()
+    if batch is None:
+        return fn(*args)
+    mesh, axes = batch
+    specs = tuple(P() if i in replicated else P(axes) for i in range(len(args)))
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axes),
+                         axis_names=set(axes), check_vma=False)(*args)
+
+
+def _local(r: Routing) -> Routing:
+    """A shard's view of a routing: per-shard counts arrive as [1, M]."""
+    return r._replace(counts=r.counts.reshape(-1), sizes=r.sizes.reshape(-1))
+
+
+def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
+    """`_route_local` on each batch shard (rows never leave their device; a shard's `perm` /
+    `inv` index its own rows, `counts` / `sizes` are [shards, M]); one sort without a mesh."""
+    if _batch_mesh() is None:
+        return _route_local(modality, num_modalities, tile)
+
+    def local(m):
+        r = _route_local(m, num_modalities, tile)
+        return r._replace(counts=r.counts[None], sizes=r.sizes[None])
+
+    return _per_shard(local, modality)
 
 
 def window_rows(r: Routing) -> int:
@@ -159,13 +184,17 @@ _gather_unsorted.defvjp(_gather_unsorted_fwd, _gather_unsorted_bwd)
 
 
 def sort_rows(x: jax.Array, r: Routing) -> jax.Array:
-    """[B, S, ...] in sequence order -> [Np, ...] in modality order."""
-    return _gather_sorted(x.reshape(-1, *x.shape[r.modality.ndim:]), r.perm, r.inv)
+    """[B, S, ...] in sequence order -> [Np, ...] in modality order (per batch shard)."""
+    def local(x, r):
+        return _gather_sorted(x.reshape(-1, *x.shape[r.modality.ndim:]), r.perm, r.inv)
+    return _per_shard(local, x, r)
 
 
 def unsort_rows(x: jax.Array, r: Routing) -> jax.Array:
     """[Np, ...] in modality order -> [B, S, ...] in sequence order (padding rows dropped)."""
-    return _gather_unsorted(x, r.perm, r.inv).reshape(*r.modality.shape, *x.shape[1:])
+    def local(x, r):
+        return _gather_unsorted(x, r.perm, r.inv).reshape(*r.modality.shape, *x.shape[1:])
+    return _per_shard(local, x, r)
 
 
 # ---- grouped matmul of sorted rows: y[i] = x[i] @ w[groups[i]] ----
@@ -245,11 +274,16 @@ tiled_matmul.defvjp(_tiled_fwd, _tiled_bwd)
 
 def grouped_matmul(x: jax.Array, w: jax.Array, r: Routing, impl: str) -> jax.Array:
     """Sorted rows x [Np, K] times their modality's weight w [M, K, F] -> [Np, F]."""
-    if impl == "ragged":
-        return jax.lax.ragged_dot(x, w, r.sizes)
-    if impl == "tiled":
+    if impl not in ("tiled", "ragged"):
+        raise ValueError(f"model.mot_matmul={impl!r}: one of {MATMULS}")
+
+    def local(x, w, r):
+        r = _local(r)
+        if impl == "ragged":
+            return jax.lax.ragged_dot(x, w, r.sizes)
         return tiled_matmul(x, w, r.counts, window_rows(r))
-    raise ValueError(f"model.mot_matmul={impl!r}: one of {MATMULS}")
+
+    return _per_shard(local, x, w, r, replicated=(1,))
 
 
 # ---- modules ----

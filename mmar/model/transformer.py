@@ -150,7 +150,6 @@ class Decoder(nnx.Module):
         if modality is None:
             raise ValueError("model.mot=True: the decoder needs `modality` [B, S] (0 text, "
                              "1 image) to pick each token's weights")
-        mot_lib.warn_if_batch_sharded()
         routing = mot_lib.route(modality, self.num_modalities, self.mot_tile)
         return mot_lib.sort_rows(x, routing), {"routing": routing}
 
