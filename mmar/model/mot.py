@@ -111,7 +111,9 @@ def _batch_mesh():
 def _per_shard(fn, *args, replicated=()):
     """fn on each batch shard's rows (a `shard_map` over the batch axes; the other mesh axes
     stay automatic); args at the positions in `replicated` (weights) are whole on every
-    shard. Without a batch-splitting mesh: fn(*args)."""
+    shard. Without a batch-splitting mesh: fn(*args). `check_vma=False`: the custom VJPs
+    inside carry no replication types; shard_map's transpose then sums the replicated
+    weights' cotangents over the batch axes (the data-parallel gradient; tested)."""
     batch = _batch_mesh()
     if batch is None:
         return fn(*args)
