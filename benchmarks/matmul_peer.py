@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
         t = interleaved_seconds({"xla": xla, "torch": peer}, args.rounds, reduce=min)
         for side in totals:
             totals[side] += per_step * t[side]
-        row = {"op": label, "xla_gflops": round(flop / t["xla"] / 1e9, 1),
+        row = {"op": label, "flop": flop, "xla_gflops": round(flop / t["xla"] / 1e9, 1),
                "torch_gflops": round(flop / t["torch"] / 1e9, 1),
                "torch_time_over_xla": round(t["torch"] / t["xla"], 3)}
         result["rows"].append(row)

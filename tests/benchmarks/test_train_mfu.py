@@ -1,5 +1,7 @@
 """benchmarks/train_mfu.py (with its PyTorch peer), benchmarks/mot_step.py and
-benchmarks/matmul_peer.py run on tiny configs; no timing is asserted."""
+benchmarks/matmul_peer.py run on tiny configs. Nothing measured is asserted, not even that a
+rate is positive (a rounded rate of a tiny op on a loaded machine reads 0.0): only what the
+benchmark computes from shapes (parameters, FLOPs) and which rows and keys it reports."""
 import importlib.util
 import pathlib
 
@@ -29,8 +31,8 @@ def test_train_mfu_reports_mmar_and_peer():
                            ["--preset=tiny", "--batch=2", "--seq=32", "--steps=1"])
     assert result["parameters"] == 139_584 and result["attention"] == "blockwise"
     assert result["scan_layers"] is False      # the documented --unroll_layers
-    assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1.5
-    assert result["peer_tokens_per_s"] > 0 and result["ratio_vs_transformers"] > 0
+    assert {"tokens_per_s", "mfu", "peak_tflops", "peer_tokens_per_s",
+            "ratio_vs_transformers"} <= set(result)
 
 
 def test_mot_step_reports_ratios_for_each_grouped_matmul():
@@ -41,8 +43,8 @@ def test_mot_step_reports_ratios_for_each_grouped_matmul():
                          ["--preset=tiny", "--batch=2", "--seq=64", "--steps=1", "--tile=16",
                           "--matmuls=tiled,ragged"])
     assert set(result["step_ratio_vs_dense"]) == {"dense", "mot-tiled", "mot-ragged"}
-    assert result["step_ratio_vs_dense"]["dense"] == 1.0
-    assert all(v > 0 for v in result["matmul_grad_ratio_vs_dense"].values())
+    assert result["step_ratio_vs_dense"]["dense"] == 1.0      # dense over itself
+    assert set(result["matmul_grad_ratio_vs_dense"]) == {"dense", "mot-tiled", "mot-ragged"}
 
 
 def test_matmul_peer_times_every_product_of_the_step():
@@ -56,5 +58,12 @@ def test_matmul_peer_times_every_product_of_the_step():
     ops = [row["op"] for row in result["rows"]]
     assert len(ops) == 13 and ops[-1].startswith("attention")   # 4 weights x 3 products
     assert sum("weight grad" in op for op in ops) == 4
-    assert all(row["xla_gflops"] > 0 and row["torch_gflops"] > 0 for row in result["rows"])
-    assert result["kernel_step_ratio"] > 0
+    # The FLOPs each row is timed against, from the tiny preset's shapes (64 tokens,
+    # d_model 64, 4 heads x 16, MLP 128, vocabulary 512): 2 m k n per product.
+    d, mlp, vocab, tokens = 64, 128, 512, 64
+    per_weight = [2 * tokens * d * d, 2 * tokens * d * mlp, 2 * tokens * mlp * d,
+                  2 * tokens * d * vocab]
+    assert [row["flop"] for row in result["rows"][:12]] == [f for f in per_weight
+                                                            for _ in range(3)]
+    assert result["rows"][12]["flop"] == int(2.5 * 2 * 1 * 4 * 64 * 64 * 16)
+    assert "kernel_step_ratio" in result

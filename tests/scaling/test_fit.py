@@ -66,4 +66,20 @@ def test_huber_resists_an_outlier(points):
 def test_too_few_points_say_so():
     assert fit.isoflop_minimum([1, 2], [2, 1], [1.0, 1.0]) is None
     assert fit.isoflop_minimum([1, 2, 4], [4, 2, 1], [1.0, 2.0, 3.0]) is None  # no minimum
+
+
+@pytest.mark.parametrize("slope", [1.0, -1.0, 1e-3, -2.5])
+@pytest.mark.parametrize("sizes", [[1, 2, 4], [1e6, 3e6, 1e7, 3e7], [7e5, 1.4e6, 2.8e6]])
+def test_losses_on_a_line_have_no_minimum(sizes, slope):
+    """Points exactly on a line in log N: the quadratic fit's curvature is rounding noise of
+    either sign, which must not become an optimum far outside the grid."""
+    y = 3.0 + slope * np.log(sizes)
+    assert fit.isoflop_minimum(sizes, sizes[::-1], y) is None
+
+
+def test_a_shallow_real_parabola_still_has_its_minimum():
+    n = np.array([1e6, 2e6, 4e6, 8e6, 1.6e7])
+    y = 2.0 + 1e-4 * (np.log(n) - np.log(4e6)) ** 2
+    m = fit.isoflop_minimum(n, n[::-1], y)
+    assert m is not None and m["n_opt"] == pytest.approx(4e6, rel=1e-4)
     assert fit.fit_law([1, 2], [1, 2], [1, 2])["law"] is None
