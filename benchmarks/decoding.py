@@ -38,27 +38,41 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmar import config as config_lib  # noqa: E402
+from mmar import rundir  # noqa: E402
 from mmar.data import synthetic  # noqa: E402
 from mmar.eval import judge  # noqa: E402
 from mmar.export import orbax_reader  # noqa: E402
-from mmar.sample import speculative  # noqa: E402
+from mmar.jobs import sample as sample_job  # noqa: E402
+from mmar.sample import dispatch  # noqa: E402
 from mmar.vocab import ByteTokenizer  # noqa: E402
 
 
 def plain(models, caption_ids, key):
     """One code per forward pass: the prefill predicts the first code, each step one more."""
-    codes = models.sampler.images(models.params, caption_ids, models.num_codes, key)
-    return codes, models.num_codes, None
+    codes, passes = models.sampler.images(models.params, caption_ids, models.num_codes, key)
+    return codes, passes, None
+
+
+_SAMPLERS = {}
+
+
+def _image_sampler(models, method: str):
+    """One sampler per model and method, so methods that differ only in traced options
+    share its compiled programs."""
+    key = (id(models), method)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = models, dispatch.image_sampler(
+            "raster", models.model_state, models.vocab, models.cfg.model.vocab_size,
+            models.cfg.sample, code_vectors=models.code_vectors, method=method)
+    return _SAMPLERS[key][1]
 
 
 def parallel(method: str, **options):
-    """SJD / LANTERN / ZipAR (mmar/sample/speculative.py, zipar.py) on a raster model; also
-    the pass at which each row finished (a batch runs until its slowest row is done)."""
+    """SJD / LANTERN / ZipAR (mmar/sample/sjd.py, zipar.py) on a raster model; also the
+    pass at which each row finished (a batch runs until its slowest row is done)."""
     def draw(models, caption_ids, key):
-        codes, passes = speculative.decode_images(models.sampler, models.params, caption_ids,
-                                                  models.num_codes, key, method=method,
-                                                  **options)
-        return codes, passes, np.asarray(models.sampler.last_row_forward_passes)
+        return _image_sampler(models, method).images_rows(models.params, caption_ids,
+                                                          models.num_codes, key, **options)
     return draw
 
 
@@ -147,8 +161,7 @@ def run_config(workdir: str):
 
 
 def load_models(workdir: str):
-    from mmar.sample.generate import Models
-    return Models(run_config(workdir), workdir)
+    return sample_job.Models(rundir.load(run_config(workdir), workdir))
 
 
 def table(rows: list[dict]) -> str:

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from mmar import config as config_lib  # noqa: E402
 from mmar.model.transformer import Decoder  # noqa: E402
 from mmar.parallel import mesh as mesh_lib  # noqa: E402
-from mmar.sample.decode import Sampler, left_pad, sample_logits  # noqa: E402
+from mmar.sample.core import left_pad, sample_logits  # noqa: E402
+from mmar.sample.plain import Sampler  # noqa: E402
 from mmar.train import checkpoint as checkpoint_lib  # noqa: E402
 from mmar.train import state as state_lib  # noqa: E402
 

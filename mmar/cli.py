@@ -1,15 +1,20 @@
 """`mmar <command> --config=configs/FILE.py:PRESET [--config.a.b=value ...] --workdir=DIR`.
 
-Each stage reads the previous stage's output from the work directory, so any stage can be
-rerun alone: tokenizer-train -> train -> sample / eval. `demo` runs them all.
+Each stage reads the previous stage's output from the work directory (mmar/rundir.py), so any
+stage can be rerun alone: tokenizer-train -> train -> sample / eval. `demo` runs them all.
+Each command is a job module in mmar/jobs/.
 """
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mmar import config as config_lib
 
 COMMANDS = {
     "tokenizer-train": "train the image tokenizer (autoencoder + quantizer) -> WORKDIR/tokenizer",
@@ -58,8 +63,30 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+# The jobs are imported inside the functions below, when their command runs, and only here:
+# `mmar --help` and the config check must not load JAX and TensorFlow. This is the one place
+# in mmar that imports mmar modules inside functions (tests/test_layering.py allows it).
+
+def _job(command: str):
+    """The `run(cfg, workdir, log)` of a config command's job module (mmar/jobs/)."""
+    if command == "tokenizer-train":
+        from mmar.jobs import tokenizer_train as job
+    elif command == "pretokenize":
+        from mmar.jobs import pretokenize as job
+    elif command == "train":
+        from mmar.jobs import train as job
+    elif command == "sample":
+        from mmar.jobs import sample as job
+    elif command == "eval":
+        from mmar.jobs import eval as job
+    elif command == "demo":
+        from mmar.jobs import demo as job
+    else:
+        raise app.UsageError(f"{command}: not a config command")
+    return job.run
+
+
 def _run(command: str, quiet_libraries: bool) -> None:
-    from mmar import config as config_lib
     if quiet_libraries:  # Orbax and TFDS log every file they touch at INFO
         logging.set_verbosity(logging.ERROR)
     if _CONFIG.value is None or not (_WORKDIR.value or _DRY_RUN.value):
@@ -74,89 +101,45 @@ def _run(command: str, quiet_libraries: bool) -> None:
         if command != "train":
             raise app.UsageError("--dry-run goes with `mmar train` or `mmar sweep`")
         return _dry_run(cfg)
-    from mmar.parallel import distributed
+    from mmar.jobs import common
     try:
-        distributed.initialize(auto=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+        common.join_process_group(
+            auto=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     workdir = _WORKDIR.value
-    # Imported here, not at the top, so that `mmar --help` does not load JAX and TensorFlow.
-    from mmar.eval import report
-    from mmar.sample import generate
-    from mmar.tokenizers.image import train as tokenizer_train
-    from mmar.train import decoder
+    run = _job(command)
     t0 = time.perf_counter()
-    if command in ("tokenizer-train", "demo"):
-        tokenizer_train.run(cfg, workdir, log=_log)
-    if command == "pretokenize":
-        from mmar.data import pretokenize
-        _or_exit(lambda: pretokenize.run(cfg, workdir, log=_log))
-    if command in ("train", "demo"):
-        _or_exit(lambda: decoder.run(cfg, workdir, log=_log))
-    if command == "sample":
-        generate.run(cfg, workdir, log=_log)
-    if command in ("eval", "demo"):
-        report.run(cfg, workdir, log=_log)
+    common.or_exit(lambda: run(cfg, workdir, log=_log))
     _log(f"[{command}] done in {time.perf_counter() - t0:.0f}s; outputs in {workdir}")
 
 
 def _sweep(cfg) -> None:
     """`mmar sweep`: runs the grid here, or with --dry-run prints one command per run."""
-    from mmar.scaling import runner, sweep
     if not _WORKDIR.value:
         raise app.UsageError("mmar sweep needs --workdir (the sweep's directory)")
-    try:
-        sweep.validate(cfg)
-    except sweep.SweepConfigError as e:
-        raise app.UsageError(f"bad config: {e}") from None
-    if _DRY_RUN.value:
-        flag = flags.FLAGS["config"]
-        extra = [f"--config.{k}={v}" for k, v in
-                 config_flags.get_override_values(flag).items()]
-        runner.emit(cfg, _WORKDIR.value, config_flags.get_config_filename(flag), extra,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
-        return
-    t0 = time.perf_counter()
-    runner.run_local(cfg, _WORKDIR.value, log=_log)
-    _log(f"[sweep] done in {time.perf_counter() - t0:.0f}s; report in "
-         f"{_WORKDIR.value}/scaling/report.md")
-
-
-def _or_exit(job) -> None:
-    """Token shards that do not fit the run: one line on stderr and exit status 1."""
-    from mmar.data.tokens import TokensError
-    try:
-        job()
-    except TokensError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    flag = flags.FLAGS["config"]
+    extra = [f"--config.{k}={v}" for k, v in config_flags.get_override_values(flag).items()]
+    from mmar.jobs import sweep
+    sweep.main(cfg, _WORKDIR.value, dry_run=_DRY_RUN.value,
+               config_spec=config_flags.get_config_filename(flag), extra_args=extra, log=_log)
 
 
 def _dry_run(cfg) -> None:
-    import json
-    import math
-    import os
+    """`mmar train --dry-run`: fakes the mesh's device count on the CPU, then compiles."""
     sizes = [cfg.mesh.get(a, 1) for a in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp",
                                           "dcn_tensor")]
     n = _DRY_RUN_DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
     if n <= 0:
         raise app.UsageError("--dry-run: the mesh has a -1 axis; give --dry_run_devices=N")
-    # Fake CPU devices, set before JAX starts its backend (nothing has touched it yet).
+    # Fake CPU devices, set before JAX starts its backend (the job's import starts nothing).
     flags_env = [f for f in os.environ.get("XLA_FLAGS", "").split()
                  if "host_platform_device_count" not in f]
     os.environ["XLA_FLAGS"] = " ".join(flags_env + [
         f"--xla_force_host_platform_device_count={n}"])
-    import jax
-    jax.config.update("jax_platforms", "cpu")
-    from mmar.train import dry_run
-    figures = dry_run.report(cfg, jax.devices()[:n], log=_log)
-    if _WORKDIR.value:
-        os.makedirs(_WORKDIR.value, exist_ok=True)
-        path = os.path.join(_WORKDIR.value, "dry_run.json")
-        with open(path, "w") as f:
-            json.dump(figures, f, indent=1)
-        _log(f"[dry-run] figures in {path}")
+    from mmar.jobs import train
+    train.dry_run(cfg, n, _WORKDIR.value, log=_log)
 
 
 def main(argv=None) -> int:
@@ -169,11 +152,11 @@ def main(argv=None) -> int:
         print(f"mmar: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     if command in PATH_COMMANDS:
-        from mmar.export import cli as export_cli  # lazily, like the stage modules
-        return export_cli.main(command, argv[2:])
-    if command == "launch":  # its own flags, then `-- <mmar command>` (mmar/launch/cli.py)
-        from mmar.launch import cli as launch_cli
-        return launch_cli.main(argv[2:])
+        from mmar.jobs import export
+        return export.main(command, argv[2:])
+    if command == "launch":  # its own flags, then `-- <mmar command>` (mmar/jobs/launch.py)
+        from mmar.jobs import launch
+        return launch.main(argv[2:])
     quiet = not any(a.startswith(("--verbosity", "-v")) for a in argv[2:])
     app.run(lambda _: _run(command, quiet), argv=[f"mmar {command}"] + argv[2:])
     return 0

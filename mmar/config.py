@@ -11,10 +11,12 @@ import pathlib
 
 import ml_collections
 
+from mmar import derived
 from mmar import vocab as vocab_lib
-from mmar.parallel import rules
 
-STRATEGIES = tuple(rules.STRATEGIES)
+# The names of mmar/parallel/rules.py's STRATEGIES tables (a test checks they agree; the
+# tables need JAX, which validation does not load).
+STRATEGIES = ("dp", "fsdp", "tp", "fsdp_tp")
 SECTIONS = ("data", "vocab", "image_tokenizer", "model", "train", "mesh", "checkpoint",
             "sample", "eval")
 
@@ -36,9 +38,8 @@ def _fraction(v):
 
 
 def _mixture(v):
-    from mmar.data.sources import parse_mixture
     try:
-        return parse_mixture(v)
+        return derived.parse_mixture(v)
     except ValueError:
         return []
 
@@ -65,7 +66,7 @@ _CHECKS = (
     ("data.shard_records", _positive_int, "a positive int"),
     ("image_tokenizer.levels", lambda v: len(v) > 0 and all(_positive_int(x) and x >= 2 for x in v),
      "a non-empty tuple of ints >= 2"),
-    ("image_tokenizer.quantizer", lambda v: v in ("fsq", "vq", "lfq", "rq"),
+    ("image_tokenizer.quantizer", lambda v: v in derived.QUANTIZERS,
      "one of 'fsq', 'vq', 'lfq', 'rq'"),
     ("image_tokenizer.codebook_size", lambda v: _positive_int(v) and v >= 2, "an int >= 2"),
     ("image_tokenizer.codebook_dim", _positive_int, "a positive int"),
@@ -144,7 +145,7 @@ _DECODER_CHECKS = (
 
 
 def check_image_decoder(sample) -> None:
-    """The parallel image decoder options (mmar/sample/speculative.py, zipar.py) present in
+    """The parallel image decoder options (mmar/sample/sjd.py, zipar.py) present in
     `sample` (a ConfigDict section or a dict of overrides); absent ones keep their defaults."""
     for field, ok, want in _DECODER_CHECKS:
         if field not in sample:
@@ -174,18 +175,16 @@ def image_order(cfg) -> str:
 def make_vocab(cfg) -> vocab_lib.Vocab:
     """The run's token space; RandAR adds one position-instruction id per grid index."""
     text = vocab_lib.make_text_tokenizer(cfg.vocab)
-    from mmar.data import orders
-    from mmar.tokenizers.image.quantizers import num_codes_of
-    positions = orders.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
-    return vocab_lib.Vocab(text.vocab_size, num_codes_of(cfg.image_tokenizer), positions)
+    positions = derived.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
+    return vocab_lib.Vocab(text.vocab_size, derived.num_image_codes(cfg.image_tokenizer),
+                           positions)
 
 
 def _validate_order(cfg) -> None:
     """`data.image_order` and what it needs (mmar/data/orders.py); fills model.num_targets."""
-    from mmar.data import orders
     order = image_order(cfg)
-    if order not in orders.IMAGE_ORDERS:
-        raise ConfigError(f"data.image_order={order!r}: must be one of {orders.IMAGE_ORDERS}")
+    if order not in derived.IMAGE_ORDERS:
+        raise ConfigError(f"data.image_order={order!r}: must be one of {derived.IMAGE_ORDERS}")
     start = cfg.data.get("rar_anneal_start", 0.25)
     end = cfg.data.get("rar_anneal_end", 0.75)
     if not (_fraction(start) and not isinstance(start, bool)):
@@ -194,7 +193,7 @@ def _validate_order(cfg) -> None:
         raise ConfigError(f"data.rar_anneal_end={end!r}: must be a number in "
                           f"[data.rar_anneal_start={start}, 1]")
     with cfg.unlocked():
-        cfg.model.num_targets = orders.codes_per_image(cfg) + 1 if order == "rar" else 0
+        cfg.model.num_targets = derived.codes_per_image(cfg) + 1 if order == "rar" else 0
     sample = cfg.sample
     if sample.get("randar_schedule", "constant") not in ("constant", "cosine"):
         raise ConfigError(f"sample.randar_schedule={sample.randar_schedule!r}: must be "
@@ -217,7 +216,7 @@ def _validate_order(cfg) -> None:
     if "stories" in cfg.eval.get("tasks", ()) and order == "randar":
         raise ConfigError("eval.tasks: 'stories' (interleaved continuation) needs "
                           "data.image_order 'raster' or 'rar', not 'randar'")
-    n = orders.codes_per_image(cfg)
+    n = derived.codes_per_image(cfg)
     need = 2 * n + 4 if order == "randar" else n + 4
     if cfg.data.seq_len < need:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: data.image_order={order!r} "
@@ -249,9 +248,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if tok.quantizer == "rq" and (tok.ema or tok.dead_code_restart):
         raise ConfigError("image_tokenizer.ema: EMA and dead-code restart are VQ options; "
                           "RQ trains its codebooks by gradient")
-    from mmar.tokenizers.image import autoencoder  # its shape rules (downsample stages)
     try:
-        autoencoder.validate(tok)
+        derived.autoencoder_shape(tok)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     _validate_order(cfg)

@@ -7,9 +7,9 @@ import ml_collections
 import pytest
 
 from mmar import config as config_lib
-from mmar.eval import report
-from mmar.tokenizers.image import train as tokenizer_train
-from mmar.train import decoder
+from mmar.jobs import eval as eval_job
+from mmar.jobs import tokenizer_train
+from mmar.jobs import train as train_job
 
 FAST = {"train.steps": 4, "checkpoint.every_steps": 4, "eval.num_examples": 4,
         "eval.tasks": ("frechet",)}
@@ -44,9 +44,9 @@ def test_train_sample_eval(order, test_config, tokenizer_run):
     workdir = tokenizer_run / order
     shutil.copytree(tokenizer_run / "base" / "tokenizer", workdir / "tokenizer")
     logs = []
-    result = decoder.run(cfg, workdir, log=logs.append)
+    result = train_job.run(cfg, workdir, log=logs.append)
     assert result.step == cfg.train.steps
-    out = report.run(cfg, workdir, log=logs.append)
+    out = eval_job.run(cfg, workdir, log=logs.append)
     for key in ("t2i_accuracy", "i2t_accuracy", "loss_image", "loss_text"):
         assert key in out
     assert out["loss_image"] < 10 and out["num_examples"] == 4

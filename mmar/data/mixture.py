@@ -10,7 +10,7 @@
 Every stage is a Grain dataset, so the iterator state (saved with each checkpoint) restores
 the exact stream. Records are {"kind": "caption" | "document", "segments": [{"text": str} |
 {"image": k}], "codes": int [k, n]}, the form `encode_documents` makes from any builder's
-records (shapes {"image", "caption"} or documents {"segments", "images"}).
+records (shapes {"image", "caption"} or documents {"segments", "images"}: `as_document`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from mmar.data import packing, sequences
+from mmar.data.pipeline import with_workers
 from mmar.vocab import ByteTokenizer, Vocab
 
 
@@ -37,7 +38,9 @@ class DocumentCodeSource(grain.sources.RandomAccessDataSource):
         return self.records[i]
 
 
-def _as_document(rec):
+def as_document(rec):
+    """A builder's record -> (kind, segments, uint8 images): what the in-memory encoder here
+    and the token-shard writer (mmar/data/pretokenize.py) both read."""
     if "segments" in rec:
         return rec.get("kind", "document"), rec["segments"], list(rec["images"])
     return "caption", [{"text": rec["caption"]}, {"image": 0}], [rec["image"]]
@@ -47,7 +50,7 @@ def encode_documents(encode, source, *, log=print, batch_size: int = 512) -> Doc
     """Tokenizes every image of `source` once: `encode` maps uint8 [N, H, W, 3] -> codes."""
     t0, out, n_images = time.perf_counter(), [], 0
     for start in range(0, len(source), batch_size):
-        docs = [_as_document(source[i]) for i in range(start, min(start + batch_size,
+        docs = [as_document(source[i]) for i in range(start, min(start + batch_size,
                                                                    len(source)))]
         images = [im for _, _, ims in docs for im in ims]
         codes = np.asarray(encode(np.stack(images))) if images else np.zeros((0, 0), np.int32)
@@ -122,5 +125,4 @@ def document_batches(sources, weights, vocab: Vocab, data_cfg, *, global_batch: 
     if global_batch % count:
         raise ValueError(f"train.batch_size={global_batch} must divide by the {count} processes")
     ds = ds.batch(global_batch // count, drop_remainder=True)
-    from mmar.data.pipeline import with_workers
     return iter(with_workers(ds, data_cfg.num_workers))

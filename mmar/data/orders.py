@@ -1,7 +1,7 @@
 """Image token orders for training: raster, RAR (random permutation, annealed) and RandAR.
 
-`data.image_order` picks one; every order keeps a row's text exactly as in raster order and
-changes only what lies between `<boi>` and `<eoi>`:
+`data.image_order` picks one (`mmar.derived.IMAGE_ORDERS`); every order keeps a row's text
+exactly as in raster order and changes only what lies between `<boi>` and `<eoi>`:
 
 * ``raster``: `<boi> c_0 ... c_{n-1} <eoi>`; rows are unchanged (no `targets` feature).
 * ``rar`` (RAR, Yu et al. 2024): with probability r(step) a row's image codes are permuted in
@@ -15,7 +15,7 @@ changes only what lies between `<boi>` and `<eoi>`:
   only missing piece is the next code's place: that is what the target table carries.
   r(step) is 1 until `data.rar_anneal_start` x train.steps, then decays linearly to 0 at
   `data.rar_anneal_end` x train.steps, so the model ends training in raster order and is
-  sampled in raster order (mmar/sample/decode.py feeds raster targets).
+  sampled in raster order (mmar/sample/plain.py feeds raster targets).
 * ``randar`` (RandAR, Pang et al. 2024): a fresh random order per example, each code preceded
   by a position-instruction token saying where it goes:
   `<boi> P_{pi_0} c_{pi_0} ... P_{pi_{n-1}} c_{pi_{n-1}} <eoi>` (P ids: mmar/vocab.py). The
@@ -34,14 +34,6 @@ from __future__ import annotations
 import numpy as np
 
 from mmar.vocab import Vocab
-
-IMAGE_ORDERS = ("raster", "rar", "randar")
-
-
-def codes_per_image(cfg) -> int:
-    """Codes of one image: (image_size / downsample)^2 (RQ is raster-only, config.py)."""
-    return (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
-
 
 def rar_probability(step: int, total_steps: int, start: float, end: float) -> float:
     """RAR's permutation probability r at 0-based `step`: 1 before start x total, linear to 0

@@ -13,7 +13,7 @@
 Grain's packer never cuts an element (it raises on one longer than a row), so keeping images
 whole only needs the pieces to be cut at the right places first, which is FitToRows' job.
 Attention never crosses documents because the model masks by `segment_ids`
-(mmar/model/layers.py:attention_mask), and the first token of each document has loss weight 0,
+(mmar/model/attention.py:attention_mask), and the first token of each document has loss weight 0,
 so nothing is predicted across a document boundary either.
 
 Both stages are Grain iterators with `get_state`/`set_state`, so a checkpoint restores the
@@ -121,7 +121,7 @@ class _FitToRowsIterator(grain.DatasetIterator):
 
 
 class _Rows(grain.transforms.Map):
-    """Grain's packed names (`tokens_segment_ids`, ...) -> the row features of DESIGN.md."""
+    """Grain's packed names (`tokens_segment_ids`, ...) -> the rows of docs/architecture.md."""
 
     def map(self, packed):
         return {"tokens": packed["tokens"], "positions": packed["tokens_positions"],

@@ -12,8 +12,10 @@ import time
 import grain
 import jax
 import numpy as np
+from absl import flags
 
-from mmar.data import orders, packing, sequences
+from mmar.data import orders, packing, sequences, synthetic
+from mmar.data.builders import shapes
 from mmar.vocab import ByteTokenizer, Vocab
 
 
@@ -143,7 +145,6 @@ def with_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
     """
     if num_workers <= 0:
         return ds
-    from absl import flags
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -195,8 +196,6 @@ def data_dir(data_cfg) -> str:
 
 def shapes_split(data_cfg, split: str):
     """The built-in shapes data set's split as a random-access source (prepared if needed)."""
-    from mmar.data import synthetic
-    from mmar.data.builders import shapes
     if data_cfg.name != "shapes":
         raise ValueError(f"data.name={data_cfg.name!r}: only 'shapes' is built in so far")
     return shapes.load_split(synthetic.ShapesSpec.from_config(data_cfg), split,

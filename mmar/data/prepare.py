@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmar.data.builders import folder
 from mmar.data.packing import BadDataError
 
 
 def _folder(a):
-    from mmar.data.builders import folder
     spec = folder.FolderSpec(a.folder, a.image_size, a.max_images, a.max_text_bytes,
                              a.max_bad_fraction)
     builder = folder.prepare(spec, data_dir=a.data_dir)

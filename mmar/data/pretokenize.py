@@ -1,4 +1,6 @@
-"""`mmar pretokenize`: a trained image tokenizer over a source -> token shards (ArrayRecord).
+"""Writing token shards: a trained image tokenizer over a source -> ArrayRecord files.
+
+The job that runs it over a run's sources is `mmar pretokenize` (mmar/jobs/pretokenize.py):
 
     mmar pretokenize --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
     mmar train       --config=configs/t2i_shapes.py:tiny --workdir=runs/demo \
@@ -29,9 +31,9 @@ import time
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from mmar.data import tokens
+from mmar import derived
+from mmar.data import mixture, tokens
 
-SUBDIR = "tokens"
 WRITER_OPTIONS = "group_size:1"   # one record per chunk: cheap random access for Grain
 
 
@@ -58,11 +60,6 @@ def _is_done(path: str) -> bool:
     except (OSError, ValueError):
         return False
     return os.path.isfile(path) and os.path.getsize(path) == done.get("bytes")
-
-
-def _as_document(rec):
-    from mmar.data.mixture import _as_document as as_doc
-    return as_doc(rec)
 
 
 def write_metadata(source_dir: str, *, name: str, split: str, identity: dict, settings: dict,
@@ -127,7 +124,7 @@ def write_split(source, encode, source_dir: str, *, name: str, split: str, ident
         try:
             for start in range(0, len(indices), batch_size):
                 batch = indices[start:start + batch_size]
-                docs = [_as_document(source[i]) for i in batch]
+                docs = [mixture.as_document(source[i]) for i in batch]
                 images = [im for _, _, ims in docs for im in ims]
                 codes = (np.asarray(encode(np.stack(images)), np.int32) if images
                          else np.zeros((0, 0), np.int32))
@@ -159,45 +156,8 @@ def write_split(source, encode, source_dir: str, *, name: str, split: str, ident
             "shards_skipped": len(mine) - len(todo), "shards_written": len(todo)}
 
 
-def tokens_dir(workdir) -> str:
-    return os.path.join(os.fspath(workdir), SUBDIR)
-
-
 def entries(data_cfg) -> list[str]:
     """The sources a run trains on: the mixture's names, or the demo's shapes pairs."""
-    from mmar.data import sources
     if data_cfg.get("mixture"):
-        return [name for name, _ in sources.parse_mixture(data_cfg.mixture)]
+        return [name for name, _ in derived.parse_mixture(data_cfg.mixture)]
     return ["shapes"]
-
-
-def run(cfg, workdir, log=print, split: str = "train") -> dict:
-    """`mmar pretokenize`: every source of the config, this process's shards."""
-    import jax
-
-    from mmar.data import sources
-    from mmar.tokenizers.image import train as tokenizer_train
-    # Each process encodes its own records on its own devices: no collective, no global
-    # batch, so hosts never wait for each other (the decoder's trainer is what needs those).
-    tokenizer = tokenizer_train.ImageTokenizer(cfg, workdir, devices=jax.local_devices())
-    identity = tokens.tokenizer_identity(cfg, workdir, tokenizer.step)
-    log(f"[pretokenize] tokenizer step {tokenizer.step}, params sha256 "
-        f"{identity['params_sha256'][:12]}.., {identity['num_codes']} codes")
-    out = {}
-    for name in entries(cfg.data):
-        src = sources.load(name, cfg.data, split, log=log)
-        out[name] = write_split(
-            src, tokenizer.encode, os.path.join(tokens_dir(workdir), tokens.source_key(name)),
-            name=name, split=split, identity=identity,
-            settings=tokens.source_settings(name, cfg.data),
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            shard_records=cfg.data.shard_records, log=log)
-    return out
-
-
-def open_for_training(cfg, workdir, split: str = "train") -> dict:
-    """{source name: TokenShardSource} for the run, checked against its tokenizer."""
-    identity = tokens.tokenizer_identity(cfg, workdir)
-    return {name: tokens.open_split(tokens_dir(workdir), name, split, identity=identity,
-                                    data_cfg=cfg.data)
-            for name in entries(cfg.data)}

@@ -3,7 +3,8 @@
     --config.data.mixture=shapes:0.6,stories:0.3,digits:0.1
     --config.data.mixture=shapes:0.5,path/to/my_data:0.5      (a folder: docs/data.md)
 
-Entries are `name[:weight]` (weight 1 if left out), comma-separated. Names: `shapes` (the
+Entries are `name[:weight]` (weight 1 if left out), comma-separated (the syntax:
+`mmar.derived.parse_mixture`, which validation checks too). Names: `shapes` (the
 built-in caption pairs), `stories` (interleaved shape stories), `digits` (scikit-learn's
 digits), or a folder of images + JSONL (anything else; it must exist). Every source is
 prepared once as ArrayRecord in the data dir, at `data.image_size`, so one image tokenizer
@@ -11,34 +12,12 @@ reads them all. Empty (the default) = the demo's shapes pairs, unpacked.
 """
 from __future__ import annotations
 
-import os
-
-BUILT_IN = ("shapes", "stories", "digits")
-
-
-def parse_mixture(text: str) -> list[tuple[str, float]]:
-    """'shapes:0.6,my_data:0.4' -> [('shapes', 0.6), ('my_data', 0.4)]; ValueError if bad."""
-    out = []
-    for entry in filter(None, (e.strip() for e in text.split(","))):
-        name, weight = entry, 1.0
-        head, _, tail = entry.rpartition(":")
-        if head:
-            try:
-                name, weight = head, float(tail)
-            except ValueError:
-                pass
-        if not weight > 0:
-            raise ValueError(f"weight of {name!r} must be > 0, got {weight}")
-        if name not in BUILT_IN and not os.path.isdir(name):
-            raise ValueError(f"{name!r} is neither one of {BUILT_IN} nor a folder")
-        out.append((name, weight))
-    return out
-
+from mmar import derived
+from mmar.data import mixture, pipeline, synthetic
+from mmar.data.builders import folder, generated
 
 def load(name: str, data_cfg, split: str = "train", log=print):
     """A random-access source of `split` for one mixture entry (prepared if needed)."""
-    from mmar.data import pipeline, synthetic
-    from mmar.data.builders import folder, generated
     data_dir = pipeline.data_dir(data_cfg)
     spec = synthetic.ShapesSpec.from_config(data_cfg)
     if name == "shapes":
@@ -60,8 +39,7 @@ def mixture_batches(data_cfg, encode, vocab, *, global_batch: int, seed: int, lo
                     documents: dict | None = None):
     """Packed batches of the configured mixture; every image tokenized once by `encode`,
     or read from token shards: `documents` maps each entry's name to its source of codes."""
-    from mmar.data import mixture
-    entries = parse_mixture(data_cfg.mixture)
+    entries = derived.parse_mixture(data_cfg.mixture)
     if documents is not None:
         sources = [documents[name] for name, _ in entries]
     else:

@@ -1,6 +1,7 @@
 """Token shards on disk: record format, metadata, the tokenizer check, and the reader.
 
-`mmar pretokenize` (mmar/data/pretokenize.py) writes, per source and split:
+`mmar pretokenize` (mmar/jobs/pretokenize.py; the writer is mmar/data/pretokenize.py) writes,
+per source and split (the run directory's layout: mmar/rundir.py):
 
     WORKDIR/tokens/<source>/metadata.json        which tokenizer made the shards, the layout
     WORKDIR/tokens/<source>/<split>/process_{i}-of-{n}-shard_{k}.array_record
@@ -32,6 +33,9 @@ import struct
 
 import grain
 import numpy as np
+
+from mmar import config as config_lib
+from mmar import derived
 
 MAGIC = b"MMTK"
 FORMAT = "mmar-tokens/1"
@@ -117,15 +121,6 @@ def _jsonable(x):
     return x
 
 
-def latest_step(workdir) -> int:
-    ckpts = os.path.join(os.fspath(workdir), "tokenizer", "checkpoints")
-    steps = [int(d) for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else []) if d.isdigit()]
-    if not steps:
-        raise TokensError(f"no tokenizer checkpoint in {ckpts}; run `mmar tokenizer-train` "
-                          "with this --workdir first")
-    return max(steps)
-
-
 def params_sha256(params_dir: str) -> str:
     """sha256 over a checkpoint's param files, in sorted relative-path order (names too)."""
     h = hashlib.sha256()
@@ -142,17 +137,15 @@ def params_sha256(params_dir: str) -> str:
     return h.hexdigest()
 
 
-def tokenizer_identity(cfg, workdir, step: int | None = None) -> dict:
-    """What made (or would make) the codes: config, checkpoint step and hash, vocab layout."""
-    from mmar import config as config_lib
-    from mmar.tokenizers.image.quantizers import num_codes_of
-    step = latest_step(workdir) if step is None else int(step)
-    params = os.path.join(os.fspath(workdir), "tokenizer", "checkpoints", str(step), "params")
+def tokenizer_identity(cfg, params_dir, step: int) -> dict:
+    """What made (or would make) the codes: config, checkpoint step and the hash of its
+    param files in `params_dir`, vocab layout (a run directory's: mmar/rundir.py)."""
     tok = cfg.image_tokenizer
     vocab = config_lib.make_vocab(cfg)
-    return {"config": _jsonable(tok), "step": step, "params_sha256": params_sha256(params),
-            "num_codes": num_codes_of(tok),
-            "depth": int(tok.get("rq_depth", 2)) if tok.quantizer == "rq" else 1,
+    return {"config": _jsonable(tok), "step": int(step),
+            "params_sha256": params_sha256(os.fspath(params_dir)),
+            "num_codes": derived.num_image_codes(tok),
+            "depth": derived.quantizer_depth(tok),
             "image_size": cfg.data.image_size,
             "vocab": {"text_size": vocab.text_size, "image_offset": vocab.image_offset,
                       "num_image_codes": vocab.num_image_codes, "size": vocab.size}}

@@ -15,6 +15,8 @@ import functools
 import numpy as np
 from PIL import Image
 
+from mmar.data.builders.generated import digit_images
+
 
 def to_features(images: np.ndarray) -> np.ndarray:
     """uint8 [N, S, S, 3] -> float [N, 64]: 8x8 grey levels in [0, 16]."""
@@ -32,8 +34,6 @@ def to_features(images: np.ndarray) -> np.ndarray:
 class DigitsClassifier:
     def __init__(self, image_size: int):
         from sklearn.linear_model import LogisticRegression
-
-        from mmar.data.builders.generated import digit_images
         images, labels = digit_images(image_size)
         test = np.arange(len(labels)) % 6 == 0
         x = to_features(images)

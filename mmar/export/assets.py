@@ -15,11 +15,17 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
+import ml_collections
 import numpy as np
+from PIL import Image
 
+from mmar import derived
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
-from mmar.tokenizers.image import quantizers
+from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers.image import autoencoder
+from mmar.train import state as state_lib
 from mmar.vocab import SPECIALS
 
 IMAGE_DIR = "image_tokenizer"
@@ -102,18 +108,14 @@ def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape) -> None:
 
 def _autoencoder(tok_cfg):
     """(ModelState, abstract params) of the image tokenizer on one CPU device."""
-    import jax
-
-    from mmar.parallel import mesh as mesh_lib
-    from mmar.tokenizers.image import autoencoder
-    from mmar.train import state as state_lib
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices("cpu")[:1])
     return state_lib.create_abstract(lambda rngs: autoencoder.Autoencoder(tok_cfg, rngs=rngs),
                                      mesh)
 
 
-def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, int]:
-    """Image tokenizer weights (names as in the checkpoint) + config; returns codes (h, w)."""
+def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, ...]:
+    """Image tokenizer weights (names as in the checkpoint) + config; returns the codes'
+    shape of one image: (h, w), or (h, w, depth) for RQ."""
     reader = orbax_reader.CheckpointReader(step_dir)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,12 +123,12 @@ def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, int]:
                   [st.Planned(n, reader.shape(n), reader.dtype(n),
                               lambda n=n: reader.read(n)) for n in reader.names])
     size = int(cfg.data.image_size)
-    down = int(cfg.image_tokenizer.downsample)
-    codes_shape = (size // down, size // down)
+    depth = derived.quantizer_depth(cfg.image_tokenizer)
+    codes_shape = derived.code_grid(cfg) + ((depth,) if depth > 1 else ())
     (out_dir / "config.json").write_text(json.dumps({
         "image_tokenizer": cfg.image_tokenizer.to_dict(), "image_size": [size, size],
         "codes_shape": list(codes_shape),
-        "num_codes": quantizers.num_codes_of(cfg.image_tokenizer)}, indent=1))
+        "num_codes": derived.num_image_codes(cfg.image_tokenizer)}, indent=1))
     return codes_shape
 
 
@@ -146,8 +148,6 @@ class ImageDecoder:
 
     @classmethod
     def from_pretrained(cls, directory) -> "ImageDecoder":
-        import jax
-        import ml_collections
         directory = pathlib.Path(directory)
         layout_path = directory / MMAR_JSON
         if not layout_path.is_file():
@@ -205,20 +205,15 @@ class ImageDecoder:
         return self.decode_codes(codes)
 
     def decode_codes(self, codes) -> np.ndarray:
-        import jax
-
-        from mmar.tokenizers.image import autoencoder
         if self._decode is None:
             self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
                 self._state.merge(p).decode_codes(c)))
-        h, w = self.layout["codes_shape"]
-        codes = np.asarray(codes, np.int32).reshape(-1, h, w)
+        codes = np.asarray(codes, np.int32).reshape(-1, *self.layout["codes_shape"])
         return np.asarray(self._decode(self._params, codes))
 
     @staticmethod
     def save_png(images, path) -> None:
         """One image, or a row of several, as a PNG."""
-        from PIL import Image
         images = np.asarray(images)
         row = images if images.ndim == 3 else np.concatenate(list(images), axis=1)
         Image.fromarray(row).save(path)

@@ -23,6 +23,7 @@ import shutil
 
 import numpy as np
 
+from mmar import config as config_lib
 from mmar.export import assets
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
@@ -173,7 +174,6 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
            max_shard_size=DEFAULT_MAX_SHARD, image_tokenizer=None, log=print) -> pathlib.Path:
     """Writes `out_dir` from an mmar decoder checkpoint (a run workdir, its decoder dir or a
     step dir). The image tokenizer is taken from `image_tokenizer` or the run workdir."""
-    from mmar import config as config_lib
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: one of {FORMATS}")
     step_dir = orbax_reader.find_step_dir(checkpoint, "decoder")

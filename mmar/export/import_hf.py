@@ -23,9 +23,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmar import config as config_lib
+from mmar import derived
 from mmar.export import assets, hf
 from mmar.export import safetensors_io as st
-from mmar.tokenizers.image import quantizers
+from mmar.model.transformer import Decoder
+from mmar.parallel import mesh as mesh_lib
+from mmar.train import checkpoint as checkpoint_lib
+from mmar.train import state as state_lib
 from mmar.vocab import PAD_MULTIPLE, SPECIALS
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -75,7 +80,6 @@ def model_section(hf_cfg: dict, path) -> dict:
 
 def _config(hf_dir: pathlib.Path, base_cfg):
     """(mmar config, text vocabulary size, the model's vocab size in the checkpoint)."""
-    from mmar import config as config_lib
     hf_cfg_path = hf_dir / "config.json"
     hf_cfg = _read_json(hf_cfg_path) if hf_cfg_path.is_file() else None
     if (hf_dir / assets.MMAR_JSON).is_file() and (hf_dir / "mmar_config.json").is_file():
@@ -92,9 +96,9 @@ def _config(hf_dir: pathlib.Path, base_cfg):
     if not isinstance(text_size, int) or text_size <= 0:
         raise ValueError(f"{hf_cfg_path}: vocab_size={text_size!r} must be a positive int")
     cfg = ml_collections.ConfigDict(base_cfg.to_dict())
-    num_codes = quantizers.num_codes_of(cfg.image_tokenizer)
-    from mmar.data import orders  # RandAR position ids follow the codes (mmar/vocab.py)
-    positions = orders.codes_per_image(cfg) if config_lib.image_order(cfg) == "randar" else 0
+    num_codes = derived.num_image_codes(cfg.image_tokenizer)
+    # RandAR position ids follow the codes (mmar/vocab.py)
+    positions = derived.codes_per_image(cfg) if config_lib.image_order(cfg) == "randar" else 0
     used = text_size + len(SPECIALS) + num_codes + positions
     cfg.model.update(model_section(hf_cfg, hf_cfg_path),
                      vocab_size=-(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
@@ -103,9 +107,6 @@ def _config(hf_dir: pathlib.Path, base_cfg):
 
 
 def _abstract_params(model_cfg):
-    from mmar.model.transformer import Decoder
-    from mmar.parallel import mesh as mesh_lib
-    from mmar.train import state as state_lib
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices("cpu")[:1])
     return state_lib.create_abstract(lambda rngs: Decoder(model_cfg, rngs=rngs), mesh)[1]
 
@@ -168,7 +169,6 @@ def load_params(hf_dir, base_cfg=None, seed: int = 0):
 def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=print):
     """Writes `<out>/decoder/checkpoints/<step>` (params + config), the layout that the
     mmar jobs and `mmar export` read; plus `<out>/decoder/vocab.json` (the id layout)."""
-    from mmar.train import checkpoint as checkpoint_lib
     cfg, params, text_size = load_params(hf_dir, base_cfg, seed)
     out = pathlib.Path(out) / "decoder"
     ckpt = checkpoint_lib.Checkpointer(out / "checkpoints", async_save=False)
@@ -183,7 +183,7 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=p
     layout = {"text_size": text,
               "special_ids": {name: text + i for i, name in enumerate(SPECIALS)},
               "image_offset": text + len(SPECIALS),
-              "num_image_codes": quantizers.num_codes_of(cfg.image_tokenizer),
+              "num_image_codes": derived.num_image_codes(cfg.image_tokenizer),
               "vocab_size": cfg.model.vocab_size}
     (out / "vocab.json").write_text(json.dumps(layout, indent=1))
     n = sum(x.size for x in jax.tree.leaves(params))

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import yaml
+
 from mmar.launch import common
 
 COORDINATOR_PORT = 1234
@@ -132,7 +134,6 @@ def manifest(spec: common.RunSpec, opts: Options) -> dict:
 
 
 def render(spec: common.RunSpec, opts: Options) -> str:
-    import yaml  # PyYAML (requirements.txt); only this launcher needs it
     doc = manifest(spec, opts)
     name, ns = doc["metadata"]["name"], ["-n", opts.namespace] if opts.namespace else []
     head = (f"# mmar launch gke: JobSet {name} ({opts.accelerator}): "

@@ -1,4 +1,7 @@
-"""The pieces of the mmar decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, Embed.
+"""The pieces of the mmar decoder: RMSNorm, RoPE, the attention layer, SwiGLU MLP, Embed.
+
+The attention layer holds the projections, RoPE, QK-norm and the KV cache write; the
+attention itself is one of the kernels of model/attention.py, picked by `model.attention`.
 
 Conventions shared by every layer here:
 
@@ -12,15 +15,16 @@ Conventions shared by every layer here:
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmar.parallel.rules import active, constrain
+from mmar.model import attention
+from mmar.model.attention import Visible
+from mmar.parallel.rules import constrain
 
 
 def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], names: Sequence[str],
@@ -72,8 +76,7 @@ def project(x: jax.Array, w: jax.Array, n_contract: int = 1, out_dtype=None) -> 
 
     Same contraction as `einsum("bse,ehd->bshd")` and friends, but XLA:CPU runs a dot with
     several free dimensions on the left (batch and length) markedly slower than the same
-    product of 2-D matrices: 1.6x for the forward + backward of the 25M model's MLP and
-    1.3x for its output head (docs/performance.md). On TPU/GPU the reshapes are free; the
+    product of 2-D matrices (docs/performance.md). On TPU/GPU the reshapes are free; the
     merged rows keep the batch's sharding (batch is the major dimension).
     """
     lead, k = x.shape[:x.ndim - n_contract], math.prod(x.shape[x.ndim - n_contract:])
@@ -81,156 +84,14 @@ def project(x: jax.Array, w: jax.Array, n_contract: int = 1, out_dtype=None) -> 
     return y.reshape(*lead, *w.shape[n_contract:])
 
 
-def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_offset=0) -> jax.Array:
-    """Which keys each query may see: [B, S, T] bool.
-
-    Query i sits at slot q_offset + i and key j at slot j (a KV cache writes new tokens at
-    its index, so q_offset is that index). A query sees a key when the key is not later
-    (causal), belongs to the same document (packing never mixes documents), and is not
-    padding (segment 0).
-    """
-    q_slots = q_offset + jnp.arange(q_segments.shape[1])
-    k_slots = jnp.arange(k_segments.shape[1])
-    causal = k_slots[None, None, :] <= q_slots[None, :, None]
-    same_doc = q_segments[:, :, None] == k_segments[:, None, :]
-    return causal & same_doc & (k_segments != 0)[:, None, :]
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention: q [B, S, H, D], k/v [B, T, KVH, D], mask [B, S, T].
-
-    Query head h reads kv head h // (H / KVH) (the grouping of Hugging Face `repeat_kv`).
-    The G query heads of a KV head and their S queries are merged into one row dimension,
-    so every matmul here and in its autodiff transpose is a (B, KV head)-batched product
-    with a single contracted dimension: XLA:CPU runs those at matmul speed, while the
-    [B, S, KVH, G, D] einsum this replaced contracted two dimensions in the backward pass
-    (dK, dV) and took 1.5x as long (docs/performance.md). Logits and softmax are float32;
-    the softmax subtracts a stop-gradient row max (the same gradient, one pass fewer). A
-    query with no visible key (padding) gets a uniform average instead of NaN; its output
-    is never used.
-    """
-    return _attend_lse_fwd(q, k, v, mask)[0]
-
-
-def _heads_to_rows(x, kvh: int):
-    """[B, S, H, D] -> [B, KVH, G * S, D]: the G heads of a KV head and their queries."""
-    b, s, h, d = x.shape
-    return x.reshape(b, s, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, -1, d)
-
-
-def _rows_to_heads(x, s: int):
-    """[B, KVH, G * S, D] -> [B, S, H, D]."""
-    b, kvh, _, d = x.shape
-    return x.reshape(b, kvh, -1, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, -1, d)
-
-
-def _scores(q, k, mask):
-    """Masked float32 logits [B, KVH, G, S, T] of `attend`, and q as merged rows."""
-    b, s, h, d = q.shape
-    t, kvh = k.shape[1], k.shape[2]
-    rows = _heads_to_rows(q, kvh)
-    logits = jnp.einsum("bkxd,bktd->bkxt", rows * jnp.asarray(d ** -0.5, q.dtype),
-                        k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits.reshape(b, kvh, h // kvh, s, t),
-                       jnp.finfo(jnp.float32).min)
-    return logits, rows
-
-
-@jax.custom_vjp
-def attend_saving_lse(q, k, v, mask):
-    """`attend` with a hand-written backward pass that keeps only q, k, v, the output and
-    the log-sum-exp of each query's scores (flash attention's residuals, no [S, T] scores):
-    the probabilities are recomputed from them, and the softmax gradient is one fused pass
-    (ds = p * (dp - rowsum(dout * out))) instead of autodiff's chain through max, exp, sum
-    and division. Same values and gradients as `attend` (tests/model/test_layers.py)."""
-    return _attend_lse_fwd(q, k, v, mask)[0]
-
-
-def _attend_lse_fwd(q, k, v, mask):
-    """(attention output, residuals of the hand-written backward pass); `attend` itself."""
-    s, t, kvh = q.shape[1], k.shape[1], k.shape[2]
-    logits, _ = _scores(q, k, mask)
-    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    e = jnp.exp(logits - top)
-    z = jnp.sum(e, axis=-1, keepdims=True)
-    probs = (e / z).astype(v.dtype).reshape(q.shape[0], kvh, -1, t)
-    out = _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", probs, v.transpose(0, 2, 1, 3)), s)
-    return out, (q, k, v, mask, out, top + jnp.log(z))
-
-
-def _attend_lse_bwd(res, dout):
-    q, k, v, mask, out, lse = res
-    s, d = q.shape[1], q.shape[3]
-    kvh, t = k.shape[2], k.shape[1]
-    logits, rows = _scores(q, k, mask)
-    p = jnp.exp(logits - lse).reshape(q.shape[0], kvh, -1, t)   # [B, KVH, G * S, T]
-    do, o = (_heads_to_rows(x, kvh).astype(jnp.float32) for x in (dout, out))
-    kt, vt = (x.transpose(0, 2, 1, 3).astype(jnp.float32) for x in (k, v))
-    dv = jnp.einsum("bkxt,bkxd->bktd", p, do)
-    dp = jnp.einsum("bkxd,bktd->bkxt", do, vt)
-    ds = p * (dp - jnp.sum(do * o, axis=-1, keepdims=True)) * d ** -0.5
-    dq = _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", ds, kt), s)
-    dk = jnp.einsum("bkxt,bkxd->bktd", ds, rows.astype(jnp.float32))
-    return (dq.astype(q.dtype), dk.transpose(0, 2, 1, 3).astype(k.dtype),
-            dv.transpose(0, 2, 1, 3).astype(v.dtype), None)
-
-
-attend_saving_lse.defvjp(_attend_lse_fwd, _attend_lse_bwd)
-
-
-def attend_blockwise(q, k, v, segments, block: int) -> jax.Array:
-    """`attend` over packed rows, one block of `block` queries at a time.
-
-    Query block i reads only keys [0, (i + 1) * block) (causality, decided statically, so
-    about half the score FLOPs of a full [S, S] matrix are never computed), builds its mask
-    from the segment ids, and differentiates through `attend_saving_lse`: no [S, S] scores
-    or probabilities are kept between the passes, only q, k, v, the output and each query's
-    log-sum-exp. Same result as `attend` with `attention_mask(segments, segments)`.
-
-    On a CPU without a multi-device mesh the blocks run one (row, KV head) at a time in a
-    `lax.map`: each block's scores ([G x block, S] floats) then stay in cache between the
-    masking, softmax and matmul passes instead of streaming [B, KVH, G, block, S] through
-    memory; 1.45x faster forward + backward on the 25M model (docs/performance.md). Under a
-    mesh the loop would run over a sharded dimension, so the batched form is kept there.
-    """
-    if jax.default_backend() == "cpu" and (active() is None or active()[0].size == 1):
-        return _per_kv_head(functools.partial(_query_blocks, block=block), q, k, v, segments)
-    return _query_blocks(q, k, v, segments, block)
-
-
-def _query_blocks(q, k, v, segments, block: int) -> jax.Array:
-    outs = []
-    for start in range(0, q.shape[1], block):
-        stop = min(start + block, q.shape[1])
-        mask = attention_mask(segments[:, start:stop], segments[:, :stop], q_offset=start)
-        outs.append(attend_saving_lse(q[:, start:stop], k[:, :stop], v[:, :stop], mask))
-    return jnp.concatenate(outs, axis=1)
-
-
-def _per_kv_head(fn, q, k, v, segments):
-    """fn(q [1, S, G, D], k / v [1, S, 1, D], segments [1, S]) over every (row, KV head)."""
-    b, s, h, d = q.shape
-    kvh = k.shape[2]
-    qh = q.reshape(b, s, kvh, h // kvh, d).transpose(0, 2, 1, 3, 4).reshape(b * kvh, 1, s,
-                                                                             h // kvh, d)
-    kh, vh = (x.transpose(0, 2, 1, 3).reshape(b * kvh, 1, s, 1, d) for x in (k, v))
-    seg = jnp.repeat(segments, kvh, axis=0)[:, None]
-    out = jax.lax.map(lambda a: fn(*a), (qh, kh, vh, seg))  # [B * KVH, 1, S, G, D]
-    return out.reshape(b, kvh, s, h // kvh, d).transpose(0, 2, 1, 3, 4).reshape(b, s, h, d)
-
-
-def attend_cudnn(q, k, v, segments) -> jax.Array:
-    """`jax.nn.dot_product_attention` with cuDNN's fused (flash) kernel: GPU only.
-
-    Causal, plus a [B, 1, S, S] mask for packing; cuDNN wants bf16/fp16 inputs.
-    """
-    same_doc = (segments[:, :, None] == segments[:, None, :]) & (segments != 0)[:, None, :]
-    out = jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True,
-                                       implementation="cudnn")
-    return out.astype(q.dtype)
-
-
-ATTENTION = ("xla", "blockwise", "cudnn", "splash")
+class Context(NamedTuple):
+    """What every block of one decoder call reads besides the residual stream, the same for
+    all layers: `positions` [B, S] for RoPE (restarting at each packed document), `visible`
+    (which keys each query sees) and, for Mixture-of-Transformers blocks only, `routing`
+    (mot.Routing: where each token's row sits in modality order; None in a dense decoder)."""
+    positions: jax.Array
+    visible: Visible
+    routing: Any = None
 
 
 class Attention(nnx.Module):
@@ -258,18 +119,17 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
         self.rope_theta = cfg.rope_theta
         self.dtype = dtype
-        self.impl = cfg.get("attention", "xla")
-        self.block = cfg.get("attention_block", 512)
+        self.kernel = attention.implementation(cfg)
 
-    def __call__(self, x, positions, mask, cache=None, segments=None):
-        """x [B, S, E], positions [B, S], mask [B, S, T] -> (out [B, S, E], (k, v)).
+    def __call__(self, x, positions, visible: Visible, cache=None):
+        """x [B, S, E], positions [B, S] -> (out [B, S, E], (k, v)).
 
-        Without a cache, T = S and (k, v) are this call's keys/values; `segments` [B, S]
-        (the row's segment ids) lets the `blockwise` and `cudnn` implementations build
-        their masks themselves (then `mask` may be None). With
+        `visible` says which keys each query sees (attention.Visible). Without a cache the
+        keys are this call's own (T = S) and (k, v) are returned. With
         `cache=(k_cache, v_cache, index)` (k_cache [B, T, KVH, D]) the new keys/values are
         written at slots index..index+S-1, the queries attend over the whole cache with
-        `mask` (always the plain XLA path), and (k, v) is the updated cache.
+        `visible.mask` [B, S, T] (the plain XLA path, whatever `model.attention` says), and
+        (k, v) is the updated cache.
         """
         dt = self.dtype
         q = project(x, self.q[...].astype(dt))
@@ -277,36 +137,29 @@ class Attention(nnx.Module):
         v = project(x, self.v[...].astype(dt))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        out, kv = self.mix(q, k, v, positions, mask, cache, segments)
+        out, kv = self.mix(q, k, v, positions, visible, cache)
         out = project(out, self.o[...].astype(dt), n_contract=2)
         return constrain(out, ("batch", "length", "act_embed")), kv
 
-    def mix(self, q, k, v, positions, mask, cache=None, segments=None):
+    def mix(self, q, k, v, positions, visible: Visible, cache=None):
         """RoPE, the cache write and attention of projected (and QK-normed) q, k, v
         [B, S, heads, D] -> (out [B, S, H, D] before the o projection, (k, v)).
 
         Shared with the Mixture-of-Transformers attention (model/mot.py), whose projections
         differ but whose attention over the whole sequence is this one.
         """
-        dt = self.dtype
         q = constrain(apply_rope(q, positions, self.rope_theta),
                       ("batch", "length", "act_heads", None))
         k = constrain(apply_rope(k, positions, self.rope_theta),
                       ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         if cache is not None:
+            if visible.mask is None:
+                raise ValueError("attention over a KV cache needs `visible.mask` [B, S, T]")
             k_cache, v_cache, index = cache
             k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-        if cache is None and segments is not None and self.impl == "blockwise":
-            out = attend_blockwise(q, k, v, segments, self.block)
-        elif cache is None and segments is not None and self.impl == "cudnn":
-            out = attend_cudnn(q, k, v, segments)
-        elif cache is None and segments is not None and self.impl == "splash":
-            from mmar.model.splash import attend_splash  # Pallas: imported when used
-            out = attend_splash(q, k, v, segments, block=self.block)
-        else:
-            out = attend(q, k.astype(dt), v.astype(dt), mask)
+        out = self.kernel(q, k, v, visible)
         return constrain(out, ("batch", "length", "act_heads", None)), (k, v)
 
 

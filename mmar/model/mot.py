@@ -26,9 +26,8 @@ gather). Every projection is then a grouped matmul of contiguous row groups:
   mot_tile - 1 rows per modality. A custom VJP runs the backward pass the same way (dx by
   the transposed weight; dW per modality, accumulated over its windows, rows outside the
   modality masked out).
-- `ragged`: `jax.lax.ragged_dot` over the group sizes; native grouped matmul on TPU, but XLA:CPU
-  lowers it to one masked dense matmul per group (2.3x dense forward, 3x backward for M = 2;
-  docs/performance.md), so it is not the default there.
+- `ragged`: `jax.lax.ragged_dot`; native grouped matmul on TPU, but XLA:CPU lowers it to one
+  masked dense matmul per group (every token pays for every copy; docs/performance.md).
 
 Sharding: under a mesh that splits the batch (`rules.use_mesh`), routing, the gathers and the
 grouped matmuls run per batch shard in a `shard_map` over the batch axes (`_per_shard`): each
@@ -47,14 +46,17 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from mmar.model.layers import Attention, param
+from mmar.model import attention
+from mmar.model.layers import Attention, Context, param
 from mmar.parallel import rules
 
 MATMULS = ("auto", "tiled", "ragged")
 
 
 def resolve_matmul(name: str) -> str:
-    """"auto": `ragged` on TPU (native grouped matmul), `tiled` elsewhere (CPU measured)."""
+    """`model.mot_matmul` for this platform, resolved once when the MoT layers are built:
+    "auto" is `ragged` on TPU (a native grouped matmul there) and `tiled` elsewhere (on
+    XLA:CPU `ragged` multiplies every token by every copy; docs/performance.md)."""
     if name == "auto":
         return "ragged" if jax.default_backend() == "tpu" else "tiled"
     return name
@@ -146,6 +148,7 @@ def window_rows(r: Routing) -> int:
     return r.perm.shape[0] - r.inv.shape[0] + 1
 
 
+@jax.custom_vjp
 def _gather_sorted(x, perm, inv):
     return x[perm]
 
@@ -163,10 +166,10 @@ def _gather_sorted_bwd(res, dxs):
     return dxs[inv].at[0].add(jnp.sum(dxs[n:], axis=0)), None, None
 
 
-_gather_sorted = jax.custom_vjp(_gather_sorted)
 _gather_sorted.defvjp(_gather_sorted_fwd, _gather_sorted_bwd)
 
 
+@jax.custom_vjp
 def _gather_unsorted(xs, perm, inv):
     return xs[inv]
 
@@ -181,7 +184,6 @@ def _gather_unsorted_bwd(res, dx):
     return jnp.where(real, dx[perm], 0), None, None
 
 
-_gather_unsorted = jax.custom_vjp(_gather_unsorted)
 _gather_unsorted.defvjp(_gather_unsorted_fwd, _gather_unsorted_bwd)
 
 
@@ -320,15 +322,13 @@ class MoTAttention(Attention):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):  # noqa: super().__init__ would build dense weights
         num, d, h, kvh = cfg.get("num_modalities", 2), cfg.d_model, cfg.n_heads, cfg.n_kv_heads
-        hd = cfg.head_dim
-        pdt = jnp.dtype(cfg.param_dtype)
+        hd, pdt = cfg.head_dim, jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.init_std)
         out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        kv_names = ("modality", "embed", "kv_heads", "head_dim")
         self.q = param(rngs, init, (num, d, h, hd), ("modality", "embed", "heads", "head_dim"), pdt)
-        self.k = param(rngs, init, (num, d, kvh, hd), ("modality", "embed", "kv_heads", "head_dim"),
-                       pdt)
-        self.v = param(rngs, init, (num, d, kvh, hd), ("modality", "embed", "kv_heads", "head_dim"),
-                       pdt)
+        self.k = param(rngs, init, (num, d, kvh, hd), kv_names, pdt)
+        self.v = param(rngs, init, (num, d, kvh, hd), kv_names, pdt)
         self.o = param(rngs, out_init, (num, h, hd, d), ("modality", "heads", "head_dim", "embed"),
                        pdt)
         if cfg.qk_norm:
@@ -338,12 +338,12 @@ class MoTAttention(Attention):
             self.q_norm = self.k_norm = None
         self.rope_theta = cfg.rope_theta
         self.dtype = jnp.dtype(cfg.dtype)
-        self.impl = cfg.get("attention", "xla")
-        self.block = cfg.get("attention_block", 512)
+        self.kernel = attention.implementation(cfg)
         self.matmul = resolve_matmul(cfg.get("mot_matmul", "auto"))
 
-    def __call__(self, xs, r: Routing, positions, mask, cache=None, segments=None):
-        """xs [Np, E] (normed, modality order) -> (out [Np, E] modality order, (k, v))."""
+    def __call__(self, xs, r: Routing, positions, visible, cache=None):
+        """xs [Np, E] (normed, modality order) -> (out [Np, E] modality order, (k, v));
+        `visible` (attention.Visible) and `cache` as in `Attention.__call__`."""
         dt, num, e = self.dtype, self.q.shape[0], self.q.shape[1]
         h, kvh, hd = self.q.shape[2], self.k.shape[2], self.q.shape[3]
         w = jnp.concatenate([p[...].astype(dt).reshape(num, e, -1)
@@ -354,7 +354,7 @@ class MoTAttention(Attention):
         q, k, v = q.reshape(b, s, h, hd), k.reshape(b, s, kvh, hd), v.reshape(b, s, kvh, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q, r.modality), self.k_norm(k, r.modality)
-        out, kv = self.mix(q, k, v, positions, mask, cache, segments)
+        out, kv = self.mix(q, k, v, positions, visible, cache)
         out = sort_rows(out.reshape(b, s, h * hd), r)
         wo = self.o[...].astype(dt).reshape(num, h * hd, e)
         return grouped_matmul(out, wo, r, self.matmul), kv
@@ -382,8 +382,8 @@ class MoTMLP(nnx.Module):
 
 
 class MoTBlock(nnx.Module):
-    """`transformer.Block` with per-modality weights; the residual stream `xs` [Np, E] is in
-    modality order (`route`) from the embedding to the final norm."""
+    """`transformer.Block` with per-modality weights, routed by `ctx.routing`: the residual
+    stream `xs` [Np, E] stays in modality order from the embedding to the final norm."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         num = cfg.get("num_modalities", 2)
@@ -392,9 +392,9 @@ class MoTBlock(nnx.Module):
         self.mlp_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))
         self.mlp = MoTMLP(cfg, rngs=rngs)
 
-    def __call__(self, xs, positions, mask, cache=None, segments=None, *, routing: Routing):
-        h, kv = self.attn(self.attn_norm(xs, routing.groups), routing, positions, mask, cache,
-                          segments)
+    def __call__(self, xs, ctx: Context, cache=None):
+        r = ctx.routing
+        h, kv = self.attn(self.attn_norm(xs, r.groups), r, ctx.positions, ctx.visible, cache)
         xs = xs + h
-        xs = xs + self.mlp(self.mlp_norm(xs, routing.groups), routing)
+        xs = xs + self.mlp(self.mlp_norm(xs, r.groups), r)
         return xs, kv

@@ -4,7 +4,7 @@ Splash attention (jax.experimental.pallas.ops.tpu.splash_attention, the kernel M
 on TPU) skips every [block_q, block_kv] tile that the causal mask hides and keeps no S x S
 scores. Its mask is static (causal here); packing comes in as `SegmentIds`, so a query sees a
 key when the key is not later and has the same segment id: the rule of
-`layers.attention_mask` for every real token (padding, segment 0, may attend to other
+`attention.attention_mask` for every real token (padding, segment 0, may attend to other
 padding; its outputs are never used).
 
 Grouped-query attention uses the MQA form of the kernel once per KV head (its G query heads
@@ -13,8 +13,9 @@ under a mesh (`rules.use_mesh`) the kernel runs inside `shard_map`: rows split a
 activations are, heads as `act_heads` / `act_kv_heads` are (both replicated when the KV heads
 cannot be split evenly, so every shard keeps whole query groups).
 
-Off TPU the kernel runs in Pallas' interpret mode: correct (the tests compare it with the XLA
-path on CPU, values and gradients) but slow; it is for checking, not for training there.
+`interpret=True` runs the kernel in Pallas' interpret mode, which works off TPU: correct (the
+tests compare it with the XLA path on CPU, values and gradients) but slow; it is for checking,
+not for training. `attention.implementation` sets it for every platform but TPU.
 """
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ from mmar.parallel import rules
 
 @functools.lru_cache(maxsize=None)
 def _kernel(seq_len: int, group: int, block: int, interpret: bool):
-    """The MQA splash kernel for `group` query heads over one K/V head, causal."""
+    """The MQA splash kernel for `group` query heads over one K/V head, causal.
+
+    Cached across calls, so its mask arrays are built eagerly (`ensure_compile_time_eval`):
+    built inside the first caller's trace they would be that trace's tracers, and a second
+    jitted function (an eval step after the train step) would fail on them."""
     if block % 128 or seq_len % block:
         raise ValueError(f"model.attention='splash': the block ({block}: model.attention_block "
                          f"capped at the row length) must be a multiple of 128 (the kernel's "
@@ -39,7 +44,8 @@ def _kernel(seq_len: int, group: int, block: int, interpret: bool):
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                           block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                           block_q_dq=block, block_kv_dq=block)
-    return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+    with jax.ensure_compile_time_eval():
+        return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
 
 
 def _local(q, k, v, segments, block: int, interpret: bool):
@@ -58,13 +64,9 @@ def _local(q, k, v, segments, block: int, interpret: bool):
     return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d).astype(q.dtype)
 
 
-def attend_splash(q, k, v, segments, *, block: int = 512, interpret: bool | None = None):
+def attend_splash(q, k, v, segments, *, block: int, interpret: bool):
     """Causal attention within segments; q [B, S, H, D], k/v [B, S, KVH, D], segments [B, S].
-
-    `interpret=None` compiles the kernel on TPU and interprets it elsewhere.
-    """
-    if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+    `interpret`: Pallas' interpret mode (any platform) instead of the compiled TPU kernel."""
     run = functools.partial(_local, block=block, interpret=interpret)
     active = rules.active()
     if active is None:

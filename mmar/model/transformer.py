@@ -4,18 +4,22 @@
     Block: x + Attention(RMSNorm(x)), then x + MLP(RMSNorm(x))
 
 `model.mot=True` swaps Block for model/mot.py's MoTBlock (per-modality weights, global
-attention); the call then needs the `modality` array.
+attention); the call then needs the `modality` array, and the residual stream runs in
+modality order from the embedding to the final norm. `model.num_targets` > 0 (RAR, see
+mmar/data/orders.py) adds a target embedding; the call then needs `targets`.
 
 The blocks are one stacked module (every block parameter has a leading `layers` axis),
 created with `nnx.vmap` and run with `nnx.scan`, so XLA compiles one block whatever the
 depth. `scan_layers=False` (MaxText's flag of the same name) unrolls that scan in the
 training forward: the same parameters, compile time growing with depth, and no stacking
-and slicing of every layer's saved activations (5% of the 25M model's CPU step).
+and slicing of every layer's saved activations (a faster CPU step, docs/performance.md).
 `remat="full"` recomputes each block's activations in the backward pass, keeping only the
 residual stream between blocks.
 
 `__call__` is the training/eval forward over packed rows; `init_cache` and `decode` are the
-static-shape KV cache path used by the sampler (prefill and single steps alike).
+static-shape KV cache path used by the sampler (prefill and single steps alike). Each builds
+one `layers.Context` (positions, which keys each query sees, the MoT routing) that every
+block reads, and both share the embedding (`_embed`) and the output head (`_logits`).
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mmar.model import attention
 from mmar.model import mot as mot_lib
-from mmar.model.layers import (ATTENTION, MLP, Attention, Embed, RMSNorm, attention_mask,
-                               param, project)
+from mmar.model.attention import Visible, attention_mask
+from mmar.model.layers import MLP, Attention, Context, Embed, RMSNorm, param, project
 from mmar.parallel.rules import constrain
 
 DTYPES = ("float32", "bfloat16")
@@ -38,7 +43,9 @@ STACKED = {nnx.PARTITION_NAME: "layers"}  # stacked params get the `layers` name
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad `model.<field>`."""
+    """The model's own checks of its config section `cfg` (types, allowed values, and the
+    structural rules: GQA groups, RoPE pairs); raises ValueError naming the first bad
+    `model.<field>`. `Decoder` runs it before building anything."""
     for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                   "mlp_dim"):
         value = cfg.get(field)
@@ -58,8 +65,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if cfg.get("remat") not in ("none", *REMAT_POLICIES):
         raise ValueError(f"model.remat must be one of {('none', *REMAT_POLICIES)}, "
                          f"got {cfg.get('remat')!r}")
-    if cfg.get("attention", "xla") not in ATTENTION:
-        raise ValueError(f"model.attention must be one of {ATTENTION}, "
+    if cfg.get("attention", "xla") not in attention.IMPLEMENTATIONS:
+        raise ValueError(f"model.attention must be one of {attention.IMPLEMENTATIONS}, "
                          f"got {cfg.get('attention')!r}")
     block = cfg.get("attention_block", 512)
     if not isinstance(block, int) or block <= 0:
@@ -92,9 +99,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, **norm)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, mask, cache=None, segments=None):
-        """Returns (x, (k, v)); see `Attention.__call__` for the cache and segments."""
-        h, kv = self.attn(self.attn_norm(x), positions, mask, cache, segments)
+    def __call__(self, x, ctx: Context, cache=None):
+        """Returns (x, (k, v)); see `Attention.__call__` for the cache."""
+        h, kv = self.attn(self.attn_norm(x), ctx.positions, ctx.visible, cache)
         x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed")), kv
@@ -128,33 +135,11 @@ class Decoder(nnx.Module):
         self.dtype = jnp.dtype(cfg.dtype)
         self.remat_policy = REMAT_POLICIES.get(cfg.remat)
         self.scan_layers = cfg.get("scan_layers", True)
-        self.attention = cfg.get("attention", "xla")
+        self.attention = attention.implementation(cfg)
         self.mot = cfg.get("mot", False)
         self.num_modalities, self.mot_tile = cfg.get("num_modalities", 2), cfg.get("mot_tile", 128)
 
-    def _embed(self, tokens, targets):
-        """Token embeddings, plus the target embeddings of a RAR decoder (`targets` [B, S])."""
-        x = self.embed(tokens)
-        if self.target_embed is None:
-            return x
-        if targets is None:
-            raise ValueError(f"this decoder has model.num_targets={self.num_targets} (RAR, "
-                             "data.image_order='rar'): it needs `targets` [B, S]")
-        table = constrain(self.target_embed[...], (None, None))
-        return x + jnp.take(table, targets, axis=0).astype(x.dtype)
-
-    def _route(self, x, modality):
-        """MoT: (x in modality order, {"routing": ...} for the blocks); dense: (x, {})."""
-        if not self.mot:
-            return x, {}
-        if modality is None:
-            raise ValueError("model.mot=True: the decoder needs `modality` [B, S] (0 text, "
-                             "1 image) to pick each token's weights")
-        routing = mot_lib.route(modality, self.num_modalities, self.mot_tile)
-        return mot_lib.sort_rows(x, routing), {"routing": routing}
-
-    def _unroute(self, x, kw):
-        return mot_lib.unsort_rows(x, kw["routing"]) if kw else x
+    # ---- the two entry points ----
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                  modality: jax.Array | None = None, targets: jax.Array | None = None
@@ -166,23 +151,9 @@ class Decoder(nnx.Module):
         1 image) is required with `mot=True` and ignored otherwise; `targets` [B, S] with
         `num_targets` > 0 (RAR) and ignored otherwise.
         """
-        # The plain path shares one [B, S, S] mask across layers; the others build their own
-        # from the segment ids (blockwise: per query block; cuDNN: inside the kernel call).
-        mask = attention_mask(segment_ids, segment_ids) if self.attention == "xla" else None
-        x, kw = self._route(self._embed(tokens, targets), modality)
-
-        def block_fn(block, x):
-            return block(x, positions, mask, segments=segment_ids, **kw)[0]
-
-        if self.remat_policy is not None:
-            block_fn = nnx.remat(block_fn, policy=self.remat_policy)
-
-        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=STACKED,
-                  unroll=1 if self.scan_layers else self.n_layers)
-        def run(x, block):
-            return block_fn(block, x)
-
-        return self._logits(self._unroute(run(x, self.blocks), kw))
+        ctx = Context(positions, self.attention.packed(segment_ids), self._route(modality))
+        x = self._run_blocks(self._embed(tokens, targets, ctx), ctx)
+        return self._logits(x, ctx)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict:
         """An empty KV cache: k/v [L, B, max_len, KVH, D], segment_ids [B, max_len] (0 =
@@ -215,26 +186,67 @@ class Decoder(nnx.Module):
         index = cache["index"]
         cache_segments = jax.lax.dynamic_update_slice(
             cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
-        if visible is None:
-            mask = attention_mask(segment_ids, cache_segments, q_offset=index)
-        else:
-            same_doc = segment_ids[:, :, None] == cache_segments[:, None, :]
-            mask = visible & same_doc & (cache_segments != 0)[:, None, :]
+        mask = attention_mask(segment_ids, cache_segments, q_offset=index, visible=visible)
+        ctx = Context(positions, Visible(mask=mask), self._route(modality))
+        x, k, v = self._run_blocks_cached(self._embed(tokens, targets, ctx), ctx,
+                                          cache["k"], cache["v"], index)
+        new_cache = {"k": k, "v": v, "segment_ids": cache_segments,
+                     "index": index + tokens.shape[1]}
+        return self._logits(x, ctx), new_cache
 
+    # ---- the steps both share ----
+
+    def _route(self, modality) -> mot_lib.Routing | None:
+        """MoT: where each token's row goes in modality order (`mot.route`); dense: None."""
+        if not self.mot:
+            return None
+        if modality is None:
+            raise ValueError("model.mot=True: the decoder needs `modality` [B, S] (0 text, "
+                             "1 image) to pick each token's weights")
+        return mot_lib.route(modality, self.num_modalities, self.mot_tile)
+
+    def _embed(self, tokens, targets, ctx: Context) -> jax.Array:
+        """Token embeddings, plus the target embeddings of a RAR decoder (`targets` [B, S]);
+        under MoT in modality order ([Np, E], `mot.sort_rows`)."""
+        x = self.embed(tokens)
+        if self.target_embed is not None:
+            if targets is None:
+                raise ValueError(f"this decoder has model.num_targets={self.num_targets} (RAR, "
+                                 "data.image_order='rar'): it needs `targets` [B, S]")
+            table = constrain(self.target_embed[...], (None, None))
+            x = x + jnp.take(table, targets, axis=0).astype(x.dtype)
+        return x if ctx.routing is None else mot_lib.sort_rows(x, ctx.routing)
+
+    def _run_blocks(self, x, ctx: Context) -> jax.Array:
+        """Every block over packed rows: one scanned (or unrolled) block, rematerialised per
+        `model.remat`."""
+        def block_fn(block, x):
+            return block(x, ctx)[0]
+
+        if self.remat_policy is not None:
+            block_fn = nnx.remat(block_fn, policy=self.remat_policy)
+
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=STACKED,
+                  unroll=1 if self.scan_layers else self.n_layers)
+        def run(x, block):
+            return block_fn(block, x)
+
+        return run(x, self.blocks)
+
+    def _run_blocks_cached(self, x, ctx: Context, k, v, index):
+        """Every block against its layer of the KV cache k, v [L, B, T, KVH, D] -> (x, k, v)."""
         @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
                   transform_metadata=STACKED)
         def run(x, block, k, v):
-            x, (k, v) = block(x, positions, mask, cache=(k, v, index), **kw)
+            x, (k, v) = block(x, ctx, cache=(k, v, index))
             return x, k, v
 
-        x, kw = self._route(self._embed(tokens, targets), modality)
-        x, k, v = run(x, self.blocks, cache["k"], cache["v"])
-        x = self._unroute(x, kw)
-        new_cache = {"k": k, "v": v, "segment_ids": cache_segments,
-                     "index": index + tokens.shape[1]}
-        return self._logits(x), new_cache
+        return run(x, self.blocks, k, v)
 
-    def _logits(self, x: jax.Array) -> jax.Array:
+    def _logits(self, x: jax.Array, ctx: Context) -> jax.Array:
+        """Back to sequence order (MoT), final norm, then the tied or own output head."""
+        if ctx.routing is not None:
+            x = mot_lib.unsort_rows(x, ctx.routing)
         x = self.final_norm(x)
         if self.head is None:
             return self.embed.attend(x)

@@ -32,10 +32,14 @@ Inpainting / outpainting: `known` codes at the grid indices where `known_mask` i
 first, as P c pairs in the prompt (every row the same number of them); only the rest is
 generated and the known codes are returned exactly as given.
 
-Classifier-free guidance as in mmar/sample/decode.py: each caption row has a twin prompt
+Classifier-free guidance as in mmar/sample/core.py: each caption row has a twin prompt
 `<bos> <boi>` (plus the same known pairs) in the same batch; every query's code is drawn
 from `uncond + s * (cond - uncond)` (s = `sample.cfg_scale_image`, only for codes whose
 decoding fraction (codes so far / n) lies in `sample.cfg_interval_image`) and fed to both.
+
+    sampler = RandarSampler(model_state, vocab, vocab_rows, cfg.sample)
+    codes, forward_passes = sampler.images(params, caption_ids, n, key)   # as every decoder
+    result = sampler.generate(params, caption_ids, n, key, order="raster", known=...)
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar.sample.decode import cfg_mix, left_pad, sample_logits, sampling_settings
+from mmar.sample import core
 from mmar.vocab import Vocab
 
 SCHEDULES = ("constant", "cosine")
@@ -108,16 +112,6 @@ def runs(sizes) -> list[tuple[int, int, int]]:
     return out
 
 
-def raster_image_prompt(codes, vocab: Vocab) -> tuple[list[int], list[int]]:
-    """`<bos> <boi> P_0 c_0 ... P_{n-1} c_{n-1} <eoi>` and its positions (image-to-text)."""
-    codes = np.asarray(codes)
-    n = len(codes)
-    pairs = np.stack([vocab.position_ids(np.arange(n)), vocab.image_ids(codes)], 1)
-    ids = [vocab.bos, vocab.boi, *pairs.reshape(-1).tolist(), vocab.eoi]
-    positions = [0, 1, *np.repeat(np.arange(2, n + 2), 2).tolist(), n + 2]
-    return ids, positions
-
-
 class RandarSampler:
     """Jitted RandAR image sampling for one model (compiled once per shape and schedule)."""
 
@@ -128,22 +122,24 @@ class RandarSampler:
                              "'randar': position-instruction ids)")
         self.model_state, self.vocab, self.cfg, self.num_codes = (model_state, vocab,
                                                                   sample_cfg, num_codes)
-        ids = np.arange(vocab_rows)
-        self._image = (ids >= vocab.image_offset) & (ids < vocab.position_offset)
+        self.allowed = core.id_masks(vocab, vocab_rows)
         self._jitted = jax.jit(self._generate, static_argnames=("sizes", "guided", "known"))
 
     def settings(self, **overrides) -> dict:
         """The image settings of the plain sampler plus the RandAR schedule, overridden."""
         c = self.cfg
-        s = {k: v for k, v in sampling_settings(c).items() if not k.endswith("_text")}
+        s = {k: v for k, v in core.sampling_settings(c).items() if not k.endswith("_text")}
         s.update(randar_schedule=str(c.get("randar_schedule", "constant")),
                  randar_tokens_per_step=int(c.get("randar_tokens_per_step", 1)),
                  randar_steps=int(c.get("randar_steps", 0)))
         return {**s, **overrides}
 
-    def images(self, params, caption_ids, num_codes: int, key, **kw) -> np.ndarray:
-        """Image codes [B, num_codes] per caption (the plain Sampler's `images`)."""
-        return self.generate(params, caption_ids, num_codes, key, **kw).codes
+    def images(self, params, caption_ids, num_codes: int, key,
+               **overrides) -> tuple[np.ndarray, int]:
+        """(Image codes [B, num_codes] per caption, forward passes for the batch), in random
+        orders and the configured schedule (as every image decoder's `images`)."""
+        result = self.generate(params, caption_ids, num_codes, key, **overrides)
+        return result.codes, result.forward_passes
 
     def generate(self, params, caption_ids, num_codes: int, key, *, order=None, known=None,
                  known_mask=None, sizes=None, **overrides) -> RandarResult:
@@ -170,17 +166,16 @@ class RandarSampler:
         full = np.stack([np.concatenate([np.flatnonzero(m), o[~m[o]]])
                          for m, o in zip(mask, orders)]).astype(np.int32)
         guided = s["cfg_scale_image"] != 1.0
-        prompts, positions = [], []
-        for caption in list(caption_ids) + ([[]] * b if guided else []):
-            prompts.append([v.bos, *caption, v.boi])
-            positions.append(list(range(len(caption) + 2)))
+        prompts = core.with_twins([core.image_prompt(c, v) for c in caption_ids], [()] * b, v,
+                                  guided)
+        positions = [list(range(len(p))) for p in prompts]
         for i in range(len(prompts)):
             row, boi_pos = i % b, positions[i][-1]
             g = full[row, :k]
             pairs = np.stack([v.position_ids(g), v.image_ids(known[row, g])], 1).reshape(-1)
             prompts[i] += pairs.tolist()
             positions[i] += np.repeat(boi_pos + 1 + g, 2).tolist()
-        tokens, pos, segments = left_pad(prompts, v.pad, positions)  # bucketed
+        tokens, pos, segments = core.left_pad(prompts, v.pad, positions)  # bucketed
         boi_pos = np.array([p[len(p) - 2 * k - 1] for p in positions])  # before the pairs
         sizes = tuple(int(m) for m in sizes) if sizes is not None else group_sizes(
             n - k, schedule=s["randar_schedule"], tokens_per_step=s["randar_tokens_per_step"],
@@ -188,9 +183,7 @@ class RandarSampler:
         if sum(sizes) != n - k or min(sizes) < 1:
             raise ValueError(f"sizes={sizes}: positive counts summing to {n - k} (the codes "
                              "to generate)")
-        knobs = {name: np.asarray(s[name], np.int32 if "top_k" in name else np.float32)
-                 for name in ("temperature_image", "top_k_image", "top_p_image",
-                              "cfg_scale_image", "cfg_interval_image")}
+        knobs = core.image_knobs(s)
         drawn = np.asarray(self._jitted(params, tokens, pos, segments, boi_pos, full[:, k:],
                                         knobs, key, sizes=sizes, guided=guided,
                                         known=(k, n)))
@@ -211,17 +204,17 @@ class RandarSampler:
             raise ValueError(f"order: each row must be a permutation of range({n})")
         return np.array(order)
 
-    def _generate(self, params, tokens, positions, segments, boi_pos, order, s, key, *,
+    def _generate(self, params, tokens, positions, segments, boi_pos, order, knobs, key, *,
                   sizes, guided, known):
         """Code ids [B, n - k] for the grid indices `order` [B, n - k], step by step."""
         v, (k, n) = self.vocab, known
         rows, plen = tokens.shape
         b = rows // 2 if guided else rows
         max_len = plen + 2 * (n - k)
-        image = jnp.asarray(self._image)
+        image = jnp.asarray(self.allowed["image"])
 
         def tile(x):  # guided: the unconditional twins follow the same order and codes
-            return jnp.concatenate([x, x]) if guided else x
+            return core.twin_rows(x, guided)
 
         order_rows, boi = tile(order), jnp.asarray(boi_pos)
 
@@ -232,23 +225,18 @@ class RandarSampler:
         def step(cache, step_tokens, step_pos, step_seg, start, num_pairs, first, m, step_key):
             """One forward pass at slot `start`; draws the codes of the m queries at the end."""
             model = self.model_state.merge(params)  # NNX modules do not cross traces
-            modality = ((step_tokens >= v.image_offset) &
-                        (step_tokens < v.used)).astype(jnp.int32)  # codes and P tokens
             cache = dict(cache, index=jnp.asarray(start, jnp.int32))
-            logits, cache = model.decode(step_tokens, step_pos, step_seg, cache, modality,
+            logits, cache = model.decode(step_tokens, step_pos, step_seg, cache,
+                                         core.modality(step_tokens, v),
                                          visible=step_visible(rows, start, num_pairs, m,
                                                               max_len))
-            logits = logits[:, -m:].astype(jnp.float32)           # [rows, m, V]
-            cond = logits[:b]
-            if guided:
-                frac = jnp.broadcast_to((k + first + jnp.arange(m)) / n, cond.shape[:2])
-                cond = cfg_mix(cond, logits[b:], s["cfg_scale_image"],
-                               s["cfg_interval_image"], frac)
+            frac = jnp.broadcast_to((k + first + jnp.arange(m)) / n, (b, m))
+            cond = core.guide(logits[:, -m:], b, guided, knobs, frac)   # [b, m, V]
             flat = cond.reshape(b * m, -1)
-            knobs = [jnp.full((b * m,), s[f"{name}_image"])
-                     for name in ("temperature", "top_k", "top_p")]
-            drawn = sample_logits(flat, jnp.broadcast_to(image, flat.shape), step_key,
-                                  *knobs).reshape(b, m)
+            knob = [jnp.full((b * m,), knobs[name]) for name in ("temperature", "top_k",
+                                                                 "top_p")]
+            drawn = core.sample_logits(flat, jnp.broadcast_to(image, flat.shape), step_key,
+                                       *knob).reshape(b, m)
             return cache, drawn
 
         def later_step(carry, step_key, m_prev, m):

@@ -24,18 +24,23 @@ prompt and every live slot whose raster position is <= its own. The schedule dep
 all passes; each pass feeds a fixed number of columns (the widest pass; idle columns are
 padding nobody sees). Codes are drawn per target with the key plain decoding uses for that
 raster index.
+
+    sampler = ZipARSampler(model_state, vocab, vocab_rows, cfg.sample)
+    codes, forward_passes = sampler.images(params, caption_ids, n, key, zipar_window=2)
+
+Raster-order models only (mmar/sample/dispatch.py).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar.sample.decode import sample_logits
-from mmar.sample.speculative import guide
+from mmar import config as config_lib
+from mmar.sample import core
+from mmar.vocab import Vocab
 
+OPTIONS = {"zipar_window": 2}
 HIDDEN = 1 << 30   # raster position of padding slots: visible to no query
 
 
@@ -89,63 +94,91 @@ def plan(height: int, width: int, window: int) -> dict:
     return {"src": src, "pos": pos, "target": target, "visible": visible}
 
 
-def decode(sampler, params, batch, n: int, key, window: int):
-    """Image codes [B, n] and forward passes; `batch` from
-    `speculative.image_batch`. The grid is square (side sqrt(n)), as the tokenizers make."""
-    side = round(np.sqrt(n))
-    if side * side != n:
-        raise ValueError(f"ZipAR needs a square code grid, got {n} codes")
-    p = plan(side, side, window)
-    fn = sampler.__dict__.get("_zipar_jit")
-    if fn is None:
-        fn = sampler._zipar_jit = jax.jit(functools.partial(_decode, sampler),
-                                          static_argnames=("n", "guided"))
-    ids = fn(params, batch["tokens"], batch["positions"], batch["segments"], batch["knobs"],
-             key, {k: jnp.asarray(v) for k, v in p.items()}, n=n, guided=batch["guided"])
-    return np.asarray(ids) - sampler.vocab.image_offset, len(p["src"]) + 1
+class ZipARSampler:
+    """ZipAR image decoding for one model: its jitted scan (compiled once per shape)."""
 
+    def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg):
+        self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
+        self.allowed = core.id_masks(vocab, vocab_rows)
+        self._jitted = jax.jit(self._decode, static_argnames=("n", "guided"))
 
-def _decode(sampler, params, tokens, positions, segments, knobs, key, p, *, n, guided):
-    rows, plen = tokens.shape
-    batch = rows // 2 if guided else rows
-    S, T = p["src"].shape
-    model = sampler.model_state.merge(params)
-    allowed = jnp.broadcast_to(jnp.asarray(sampler._allowed["image"]),
-                               (batch, sampler._allowed["image"].shape[0]))
-    knob = {k: jnp.broadcast_to(knobs[k], (batch,)) for k in ("temperature", "top_k", "top_p")}
-    first_key, rest = jax.random.split(key)          # plain decoding's key stream
-    keys = jnp.concatenate([first_key[None], jax.random.split(rest, n - 1)])
-    base = positions[:, -1] + 1
-    tile = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
+    def settings(self, **overrides) -> dict:
+        """The sampling settings of the config (fields missing from it take their defaults)."""
+        return {**core.sampling_settings(self.cfg), **overrides}
 
-    def draw(logits, k):                             # logits [rows, 1, V] -> ids [batch]
-        g = guide(logits, batch, guided, knobs, jnp.full((batch, 1), k / n))[:, 0]
-        return sample_logits(g, allowed, keys[jnp.maximum(k, 0)], knob["temperature"],
-                             knob["top_k"], knob["top_p"])
+    def options(self, **overrides) -> dict:
+        """The ZipAR options of the config (defaults: `OPTIONS`), with overrides, checked."""
+        opts = {k: self.cfg.get(k, v) for k, v in OPTIONS.items()}
+        opts.update({k: v for k, v in overrides.items() if k in OPTIONS})
+        config_lib.check_image_decoder(opts)
+        return opts
 
-    cache = model.init_cache(rows, plen + max(S * T, n))
-    logits, cache = model.decode(tokens, positions, segments, cache, sampler._modality(tokens))
-    codes = jnp.zeros((batch, n), jnp.int32).at[:, 0].set(draw(logits[:, -1:], 0))
-    pad = max(S * T, n) - S * T
+    def images(self, params, caption_ids, num_codes: int, key,
+               **overrides) -> tuple[np.ndarray, int]:
+        """(Image codes [B, num_codes] int32, forward passes for the batch). The grid is
+        square (side sqrt(n)), as the tokenizers make."""
+        codes, passes, _ = self.images_rows(params, caption_ids, num_codes, key, **overrides)
+        return codes, passes
 
-    def body(carry, xs):
-        cache, codes = carry
-        src, pos, target, vis = xs
-        visible = jnp.concatenate([jnp.ones((T, plen), bool), vis,
-                                   jnp.zeros((T, pad), bool)], -1)
-        step_model = sampler.model_state.merge(params)
-        positions = base[:, None] + jnp.maximum(pos, 0)[None]
-        logits, cache = step_model.decode(tile(codes[:, src]), positions,
-                                          jnp.ones_like(positions), cache,
-                                          jnp.ones_like(positions),
-                                          jnp.broadcast_to(visible, (rows, *visible.shape)))
-        for t in range(T):
-            k = target[t]
-            new = draw(logits[:, t:t + 1], k)
-            slot = jnp.maximum(k, 0)
-            codes = codes.at[:, slot].set(jnp.where(k >= 0, new, codes[:, slot]))
-        return (cache, codes), None
+    def images_rows(self, params, caption_ids, num_codes: int, key, **overrides):
+        """`images`, plus [B] the pass at which each row had its codes (all the same here)."""
+        window = self.options(**overrides)["zipar_window"]
+        s = self.settings(**{k: v for k, v in overrides.items() if k not in OPTIONS})
+        n = num_codes
+        side = round(np.sqrt(n))
+        if side * side != n:
+            raise ValueError(f"ZipAR needs a square code grid, got {n} codes")
+        p = plan(side, side, window)
+        batch = core.image_batch(caption_ids, self.vocab, s)
+        ids = self._jitted(params, batch["tokens"], batch["positions"], batch["segments"],
+                           batch["knobs"], key, {k: jnp.asarray(v) for k, v in p.items()},
+                           n=n, guided=batch["guided"])
+        passes = len(p["src"]) + 1
+        return (np.asarray(self.vocab.codes_from_ids(ids), np.int32), passes,
+                np.full(len(caption_ids), passes))
 
-    (_, codes), _ = jax.lax.scan(body, (cache, codes),
-                                 (p["src"], p["pos"], p["target"], p["visible"]))
-    return codes
+    def _decode(self, params, tokens, positions, segments, knobs, key, p, *, n, guided):
+        rows, plen = tokens.shape
+        batch = rows // 2 if guided else rows
+        S, T = p["src"].shape
+        model = self.model_state.merge(params)
+        image = self.allowed["image"]
+        allowed = jnp.broadcast_to(jnp.asarray(image), (batch, image.shape[0]))
+        knob = {k: jnp.broadcast_to(knobs[k], (batch,)) for k in ("temperature", "top_k",
+                                                                 "top_p")}
+        first_key, rest = jax.random.split(key)          # plain decoding's key stream
+        keys = jnp.concatenate([first_key[None], jax.random.split(rest, n - 1)])
+        base = positions[:, -1] + 1
+
+        def draw(logits, k):                             # logits [rows, 1, V] -> ids [batch]
+            g = core.guide(logits, batch, guided, knobs, jnp.full((batch, 1), k / n))[:, 0]
+            return core.sample_logits(g, allowed, keys[jnp.maximum(k, 0)], knob["temperature"],
+                                      knob["top_k"], knob["top_p"])
+
+        cache = model.init_cache(rows, plen + max(S * T, n))
+        logits, cache = model.decode(tokens, positions, segments, cache,
+                                     core.modality(tokens, self.vocab))
+        codes = jnp.zeros((batch, n), jnp.int32).at[:, 0].set(draw(logits[:, -1:], 0))
+        pad = max(S * T, n) - S * T
+
+        def body(carry, xs):
+            cache, codes = carry
+            src, pos, target, vis = xs
+            visible = jnp.concatenate([jnp.ones((T, plen), bool), vis,
+                                       jnp.zeros((T, pad), bool)], -1)
+            step_model = self.model_state.merge(params)
+            positions = base[:, None] + jnp.maximum(pos, 0)[None]
+            logits, cache = step_model.decode(core.twin_rows(codes[:, src], guided), positions,
+                                              jnp.ones_like(positions), cache,
+                                              jnp.ones_like(positions),
+                                              jnp.broadcast_to(visible, (rows, *visible.shape)))
+            for t in range(T):
+                k = target[t]
+                new = draw(logits[:, t:t + 1], k)
+                slot = jnp.maximum(k, 0)
+                codes = codes.at[:, slot].set(jnp.where(k >= 0, new, codes[:, slot]))
+            return (cache, codes), None
+
+        (_, codes), _ = jax.lax.scan(body, (cache, codes),
+                                     (p["src"], p["pos"], p["target"], p["visible"]))
+        return codes

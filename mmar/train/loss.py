@@ -18,8 +18,8 @@ def token_losses(logits, tokens):
     Computed on all S positions (the last one's target is a dummy 0) and sliced after the
     vocabulary reduction: slicing the [B, S, vocab] logits first costs a copy forward and a
     pad of their gradient. "Correct" compares the target's logit with the row maximum that
-    the log-partition needs anyway, instead of a separate argmax (a variadic reduce that
-    took 2.5% of the 25M model's CPU step). A tie for the maximum counts as wrong (argmax
+    the log-partition needs anyway, instead of a separate argmax (a variadic reduce; its
+    cost: docs/performance.md, "Training step"). A tie for the maximum counts as wrong (argmax
     would credit the first index), so a model with constant logits scores 0, not 1.
     """
     logits = logits.astype(jnp.float32)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers
 from etils import epath
@@ -109,10 +111,8 @@ def measure_peak_flops(n: int = 1024, dtype="float32", repeats: int = 5) -> floa
     """FLOP/s of a large jitted matmul on the default device, measured now.
 
     MFU on a CPU is reported against this, so the figure is a ratio that survives a noisy or
-    throttled machine (see DESIGN.md, "Performance accounting").
+    throttled machine (docs/design_notes.md, "MFU on CPU").
     """
-    import jax
-    import jax.numpy as jnp
     a = jnp.ones((n, n), dtype)
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()

@@ -9,7 +9,7 @@ from mmar.data import packing, sequences
 from mmar.data.sequences import IMAGE, TEXT
 from mmar.model.transformer import Decoder
 from mmar.vocab import ByteTokenizer, Vocab
-from tests.model.model_configs import tiny_cfg
+from tests.helpers.model_configs import tiny_cfg
 
 V = Vocab(256, 16)
 TXT = ByteTokenizer()

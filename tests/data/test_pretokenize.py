@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmar import config as config_lib
+from mmar import rundir
 from mmar.data import pipeline, pretokenize, sources, tokens
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -37,16 +38,16 @@ def shapes(test_config):
 
 
 def write(source, cfg, workdir, log=lambda m: None, **kw):
-    identity = tokens.tokenizer_identity(cfg, workdir)
+    identity = rundir.tokenizer_identity(cfg, workdir)
     return pretokenize.write_split(
-        source, fake_encode, os.path.join(pretokenize.tokens_dir(workdir), "shapes"),
+        source, fake_encode, os.path.join(rundir.tokens_dir(workdir), "shapes"),
         name="shapes", split="train", identity=identity,
         settings=tokens.source_settings("shapes", cfg.data), shard_records=64,
         batch_size=32, log=log, **kw)
 
 
 def shard_files(workdir):
-    split = pathlib.Path(pretokenize.tokens_dir(workdir)) / "shapes" / "train"
+    split = pathlib.Path(rundir.tokens_dir(workdir)) / "shapes" / "train"
     return {p.name: p.read_bytes() for p in sorted(split.iterdir())}
 
 
@@ -78,7 +79,7 @@ def test_resume_after_interruption_gives_identical_shards(shapes, test_config, t
     assert "process_0-of-1-shard_2.array_record.tmp" in left
     assert "process_0-of-1-shard_2.array_record.done" not in left
     with pytest.raises(tokens.TokensError, match="2 of 4 shards unfinished"):
-        tokens.open_split(pretokenize.tokens_dir(killed), "shapes", "train")
+        tokens.open_split(rundir.tokens_dir(killed), "shapes", "train")
 
     stats = write(shapes, test_config, killed)
     assert (stats["shards_skipped"], stats["shards_written"], stats["records"]) == (2, 2, 128)
@@ -99,7 +100,7 @@ def test_two_processes_write_disjoint_shards_that_cover_the_source(shapes, test_
     assert all("images/s" in m and "ETA" in m for m in logs if "/128 records" in m)
     files = [f for f in shard_files(workdir) if f.endswith(".array_record")]
     assert len(files) == 4 and sum(f.startswith("process_1-of-2") for f in files) == 2
-    src = tokens.open_split(pretokenize.tokens_dir(workdir), "shapes", "train")
+    src = tokens.open_split(rundir.tokens_dir(workdir), "shapes", "train")
     assert len(src) == len(shapes) == 256
     for i in (0, 1, 2, 63, 64, 129, 255):  # record i sits at i, whichever process wrote it
         rec, want = src[i], shapes[i]
@@ -121,7 +122,7 @@ def test_shards_give_the_same_batches_as_codes_in_memory(shapes, test_config, tm
     with cfg.unlocked():
         cfg.data.update(pretokenized=True, caption_dropout=0.3)
     vocab = config_lib.make_vocab(cfg)
-    shards = pretokenize.open_for_training(cfg, workdir)
+    shards = rundir.open_tokens(cfg, workdir)
 
     captions = [shapes[i]["caption"] for i in range(len(shapes))]
     codes = fake_encode(np.stack([shapes[i]["image"] for i in range(len(shapes))]))
@@ -150,11 +151,11 @@ def test_another_tokenizer_is_a_clear_error(shapes, test_config, tmp_path):
     workdir = fake_tokenizer(tmp_path)
     write(shapes, test_config, workdir)
     meta_path = str(tmp_path / "tokens" / "shapes" / "metadata.json")
-    root = pretokenize.tokens_dir(workdir)
+    root = rundir.tokens_dir(workdir)
 
     def open_with(cfg):
         return tokens.open_split(root, "shapes", "train", data_cfg=cfg.data,
-                                 identity=tokens.tokenizer_identity(cfg, workdir))
+                                 identity=rundir.tokenizer_identity(cfg, workdir))
 
     assert len(open_with(test_config)) == 256
     fake_tokenizer(workdir, step=400, content=b"retrained")   # a newer checkpoint
@@ -223,7 +224,7 @@ def test_interleaved_documents_round_trip(test_config, tmp_path):
     workdir = fake_tokenizer(tmp_path)
     pretokenize.write_split(stories, fake_encode, str(tmp_path / "tokens" / "stories"),
                             name="stories", split="train",
-                            identity=tokens.tokenizer_identity(test_config, workdir),
+                            identity=rundir.tokenizer_identity(test_config, workdir),
                             shard_records=100, log=lambda m: None)
     disk = tokens.open_split(tmp_path / "tokens", "stories", "train")
     memory = mixture.encode_documents(fake_encode, stories, log=lambda m: None)

@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 
 from mmar import config as config_lib
+from mmar import derived
 from mmar.data import packing, sources, user_example
 
 
 def test_parse_mixture(tmp_path):
-    assert sources.parse_mixture("shapes:0.6, stories:0.3,digits") == [
+    assert derived.parse_mixture("shapes:0.6, stories:0.3,digits") == [
         ("shapes", 0.6), ("stories", 0.3), ("digits", 1.0)]
-    assert sources.parse_mixture(f"{tmp_path}:2") == [(str(tmp_path), 2.0)]
+    assert derived.parse_mixture(f"{tmp_path}:2") == [(str(tmp_path), 2.0)]
     for bad in ("shapes:0", "nothing_here:1", "shapes:-1"):
         with pytest.raises(ValueError):
-            sources.parse_mixture(bad)
+            derived.parse_mixture(bad)
 
 
 def test_bad_mixture_names_the_field(test_config):

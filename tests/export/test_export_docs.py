@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mmar import cli  # noqa: E402
-import export_helpers as helpers  # noqa: E402
+from tests.helpers import export_runs as helpers  # noqa: E402
 
 DOC = helpers.ROOT / "docs/export.md"
 

@@ -15,11 +15,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mmar import config as config_lib  # noqa: E402
+from mmar import rundir  # noqa: E402
 from mmar.export import assets, hf, import_hf  # noqa: E402
 from mmar.export import safetensors_io as st  # noqa: E402
-from mmar.sample.decode import Sampler  # noqa: E402
+from mmar.sample.plain import Sampler  # noqa: E402
 from mmar.train import state as state_lib  # noqa: E402
-import export_helpers as helpers  # noqa: E402
+from tests.helpers import export_runs as helpers  # noqa: E402
 
 CASES = {  # dense models: without / with QK-norm, MHA and GQA, tied and untied
     "llama_mha": dict(qk_norm=False, d_model=32, n_heads=4, n_kv_heads=4, head_dim=8),
@@ -83,7 +84,7 @@ def test_greedy_image_codes_match_mmar_sampler(exported):
     caption = list("a red circle left of a blue square".encode())
     decoder = assets.ImageDecoder.from_pretrained(out)
     n = decoder.codes_per_image
-    want = vocab.image_ids(sampler.images(params, [caption], n, jax.random.key(0))[0])
+    want = vocab.image_ids(sampler.images(params, [caption], n, jax.random.key(0))[0][0])
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     prompt = decoder.image_prompt(tokenizer("a red circle left of a blue square").input_ids)
@@ -102,10 +103,9 @@ def test_greedy_image_codes_match_mmar_sampler(exported):
 
 def test_image_decoder_matches_mmar_tokenizer(exported, tmp_path):
     _, cfg, _, out = exported
-    from mmar.tokenizers.image.train import ImageTokenizer
     run = out.parent / "run"
     codes = np.random.default_rng(2).integers(0, 125, (4, 16))
-    want = ImageTokenizer(cfg, run).decode(codes)
+    want = rundir.load_tokenizer(cfg, run).decode(codes)
     decoder = assets.ImageDecoder.from_pretrained(out)
     vocab = config_lib.make_vocab(cfg)
     np.testing.assert_array_equal(decoder.decode_ids(vocab.image_ids(codes)), want)

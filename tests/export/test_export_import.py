@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from mmar.export import hf, import_hf  # noqa: E402
 from mmar.export.orbax_reader import CheckpointReader  # noqa: E402
-import export_helpers as helpers  # noqa: E402
+from tests.helpers import export_runs as helpers  # noqa: E402
 
 TEXT_VOCAB = 300
 

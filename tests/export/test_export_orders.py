@@ -14,7 +14,7 @@ from mmar import config as config_lib  # noqa: E402
 from mmar.data import orders, sequences  # noqa: E402
 from mmar.export import hf  # noqa: E402
 from mmar.train import state as state_lib  # noqa: E402
-import export_helpers as helpers  # noqa: E402
+from tests.helpers import export_runs as helpers  # noqa: E402
 
 
 def _config(order):

@@ -5,7 +5,8 @@ import contextlib
 import pytest
 
 from mmar import launch
-from mmar.launch import cli, common
+from mmar.jobs import launch as launch_job
+from mmar.launch import common
 
 
 def test_run_spec_from_args_round_trips():
@@ -58,6 +59,6 @@ def test_sweep_api_renders_one_text_per_run():
 def test_cli_reports_bad_input_without_a_traceback():
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        status = cli.main(["tpu", "--dry-run", "--", "train", "--config=configs/pretrain.py:1b",
+        status = launch_job.main(["tpu", "--dry-run", "--", "train", "--config=configs/pretrain.py:1b",
                            "--workdir=/local/dir"])
     assert status == 2 and "use a gs://BUCKET/... workdir" in err.getvalue()

@@ -8,7 +8,7 @@ import subprocess
 
 import yaml
 
-from mmar.launch import cli
+from mmar.jobs import launch as launch_job
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MARK = "<!-- tests/launch/test_pods_docs.py runs this block -->"
@@ -27,7 +27,7 @@ def dry_run(argv: list[str]) -> str:
     assert argv[:2] == ["mmar", "launch"], argv
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = cli.main([argv[2], "--dry-run", *argv[3:]])
+        status = launch_job.main([argv[2], "--dry-run", *argv[3:]])
     assert status == 0, argv
     return out.getvalue()
 

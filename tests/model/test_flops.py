@@ -6,7 +6,7 @@ from flax import nnx
 
 from mmar.model import Decoder
 from mmar.model import flops
-from model_configs import tiny_cfg
+from tests.helpers.model_configs import tiny_cfg
 
 
 def cfg_of(**overrides):

@@ -1,12 +1,13 @@
-"""mmar.model.layers against plain numpy written out here."""
-import jax
+"""mmar.model.layers against plain numpy written out here (attention's in test_attention.py)."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from mmar.model import layers
-from model_configs import tiny_cfg
+from mmar.model.attention import Visible, attention_mask
+from tests.helpers.model_configs import tiny_cfg
+from tests.model.test_attention import np_attend, np_mask
 
 
 def np_rms_norm(x, scale, eps=1e-5):
@@ -25,32 +26,6 @@ def np_rope(x, positions, theta=10000.0):
                 a, bb = x[b, s, :, i], x[b, s, :, i + half]
                 out[b, s, :, i] = a * c - bb * sn
                 out[b, s, :, i + half] = bb * c + a * sn
-    return out
-
-
-def np_mask(q_seg, k_seg, q_offset=0):
-    mask = np.zeros((q_seg.shape[0], q_seg.shape[1], k_seg.shape[1]), bool)
-    for b in range(q_seg.shape[0]):
-        for i in range(q_seg.shape[1]):
-            for j in range(k_seg.shape[1]):
-                mask[b, i, j] = (j <= q_offset + i and k_seg[b, j] == q_seg[b, i]
-                                 and k_seg[b, j] != 0)
-    return mask
-
-
-def np_attend(q, k, v, mask):
-    """Each query head h reads kv head h // group, softmax over visible keys only.
-    Queries that see no key (padding) are left at 0: the model's output there is unused."""
-    b, s, h, d = q.shape
-    group = h // k.shape[2]
-    out = np.zeros_like(q)
-    for bi in range(b):
-        for hi in range(h):
-            logits = q[bi, :, hi] @ k[bi, :, hi // group].T / np.sqrt(d)
-            for i in np.flatnonzero(mask[bi].any(-1)):
-                visible = logits[i][mask[bi, i]]
-                probs = np.exp(visible - visible.max())
-                out[bi, i, hi] = probs / probs.sum() @ v[bi, mask[bi, i], hi // group]
     return out
 
 
@@ -77,34 +52,6 @@ def test_rope_matches_numpy_and_keeps_relative_positions():
     np.testing.assert_allclose(score(3, 7), score(40, 44), atol=1e-4)
 
 
-def test_attention_mask_is_causal_within_documents():
-    q_seg = np.array([[1, 1, 2, 2, 2, 0], [0, 0, 1, 1, 1, 1]])
-    np.testing.assert_array_equal(layers.attention_mask(q_seg, q_seg), np_mask(q_seg, q_seg))
-    # Decoding: 2 new queries at slots 3..4 of a 6-slot cache.
-    k_seg = np.array([[0, 1, 1, 1, 1, 0], [1, 1, 2, 2, 2, 0]])
-    new = np.array([[1, 1], [2, 2]])
-    np.testing.assert_array_equal(layers.attention_mask(new, k_seg, q_offset=3),
-                                  np_mask(new, k_seg, q_offset=3))
-
-
-def test_attend_gqa_matches_numpy():
-    rs = np.random.RandomState(2)
-    q = rs.randn(2, 6, 4, 8).astype(np.float32)
-    k, v = rs.randn(2, 2, 6, 2, 8).astype(np.float32)
-    seg = np.array([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1]])
-    mask = np_mask(seg, seg)
-    np.testing.assert_allclose(layers.attend(q, k, v, mask), np_attend(q, k, v, mask),
-                               atol=1e-5)
-
-
-def test_attend_padding_rows_are_finite():
-    rs = np.random.RandomState(3)
-    q, k, v = rs.randn(3, 1, 4, 2, 8).astype(np.float32)
-    seg = np.array([[0, 0, 1, 1]])
-    out = layers.attend(q, k, v, layers.attention_mask(seg, seg))
-    assert np.isfinite(np.asarray(out)).all()
-
-
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_attention_module_matches_numpy(qk_norm):
     attn = layers.Attention(tiny_cfg(qk_norm=qk_norm), rngs=nnx.Rngs(4))
@@ -115,7 +62,7 @@ def test_attention_module_matches_numpy(qk_norm):
     x = rs.randn(2, 6, 16).astype(np.float32)
     positions = np.array([[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]])
     seg = np.array([[1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 0]])
-    out, _ = attn(x, positions, layers.attention_mask(seg, seg))
+    out, _ = attn(x, positions, Visible(mask=attention_mask(seg, seg)))
 
     wq, wk, wv, wo = (np.asarray(w[...]) for w in (attn.q, attn.k, attn.v, attn.o))
     q = np.einsum("bse,ehd->bshd", x, wq)
@@ -151,24 +98,3 @@ def test_embed_lookup_and_tied_logits():
 def test_param_names_must_match_rank():
     with pytest.raises(ValueError, match="axis names"):
         layers.param(nnx.Rngs(0), nnx.initializers.ones, (2, 3), ("embed",), jnp.float32)
-
-
-@pytest.mark.parametrize("block", [4, 5, 16])
-def test_blockwise_attention_matches_plain_in_value_and_gradient(block):
-    """Packed rows (two documents and padding), GQA: the blockwise path (causal blocks,
-    remat) gives `attend`'s output and gradients, also for a block that does not divide S."""
-    from mmar.model.layers import attend, attend_blockwise, attention_mask
-    rng = np.random.default_rng(0)
-    b, s, h, kvh, d = 2, 12, 4, 2, 8
-    q, k, v = (jnp.asarray(rng.normal(size=(b, s, n, d)), jnp.float32) for n in (h, kvh, kvh))
-    segments = jnp.asarray([[1] * 7 + [2] * 5, [1] * 9 + [0] * 3], jnp.int32)
-    ref = lambda q, k, v: attend(q, k, v, attention_mask(segments, segments))
-    blk = lambda q, k, v: attend_blockwise(q, k, v, segments, block)
-    real = np.asarray(segments > 0)          # padding queries see nothing: output unused
-    np.testing.assert_allclose(np.asarray(blk(q, k, v))[real], np.asarray(ref(q, k, v))[real],
-                               atol=1e-6)
-    weights = jnp.asarray(rng.normal(size=(b, s, h, d)), jnp.float32) * (segments > 0)[..., None, None]
-    loss = lambda f: lambda *a: jnp.sum(f(*a) * weights)
-    for g_blk, g_ref in zip(jax.grad(loss(blk), argnums=(0, 1, 2))(q, k, v),
-                            jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)):
-        np.testing.assert_allclose(g_blk, g_ref, atol=1e-5)

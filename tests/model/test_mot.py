@@ -7,13 +7,22 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
+from configs import t2i_shapes
+from mmar import config as config_lib
 from mmar.model import Decoder, flops, mot
-from mmar.model.layers import apply_rope, attend, attention_mask
-from model_configs import tiny_cfg
+from mmar.model.attention import attend, attention_mask
+from mmar.model.layers import apply_rope
+from mmar.parallel import mesh as mesh_lib
+from mmar.train import dry_run, optim, state
+from mmar.train import loss as loss_lib
+from mmar.train import step as step_lib
+from mmar.train.decoder import BATCH_AXES
+from tests.helpers.model_configs import tiny_cfg
 
 B, S = 2, 7   # 14 tokens: with tile 4, windows overhang modalities and 3 padding rows
 
@@ -228,12 +237,6 @@ def test_bad_fields_are_named(field, value):
 # ---- sharded ----
 
 def _sharded_step(mesh_shape, strategy="fsdp_tp"):
-    import ml_collections
-    from mmar.parallel import mesh as mesh_lib
-    from mmar.train import loss as loss_lib
-    from mmar.train import optim, state
-    from mmar.train import step as step_lib
-    from mmar.train.decoder import BATCH_AXES
     cfg = tiny_cfg(mot=True, mot_tile=8, qk_norm=True, vocab_size=64, n_heads=4, n_kv_heads=2)
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     mesh, rule_table = mesh_lib.from_config({**dict(zip(mesh_lib.AXES, mesh_shape)),
@@ -281,9 +284,6 @@ def test_batch_shards_sort_their_own_rows():
     whole batch, with 5.9x dense's temporaries on this config."""
     if len(jax.devices()) < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
-    from configs import t2i_shapes
-    from mmar import config as config_lib
-    from mmar.train import dry_run
     temps = {}
     for use_mot in (False, True):
         cfg = t2i_shapes.get_config("tiny")

@@ -11,7 +11,7 @@ from mmar import config as config_lib
 from mmar.data import orders, sequences
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
-from mmar.sample.decode import Sampler
+from mmar.sample.plain import Sampler
 from mmar.train import loss as loss_lib
 from mmar.train import state
 
@@ -91,7 +91,7 @@ def test_rar_sampler_feeds_raster_targets(test_config, scale):
                                                 cfg_scale_image=scale))
     sampler = Sampler(model_state, vocab, cfg.model.vocab_size, sample_cfg, target_aware=True)
     n, captions = 5, [[97, 32, 98], [99, 100, 101, 102]]
-    got = sampler.images(params, captions, n, jax.random.key(0))
+    got, _ = sampler.images(params, captions, n, jax.random.key(0))
     model = model_state.merge(params)
     allowed = vocab.is_image(np.arange(cfg.model.vocab_size))
 

@@ -2,13 +2,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from mmar.model import Decoder
-from mmar.model.layers import attend, attention_mask
+from mmar.model.attention import attend, attention_mask
 from mmar.model.splash import attend_splash
 from mmar.parallel import rules
-from model_configs import tiny_cfg
+from tests.helpers.model_configs import tiny_cfg
 
 
 def packed_qkv(b=2, s=256, h=4, kvh=2, d=8, seed=0):
@@ -24,7 +25,7 @@ def test_splash_matches_plain_attention_in_value_and_gradient():
     real token equal the XLA path's."""
     q, k, v, segments = packed_qkv()
     ref = lambda q, k, v: attend(q, k, v, attention_mask(segments, segments))
-    spl = lambda q, k, v: attend_splash(q, k, v, segments, block=128)
+    spl = lambda q, k, v: attend_splash(q, k, v, segments, block=128, interpret=True)
     real = np.asarray(segments > 0)
     np.testing.assert_allclose(np.asarray(spl(q, k, v))[real], np.asarray(ref(q, k, v))[real],
                                atol=1e-5)
@@ -56,6 +57,14 @@ def test_splash_decoder_on_an_8_device_mesh_matches_xla_decoder():
 
 def test_splash_block_must_fit_the_kernel():
     q, k, v, segments = packed_qkv(s=192, b=1)
-    import pytest
     with pytest.raises(ValueError, match="multiple of 128.*data.seq_len"):
-        attend_splash(q, k, v, segments[:, :192], block=128)
+        attend_splash(q, k, v, segments[:, :192], block=128, interpret=True)
+
+
+def test_splash_kernel_serves_several_jitted_functions():
+    """The cached kernel is built outside any trace: a second jitted function (an eval step
+    after the train step) reuses it instead of failing on the first trace's tracers."""
+    q, k, v, segments = packed_qkv(b=2, s=256)
+    run = lambda q: attend_splash(q, k, v, segments, block=128, interpret=True)
+    first = jax.jit(run)(q)
+    np.testing.assert_array_equal(jax.jit(lambda q: run(q) * 2)(q), first * 2)

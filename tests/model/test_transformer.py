@@ -9,7 +9,7 @@ from flax import nnx
 
 from mmar.model import Decoder
 from mmar.parallel import rules
-from model_configs import tiny_cfg
+from tests.helpers.model_configs import tiny_cfg
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,9 +268,9 @@ def test_decode_with_visible_mask_out_of_order_and_rewound():
 
 
 def test_blockwise_decoder_on_an_8_device_mesh_matches_xla_decoder():
-    """Under a multi-device mesh `blockwise` takes its batched query-block path (on one CPU
-    device it runs model/flash_cpu.py, tested in test_layers.py): the same logits and
-    gradients as the plain decoder, with packing and GQA."""
+    """Under a multi-device mesh `blockwise` takes its batched query-block path (without
+    one, on CPU, it runs one row and KV head at a time; both in test_attention.py): the
+    same logits and gradients as the plain decoder, with packing and GQA."""
     if jax.device_count() < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (make test)")
     cfg = dict(n_heads=4, n_kv_heads=2)

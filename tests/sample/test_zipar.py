@@ -3,10 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_speculative import CAPTIONS, _sampler, _setup
+from test_sjd import CAPTIONS, _sampler, _setup
 
-from mmar.sample import speculative, zipar
-from mmar.sample.decode import left_pad
+from mmar.sample import zipar
+from mmar.sample.core import left_pad
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,13 @@ def test_plan_counts_and_rules(height, width):
 def test_window_at_least_width_is_plain_decoding(setup, scale, temperature):
     """Same keys -> the same codes as plain decoding, greedy and sampled, guided or not."""
     params = setup[2]
-    sampler = _sampler(setup, temperature_image=temperature, cfg_scale_image=scale)
-    want, plain_passes = speculative.decode_images(sampler, params, CAPTIONS, 16,
-                                                   jax.random.key(4))
+    fields = dict(temperature_image=temperature, cfg_scale_image=scale)
+    want, plain_passes = _sampler(setup, **fields).images(params, CAPTIONS, 16,
+                                                          jax.random.key(4))
+    sampler = _sampler(setup, "zipar", **fields)
     for window in (4, 9):
-        got, passes = speculative.decode_images(sampler, params, CAPTIONS, 16,
-                                                jax.random.key(4), method="zipar",
-                                                zipar_window=window)
+        got, passes = sampler.images(params, CAPTIONS, 16, jax.random.key(4),
+                                     zipar_window=window)
         np.testing.assert_array_equal(got, want)
         assert passes == plain_passes == 16
 
@@ -69,9 +69,9 @@ def test_each_code_is_the_greedy_code_of_what_it_sees(setup, window):
     at or before its own, at their true positions), plus the stand-in when it has one."""
     _, model_state, params, vocab = setup
     n, side, scale = 16, 4, 2.0
-    sampler = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale)
-    codes, passes = speculative.decode_images(sampler, params, CAPTIONS, n, jax.random.key(0),
-                                              method="zipar", zipar_window=window)
+    sampler = _sampler(setup, "zipar", temperature_image=0.0, cfg_scale_image=scale)
+    codes, passes = sampler.images(params, CAPTIONS, n, jax.random.key(0),
+                                   zipar_window=window)
     assert passes == zipar.forward_passes(side, side, window) < n
     p = zipar.plan(side, side, window)
     drawn = {0: 0}
@@ -103,7 +103,7 @@ def test_each_code_is_the_greedy_code_of_what_it_sees(setup, window):
     logits = np.asarray(forward(params, jnp.asarray(tokens), jnp.asarray(pos_arr),
                                 jnp.asarray(segments)))[:, -1]
     half = len(rows) // 2 // len(CAPTIONS)
-    allowed = sampler._allowed["image"]
+    allowed = sampler.allowed["image"]
     checked = 0
     for b in range(len(CAPTIONS)):
         cond = logits[2 * b * half:(2 * b + 1) * half]

@@ -21,7 +21,7 @@ from flax import nnx
 from mmar.model import flops
 from mmar.model.transformer import Decoder
 from mmar.train import loss as loss_lib
-from model_configs import tiny_cfg
+from tests.helpers.model_configs import tiny_cfg
 
 
 def xla_training_flops(cfg, batch: int, seq: int) -> float:

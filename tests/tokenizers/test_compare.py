@@ -1,5 +1,6 @@
 """The comparison command in docs/tokenizers.md (on the `test` preset, 2 steps), the metrics
-on known inputs, and the decoder training end to end on RQ codes (depth-2 id ranges)."""
+on known inputs, and the decoder trained and sampled end to end on RQ codes (depth-2 id
+ranges)."""
 import json
 import os
 import pathlib
@@ -70,6 +71,13 @@ def test_decoder_trains_on_rq_codes(tmp_path, data_dir):
     over = ["--config.image_tokenizer.quantizer=rq", "--config.image_tokenizer.steps=2",
             "--config.image_tokenizer.codebook_size=8", "--config.train.steps=4",
             "--config.data.seq_len=96"]
-    for command in ("tokenizer-train", "train"):
-        out = _run(["-m", "mmar", command, config, f"--workdir={tmp_path}", *over], data_dir)
-    assert "[decoder] step 4/4" in out
+    outs = {command: _run(["-m", "mmar", command, config, f"--workdir={tmp_path}", *over],
+                          data_dir)
+            for command in ("tokenizer-train", "train", "sample")}
+    assert "[decoder] step 4/4" in outs["train"]
+    # The samplers draw h * w * depth codes per image (mmar.derived.codes_per_image), which
+    # the tokenizer decodes: images, captions, stories and digits of an RQ run.
+    t2i = (tmp_path / "samples" / "t2i_test.jsonl").read_text().splitlines()
+    assert len(t2i) == 8 and (tmp_path / "samples" / "t2i_test.png").is_file()
+    for what in ("text-to-image on test", "image-to-text", "interleaved stories", "digits"):
+        assert f"[sample] {what}" in outs["sample"], what

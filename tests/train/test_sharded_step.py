@@ -12,11 +12,10 @@ from mmar.train import loss as loss_lib
 from mmar.train import optim, state
 from mmar.train import step as step_lib
 from mmar.train.decoder import BATCH_AXES
+from tests.helpers.model_configs import preset_model
 
-MODEL = ml_collections.ConfigDict(dict(
-    vocab_size=256, d_model=32, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=8, mlp_dim=64,
-    rope_theta=10000.0, qk_norm=True, tie_embeddings=False, norm_eps=1e-5, dtype="float32",
-    param_dtype="float32", remat="none", init_std=0.02))
+# The `test` preset's decoder with 8 query / 4 KV heads, so that tensor parallelism splits them.
+MODEL = preset_model(vocab_size=256, n_heads=8, n_kv_heads=4, head_dim=8)
 TRAIN = ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, steps=10, schedule="constant",
                                        weight_decay=0.1, grad_clip=1.0, b1=0.9, b2=0.95))
 # (strategy, mesh shape data x fsdp x tensor, gradient accumulation)

@@ -24,7 +24,6 @@ the zero-initialised residual convs keep it stable on small nets).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import jax
@@ -32,11 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmar.derived import autoencoder_shape, field
 from mmar.tokenizers.image.codebooks import Buffer
 from mmar.tokenizers.image.discriminator import PatchDiscriminator
 from mmar.tokenizers.image.quantizers import make_quantizer
-
-DOWNSAMPLES = (4, 8, 16)
 
 
 def to_model_range(images) -> jax.Array:
@@ -48,13 +46,6 @@ def to_uint8(images) -> jax.Array:
     """float images in [-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
     x = (jnp.asarray(images, jnp.float32) + 1.0) * 127.5
     return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
-
-
-NORMS = ("group", "none")
-
-
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
 
 
 def _groups(ch: int) -> int:
@@ -107,35 +98,6 @@ class Upsample(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         return self.conv(x)
-
-
-def validate(cfg: Any) -> tuple[int, int, tuple[int, ...], int, str]:
-    """The architecture fields of `image_tokenizer`, checked (errors name the field); also
-    called by `mmar.config.validate` so a bad shape stops a job before any work."""
-    downsample = int(cfg.downsample)
-    if downsample not in DOWNSAMPLES:
-        raise ValueError(
-            f"image_tokenizer.downsample: must be one of {DOWNSAMPLES}, got {cfg.downsample!r}"
-        )
-    stages = int(math.log2(downsample))
-    channel_mult = tuple(int(m) for m in cfg.channel_mult)
-    if len(channel_mult) != stages or any(m < 1 for m in channel_mult):
-        raise ValueError(
-            f"image_tokenizer.channel_mult: needs log2(downsample) = {stages} positive entries "
-            f"(one per stride-2 stage), got {tuple(cfg.channel_mult)}"
-        )
-    channels = int(cfg.channels)
-    if channels < 1:
-        raise ValueError(f"image_tokenizer.channels: must be >= 1, got {cfg.channels!r}")
-    num_res_blocks = int(cfg.num_res_blocks)
-    if num_res_blocks < 0:
-        raise ValueError(
-            f"image_tokenizer.num_res_blocks: must be >= 0, got {cfg.num_res_blocks!r}"
-        )
-    norm = getattr(cfg, "norm", "group")
-    if norm not in NORMS:
-        raise ValueError(f"image_tokenizer.norm: must be one of {NORMS}, got {norm!r}")
-    return downsample, channels, channel_mult, num_res_blocks, norm
 
 
 class Encoder(nnx.Module):
@@ -253,7 +215,9 @@ class Autoencoder(nnx.Module):
     """Conv encoder -> quantizer -> conv decoder. See the module docstring."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-        downsample, channels, channel_mult, num_res_blocks, norm = validate(cfg)
+        # The shape rules live with validation (mmar/derived.py): a bad shape stops a job
+        # before any work.
+        downsample, channels, channel_mult, num_res_blocks, norm = autoencoder_shape(cfg)
         self.downsample = downsample
         self.quantizer = make_quantizer(cfg, rngs)
         dim = self.quantizer.dim
@@ -271,8 +235,8 @@ class Autoencoder(nnx.Module):
             self.decoder = Decoder(
                 channels, channel_mult, num_res_blocks, dim, norm=norm, rngs=rngs
             )
-        if float(_get(cfg, "disc_weight", 0.0)) > 0:
-            self.discriminator = PatchDiscriminator(int(_get(cfg, "disc_channels", 32)),
+        if float(field(cfg, "disc_weight", 0.0)) > 0:
+            self.discriminator = PatchDiscriminator(int(field(cfg, "disc_channels", 32)),
                                                     rngs=rngs)
             self.step = Buffer(jnp.zeros((), jnp.float32))  # train steps, for the warm-up
         else:

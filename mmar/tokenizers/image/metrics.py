@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from mmar.eval import judge
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 
 
@@ -71,9 +73,8 @@ def encode_throughput(tokenizer, images: np.ndarray, batch_size: int = 256,
 
 
 def evaluate(tokenizer, records, spec, *, image_size: int, num_crops: int = 64) -> dict:
-    """Every metric for a trained ``ImageTokenizer`` on held-out shapes ``records`` (dicts with
-    ``image`` and ``caption``) and on photo crops."""
-    from mmar.eval import judge
+    """Every metric for a trained ``ImageTokenizer`` (runtime.py) on held-out shapes
+    ``records`` (dicts with ``image`` and ``caption``) and on photo crops."""
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     codes = tokenizer.encode(images)
     recon = tokenizer.decode(codes)

@@ -18,7 +18,8 @@ trainer and the pretokenize job never look at which one they hold:
 - ``aux["assign"]`` (optional): a zero-valued term that updates ``Buffer``s (codebooks.py).
 
 FSQ is here; VQ, LFQ and RQ are in codebooks.py. ``make_quantizer`` is the one place that
-maps the config to a class, ``num_codes_of`` the one place that sizes the vocabulary.
+maps the config to a class; ``mmar.derived.num_image_codes`` sizes the vocabulary from the
+config alone (validation needs it before anything is built).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-QUANTIZERS = ("fsq", "vq", "lfq", "rq")
+from mmar.derived import QUANTIZERS, field
+from mmar.tokenizers.image import codebooks
 
 
 def round_ste(x: jax.Array) -> jax.Array:
@@ -152,26 +154,6 @@ def codebook_usage(codes: jax.Array, num_codes: int) -> dict[str, jax.Array]:
     }
 
 
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-
-
-def num_codes_of(cfg: Any) -> int:
-    """The number of image ids the ``image_tokenizer`` config needs, without building it."""
-    name = _get(cfg, "quantizer", None)
-    if name == "fsq":
-        return math.prod(cfg.levels)
-    if name == "vq":
-        return int(_get(cfg, "codebook_size", 256))
-    if name == "lfq":
-        return 2 ** int(_get(cfg, "lfq_bits", 8))
-    if name == "rq":
-        return int(_get(cfg, "rq_depth", 2)) * int(_get(cfg, "codebook_size", 256))
-    raise ValueError(
-        f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
-    )
-
-
 def make_quantizer(cfg: Any, rngs: nnx.Rngs | None = None) -> nnx.Module:
     """Build the quantizer named by the ``image_tokenizer`` config section.
 
@@ -182,11 +164,9 @@ def make_quantizer(cfg: Any, rngs: nnx.Rngs | None = None) -> nnx.Module:
     ``commitment``; rq: ``rq_depth`` [2], ``rq_shared`` [False], ``codebook_size``,
     ``codebook_dim``, ``commitment``.
     """
-    from mmar.tokenizers.image import codebooks
-
-    name = _get(cfg, "quantizer", None)
+    name = field(cfg, "quantizer", None)
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    g = lambda k, d: _get(cfg, k, d)
+    g = lambda k, d: field(cfg, k, d)
     if name == "fsq":
         return FSQ(cfg.levels)
     if name == "vq":

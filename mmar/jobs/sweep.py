@@ -1,4 +1,5 @@
-"""`mmar sweep`: run an IsoFLOP grid here, one run after another, or print it for a pod.
+"""`mmar sweep`: run an IsoFLOP grid here, one run after another, or print it for a pod
+(`--dry-run`). The grid, the run configs and the fits are mmar/scaling/.
 
 Layout of the sweep's workdir:
 
@@ -21,31 +22,49 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import time
 
+from absl import app
+
 from mmar import config as config_lib
+from mmar import rundir
+from mmar.jobs import eval as eval_job
+from mmar.jobs import tokenizer_train
+from mmar.jobs import train as train_job
+from mmar.scaling import report as scaling_report
 from mmar.scaling import sweep
 
 RESULTS = "results.json"
 
 
-def _read_json(path: pathlib.Path):
+def main(cfg, workdir, *, dry_run: bool, config_spec: str, extra_args=(), log=print) -> None:
+    """`mmar sweep`: runs the grid here, or with `dry_run` prints one command per run (notes
+    on stderr). A bad `sweep` section is a usage error."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        sweep.validate(cfg)
+    except sweep.SweepConfigError as e:
+        raise app.UsageError(f"bad config: {e}") from None
+    if dry_run:
+        emit(cfg, workdir, config_spec, extra_args,
+             log=lambda m: print(m, file=sys.stderr, flush=True))
+        return
+    t0 = time.perf_counter()
+    run_local(cfg, workdir, log=log)
+    log(f"[sweep] done in {time.perf_counter() - t0:.0f}s; report in "
+        f"{workdir}/scaling/report.md")
 
 
 def link_tokenizer(run_dir: pathlib.Path) -> None:
     """run_dir/tokenizer -> ../tokenizer (relative, so the sweep directory can move)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    link = run_dir / "tokenizer"
+    link = run_dir / rundir.TOKENIZER
     if link.is_symlink() or link.exists():
         return
     try:
-        os.symlink(os.path.join("..", "tokenizer"), link, target_is_directory=True)
+        os.symlink(os.path.join("..", rundir.TOKENIZER), link, target_is_directory=True)
     except OSError:  # no symlinks here (some mounted file systems): copy
-        shutil.copytree(run_dir.parent / "tokenizer", link)
+        shutil.copytree(run_dir.parent / rundir.TOKENIZER, link)
 
 
 def prepare(workdir: pathlib.Path, run: sweep.Run) -> pathlib.Path:
@@ -57,23 +76,23 @@ def prepare(workdir: pathlib.Path, run: sweep.Run) -> pathlib.Path:
 
 def state(run_dir: pathlib.Path, run: sweep.Run) -> str:
     """'done' (evaluated), 'trained' (decoder finished, not evaluated) or 'todo'."""
-    report = _read_json(run_dir / "report.json")
+    report = rundir.read_json(run_dir / rundir.REPORT)
     if report and report.get("decoder_step") == run.steps:
         return "done"
-    summary = _read_json(run_dir / "decoder" / "summary.json")
+    summary = rundir.summary(run_dir, rundir.DECODER)
     if summary and summary.get("steps") == run.steps:
         return "trained"
     return "todo"
 
 
 def _tokenizer_done(cfg, workdir: pathlib.Path) -> bool:
-    summary = _read_json(workdir / "tokenizer" / "summary.json")
+    summary = rundir.summary(workdir, rundir.TOKENIZER)
     return bool(summary) and summary.get("steps") == cfg.image_tokenizer.steps
 
 
 def result_record(run: sweep.Run, run_dir: pathlib.Path) -> dict:
-    report = _read_json(run_dir / "report.json") or {}
-    summary = _read_json(run_dir / "decoder" / "summary.json") or {}
+    report = rundir.read_json(run_dir / rundir.REPORT) or {}
+    summary = rundir.summary(run_dir, rundir.DECODER) or {}
     return {**run.record(), **report, "decoder_seconds": summary.get("train_seconds"),
             "train_loss": summary.get("nll")}
 
@@ -81,9 +100,6 @@ def result_record(run: sweep.Run, run_dir: pathlib.Path) -> dict:
 def run_local(cfg, workdir, log=print) -> list[dict]:
     """Trains and evaluates every run of the grid that is not done yet; then fits and writes
     the report. Returns the result records."""
-    from mmar.eval import report
-    from mmar.tokenizers.image import train as tokenizer_train
-    from mmar.train import decoder
     workdir = pathlib.Path(workdir)
     runs, notes = sweep.plan(cfg)
     for note in notes:
@@ -108,13 +124,12 @@ def run_local(cfg, workdir, log=print) -> list[dict]:
         run_cfg = config_lib.validate(sweep.run_config(cfg, run))
         t0 = time.perf_counter()
         if status == "todo":
-            decoder.run(run_cfg, run_dir, log=log)
-        report.run(run_cfg, run_dir, log=log)
+            train_job.run(run_cfg, run_dir, log=log)
+        eval_job.run(run_cfg, run_dir, log=log)
         log(f"[sweep] {run.name} finished in {time.perf_counter() - t0:.0f}s")
     log(f"[sweep] all runs done ({time.perf_counter() - t_sweep:.0f}s in this call)")
     results = [result_record(run, workdir / run.name) for run in runs]
     (workdir / RESULTS).write_text(json.dumps(results, indent=1))
-    from mmar.scaling import report as scaling_report
     scaling_report.write(cfg, results, workdir / "scaling", log=log)
     return results
 

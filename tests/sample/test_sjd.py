@@ -1,5 +1,8 @@
 """Speculative Jacobi decoding and LANTERN against plain decoding, exactly and in law."""
+import itertools
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -8,8 +11,7 @@ from scipy import stats
 from mmar import config as config_lib
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
-from mmar.sample import speculative
-from mmar.sample.decode import Sampler
+from mmar.sample import dispatch, sjd
 from mmar.tokenizers.image.quantizers import FSQ
 from mmar.train import state
 
@@ -32,12 +34,14 @@ def setup(test_config):
     return _setup(test_config)
 
 
-def _sampler(setup, **fields):
+def _sampler(setup, method="plain", **fields):
+    """The raster image sampler of `method` ("plain" | "sjd" | "zipar"), config fields set."""
     cfg, model_state, _, vocab = setup
-    sampler = Sampler(model_state, vocab, cfg.model.vocab_size,
-                      ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields)))
-    sampler.code_vectors = np.asarray(FSQ(cfg.image_tokenizer.levels).implicit_codebook())
-    return sampler
+    return dispatch.image_sampler(
+        "raster", model_state, vocab, cfg.model.vocab_size,
+        ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields)),
+        code_vectors=np.asarray(FSQ(cfg.image_tokenizer.levels).implicit_codebook()),
+        method=method)
 
 
 @pytest.mark.parametrize("scale,options", [
@@ -52,12 +56,11 @@ def test_greedy_sjd_is_plain_greedy(setup, scale, options):
     token, in fewer passes than codes only when drafts were right (never more)."""
     params = setup[2]
     n = 12
-    plain = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale)
-    want = plain.images(params, CAPTIONS, n, jax.random.key(0))
-    assert plain.last_forward_passes == n
-    sjd = _sampler(setup, temperature_image=1.0, cfg_scale_image=scale)
-    got, passes = speculative.decode_images(sjd, params, CAPTIONS, n, jax.random.key(7),
-                                            method="sjd", **options)
+    want, plain_passes = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale).images(
+        params, CAPTIONS, n, jax.random.key(0))
+    assert plain_passes == n
+    got, passes = _sampler(setup, "sjd", temperature_image=1.0, cfg_scale_image=scale).images(
+        params, CAPTIONS, n, jax.random.key(7), **options)
     np.testing.assert_array_equal(got, want)
     assert 1 <= passes <= n
 
@@ -69,18 +72,17 @@ def test_accepted_windows_are_committed_exactly(setup, scale, monkeypatch):
     keys/values are copied to each row's committed slots, and every later code still
     equals plain greedy decoding (which reads those slots)."""
     params, n, L = setup[2], 12, 4
-    want = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale).images(
+    want, _ = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale).images(
         params, CAPTIONS, n, jax.random.key(0))
-    import jax.numpy as jnp
     num = setup[3].num_image_codes
-    monkeypatch.setattr(speculative, "_initial_drafts", lambda key, batch, window, num_: (
+    monkeypatch.setattr(sjd, "_initial_drafts", lambda key, batch, window, num_: (
         jnp.asarray(want[:, 1:1 + L]), jax.nn.one_hot(want[:, 1:1 + L], num)))
-    sjd = _sampler(setup, temperature_image=0.0, cfg_scale_image=scale)
-    got, passes = speculative.decode_images(sjd, params, CAPTIONS, n, jax.random.key(7),
-                                            method="sjd", sjd_window=L)
+    sampler = _sampler(setup, "sjd", temperature_image=0.0, cfg_scale_image=scale)
+    got, passes, rows = sampler.images_rows(params, CAPTIONS, n, jax.random.key(7),
+                                            sjd_window=L)
     np.testing.assert_array_equal(got, want)
     assert passes <= n - L
-    assert passes == sjd.last_row_forward_passes.max()
+    assert passes == rows.max()
 
 
 @pytest.mark.parametrize("method,options", [
@@ -98,9 +100,8 @@ def test_forward_passes_are_the_model_calls(setup, method, options, monkeypatch)
         return decode(self, *args, **kwargs)
 
     monkeypatch.setattr(Decoder, "decode", counted)
-    sampler = _sampler(setup, temperature_image=1.0, cfg_scale_image=2.0)
-    codes, passes = speculative.decode_images(sampler, setup[2], CAPTIONS, 16,
-                                              jax.random.key(3), method=method, **options)
+    sampler = _sampler(setup, method, temperature_image=1.0, cfg_scale_image=2.0)
+    codes, passes = sampler.images(setup[2], CAPTIONS, 16, jax.random.key(3), **options)
     jax.effects_barrier()
     assert codes.shape == (3, 16) and passes == len(calls)
     assert 1 <= passes <= 16
@@ -109,9 +110,6 @@ def test_forward_passes_are_the_model_calls(setup, method, options, monkeypatch)
 def _exact_joint(model_state, params, vocab, caption, n, scale):
     """P(c_1 .. c_n) of plain guided sampling at temperature 1: one full forward pass over
     every prefix (conditional and caption-free rows), small codebook."""
-    import itertools
-
-    import jax.numpy as jnp
     forward = jax.jit(lambda p, t: model_state.merge(p)(t, jnp.broadcast_to(
         jnp.arange(t.shape[1]), t.shape), jnp.ones_like(t)))
     num, off = vocab.num_image_codes, vocab.image_offset
@@ -156,12 +154,11 @@ def test_probabilistic_sjd_keeps_the_distribution(small, window, broken, monkeyp
     p itself (a classic bug) the same test rejects (p < 1e-6): it has the power."""
     _, model_state, params, vocab = small
     if broken:
-        monkeypatch.setattr(speculative, "_residual", lambda p, q: p)
-    sampler = _sampler(small, temperature_image=1.0, cfg_scale_image=2.0)
+        monkeypatch.setattr(sjd, "_residual", lambda p, q: p)
+    sampler = _sampler(small, "sjd", temperature_image=1.0, cfg_scale_image=2.0)
     caption, n, draws = [97, 98], 3, 8000
-    codes, passes = speculative.decode_images(sampler, params, [caption] * draws, n,
-                                              jax.random.key(11), method="sjd",
-                                              sjd_window=window)
+    codes, passes = sampler.images(params, [caption] * draws, n, jax.random.key(11),
+                                   sjd_window=window)
     assert passes <= n
     joint = _exact_joint(model_state, params, vocab, caption, n, 2.0)
     np.testing.assert_allclose(sum(joint.values()), 1.0, atol=1e-5)
@@ -173,25 +170,24 @@ def test_probabilistic_sjd_keeps_the_distribution(small, window, broken, monkeyp
 def test_neighbour_table_matches_brute_force():
     vectors = np.asarray(FSQ((5, 4, 3)).implicit_codebook())
     k = 7
-    table = speculative.neighbour_table(vectors, k, chunk=13)
+    table = sjd.neighbour_table(vectors, k, chunk=13)
     for i, v in enumerate(vectors):
         d = [(float(((v - w) ** 2).sum()), j) for j, w in enumerate(vectors) if j != i]
         np.testing.assert_array_equal(table[i], [j for _, j in sorted(d)[:k]])
     with pytest.raises(config_lib.ConfigError, match="sample.lantern_k"):
-        speculative.neighbour_table(vectors, len(vectors))
+        sjd.neighbour_table(vectors, len(vectors))
 
 
 def test_relaxed_mass_follows_the_tv_budget():
     """p(d) + the largest nearest-first prefix of neighbour mass within delta."""
-    import jax.numpy as jnp
     p = jnp.asarray([[0.1, 0.2, 0.05, 0.3, 0.35]])
     nbrs = jnp.asarray([[1, 2, 3]] + [[0, 1, 2]] * 4)   # code 0's neighbours: 1, 2, 3
     d = jnp.asarray([0])
     for delta, want in [(0.0, 0.1), (0.2, 0.3), (0.26, 0.35), (0.6, 0.65), (1.5, 0.1 + 0.0)]:
-        got = speculative.relaxed_mass(p, d, nbrs, jnp.float32(delta))
+        got = sjd.relaxed_mass(p, d, nbrs, jnp.float32(delta))
         np.testing.assert_allclose(got, [want], rtol=1e-6)
     # LANTERN++ form (delta > 1): budget (delta - 1) * p(d) = 0.3 -> adds 0.2 + 0.05
-    got = speculative.relaxed_mass(p, d, nbrs, jnp.float32(4.0))
+    got = sjd.relaxed_mass(p, d, nbrs, jnp.float32(4.0))
     np.testing.assert_allclose(got, [0.35], rtol=1e-6)
 
 
@@ -199,13 +195,11 @@ def test_lantern_accepts_more_than_sjd(setup):
     """On a random model with spread-out predictions, relaxing acceptance takes fewer passes
     (same keys), and every code is still an image code."""
     params = setup[2]
-    sampler = _sampler(setup, temperature_image=1.0, cfg_scale_image=1.0)
+    sampler = _sampler(setup, "sjd", temperature_image=1.0, cfg_scale_image=1.0)
     caps = CAPTIONS * 4
-    _, exact = speculative.decode_images(sampler, params, caps, 16, jax.random.key(2),
-                                         method="sjd", sjd_window=6)
-    codes, relaxed = speculative.decode_images(sampler, params, caps, 16, jax.random.key(2),
-                                               method="sjd", sjd_window=6, lantern_k=20,
-                                               lantern_delta=0.5)
+    _, exact = sampler.images(params, caps, 16, jax.random.key(2), sjd_window=6)
+    codes, relaxed = sampler.images(params, caps, 16, jax.random.key(2), sjd_window=6,
+                                    lantern_k=20, lantern_delta=0.5)
     assert codes.min() >= 0 and codes.max() < setup[3].num_image_codes
     assert relaxed < exact   # seen: 16 -> 10 passes (row mean 14.5 -> 4.9)
 
@@ -214,38 +208,37 @@ def test_lantern_accepts_more_than_sjd(setup):
                                          ("sjd_acceptance", "exact"), ("lantern_k", -1),
                                          ("lantern_delta", -0.1), ("zipar_window", 0)])
 def test_bad_options_name_the_field(setup, test_config, field, value):
-    sampler = _sampler(setup)
     with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
-        sampler.images(setup[2], CAPTIONS, 4, jax.random.key(0),
-                       **{"image_decoder": "sjd", field: value})
+        dispatch.decoder_options(setup[0].sample, **{"image_decoder": "sjd", field: value})
+    method = "zipar" if field.startswith("zipar") else "sjd"
+    if field != "image_decoder":   # each decoder checks its own options per call
+        with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
+            _sampler(setup, method).images(setup[2], CAPTIONS, 4, jax.random.key(0),
+                                           **{field: value})
     cfg = ml_collections.ConfigDict(test_config.to_dict())
     cfg.sample[field] = value
     with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
         config_lib.validate(cfg)
 
 
-@pytest.mark.parametrize("method,jit_attr,options", [
-    ("plain", "_jitted", {}),
-    ("sjd", "_sjd_jit", dict(sjd_window=3)),
-    ("zipar", "_zipar_jit", dict(zipar_window=2)),
+@pytest.mark.parametrize("method,options", [
+    ("plain", {}),
+    ("sjd", dict(sjd_window=3)),
+    ("zipar", dict(zipar_window=2)),
 ])
-def test_new_caption_lengths_reuse_the_compiled_decoder(setup, method, jit_attr, options):
+def test_new_caption_lengths_reuse_the_compiled_decoder(setup, method, options):
     """Prompts are left-padded to a bucket: a batch whose longest caption differs, but stays
     inside the bucket, runs the program already compiled, with the same codes a batch of
     its own would get; a caption past the bucket compiles once more."""
     params = setup[2]
-    sampler = _sampler(setup, temperature_image=0.0)
+    sampler = _sampler(setup, method, temperature_image=0.0)
     short, longer = [[97, 98]], [[97, 98, 99, 100, 101, 102, 103]]
-    speculative.decode_images(sampler, params, short + short, 9, jax.random.key(0),
-                              method=method, **options)
-    together, _ = speculative.decode_images(sampler, params, short + longer, 9,
-                                            jax.random.key(0), method=method, **options)
-    jitted = getattr(sampler, jit_attr)
+    sampler.images(params, short + short, 9, jax.random.key(0), **options)
+    together, _ = sampler.images(params, short + longer, 9, jax.random.key(0), **options)
+    jitted = sampler._jitted   # the sampler's own compiled program
     assert jitted._cache_size() == 1
-    alone, _ = speculative.decode_images(_sampler(setup, temperature_image=0.0), params,
-                                         longer, 9, jax.random.key(0), method=method,
-                                         **options)
+    alone, _ = _sampler(setup, method, temperature_image=0.0).images(
+        params, longer, 9, jax.random.key(0), **options)
     np.testing.assert_array_equal(together[1], alone[0])
-    speculative.decode_images(sampler, params, short + [[97] * 20], 9, jax.random.key(0),
-                              method=method, **options)
+    sampler.images(params, short + [[97] * 20], 9, jax.random.key(0), **options)
     assert jitted._cache_size() == 2

@@ -1,4 +1,4 @@
-"""The sample job: text-to-image, image-to-text and interleaved stories on held-out data.
+"""`mmar sample`: text-to-image, image-to-text and interleaved stories on held-out data.
 
 Writes under `<workdir>/samples/`: `t2i_<split>.png` (a grid of generated images, captions
 in `t2i_<split>.jsonl` in the same order), `i2t_<split>.jsonl` (true and generated captions),
@@ -9,6 +9,16 @@ sample is judged (shape judge, digits classifier) so `mmar eval` can count witho
 re-sampling, and every JSONL record carries its sampling `settings` and `seed`: the key of a
 sample is `jax.random.split` of `key(seed)` once per batch of `sample.batch_size`, in order
 (`batch`, `row` in the record), so a record can be re-drawn exactly.
+
+Interleaved stories: a held-out story (the `test` split of `mmar_stories`, generated in
+memory by `stories.make_stories(spec, n, seed=1)`) is cut after its second text, `<boi>` is
+appended, and the model continues for `sample.interleaved_tokens` tokens: first the next
+image (whose content the text only names as a change of the first image, so the model must
+read the earlier image), then whatever text and images it chooses, every image whole. The
+first generated image is judged against the story's true scene (`judge.judge_scene`: same
+objects in the same grid cells): the next-image accuracy of `mmar eval`. Guidance
+(`sample.cfg_scale_image`) applies to the codes of that first image; its unconditional twin
+is `<bos> <boi>`, as for text-to-image.
 """
 from __future__ import annotations
 
@@ -20,42 +30,30 @@ import numpy as np
 from PIL import Image
 
 from mmar import config as config_lib
-from mmar.data import pipeline, synthetic
+from mmar import derived, rundir
+from mmar.data import pipeline, stories, synthetic
 from mmar.eval import digits, geneval, judge
-from mmar.parallel import mesh as mesh_lib
-from mmar.sample import interleaved, speculative
-from mmar.sample.decode import Sampler
-from mmar.sample.randar import RandarSampler
-from mmar.tokenizers.image.train import ImageTokenizer
-from mmar.train import trainer
-from mmar.train.decoder import SUBDIR, decoder_task
+from mmar.sample import dispatch, sjd
+from mmar.sample.plain import split_document
 from mmar.vocab import ByteTokenizer
-
-SAMPLES = "samples"
 
 
 class Models:
-    """The trained tokenizer and decoder of a run directory, ready to sample."""
+    """A loaded run (mmar/rundir.py) with its samplers, ready to sample; keeps the held-out
+    records it reads and the images it draws for `mmar eval`."""
 
-    def __init__(self, cfg, workdir):
-        self.cfg, self.vocab = cfg, config_lib.make_vocab(cfg)
-        self.tokenizer = ImageTokenizer(cfg, workdir)
-        mesh, rule_table = mesh_lib.from_config(cfg.mesh)
-        self.model_state, self.params, self.step = trainer.load_params(
-            decoder_task(cfg), mesh, pathlib.Path(workdir) / SUBDIR, rule_table=rule_table)
-        self.num_codes = (cfg.data.image_size // cfg.image_tokenizer.downsample) ** 2
-        # The sampler follows the training order (mmar/data/orders.py): raster and RAR
-        # decode in raster order (RAR with its target embeddings); RandAR images come from
-        # the RandAR sampler (parallel decoding by sample.randar_*), its captions from the
-        # plain one. `image_sampler` draws every image; `sampler` every text.
-        order = config_lib.image_order(cfg)
-        self.sampler = Sampler(self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
-                               num_codes=self.num_codes, target_aware=order == "rar")
-        if cfg.image_tokenizer.quantizer != "rq":   # latent neighbours for LANTERN
-            self.sampler.code_vectors = speculative.code_vectors(self.tokenizer)
-        self.image_sampler = self.sampler if order != "randar" else RandarSampler(
-            self.model_state, self.vocab, cfg.model.vocab_size, cfg.sample,
-            num_codes=self.num_codes)
+    def __init__(self, run: rundir.Run):
+        cfg = run.cfg
+        self.run, self.cfg, self.vocab, self.tokenizer = run, cfg, run.vocab, run.tokenizer
+        self.model_state, self.params, self.step = run.model_state, run.params, run.step
+        self.num_codes = derived.codes_per_image(cfg)   # the RQ depth included
+        # `image_sampler` draws every image, as data.image_order and sample.image_decoder
+        # say (mmar/sample/dispatch.py); `sampler` (plain decoding) every text.
+        self.code_vectors = None   # latent neighbours for LANTERN (sample.image_decoder="sjd")
+        if cfg.image_tokenizer.quantizer != "rq":
+            self.code_vectors = sjd.code_vectors(self.tokenizer)
+        self.sampler, self.image_sampler = dispatch.samplers(
+            cfg, self.model_state, self.vocab, self.num_codes, code_vectors=self.code_vectors)
         self._records = {}
         self.images = {}  # generated images by sample set, kept for `mmar eval`
 
@@ -91,7 +89,7 @@ def provenance(models: Models, seed: int, index: int) -> dict:
     """What re-draws sample `index`: its settings, seed, batch and row in the batch."""
     batch, row = divmod(index, models.cfg.sample.batch_size)
     return {"settings": dict(models.image_sampler.settings(), **models.sampler.settings(),
-                             **speculative.decoder_options(models.sampler),
+                             **dispatch.decoder_options(models.cfg.sample),
                              batch_size=models.cfg.sample.batch_size),
             "seed": seed, "batch": batch, "row": row}
 
@@ -102,14 +100,11 @@ def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np
     for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
         ids = [text.encode(c) for c in chunk]
-        if isinstance(models.image_sampler, RandarSampler):
-            result = models.image_sampler.generate(models.params, ids, models.num_codes, sub)
-            codes = result.codes
-            passes.append(result.forward_passes)
-        else:
-            codes = models.image_sampler.images(models.params, ids, models.num_codes, sub)
+        codes, batch_passes = models.image_sampler.images(models.params, ids,
+                                                          models.num_codes, sub)
+        passes.append(batch_passes)
         images.append(models.tokenizer.decode(codes))
-    if passes:
+    if config_lib.image_order(models.cfg) == "randar":
         log(f"[sample] RandAR: {len(captions)} images of {models.num_codes} codes in "
             f"{len(passes)} batches, {passes[0]} forward passes per batch")
     return np.concatenate(images)
@@ -164,14 +159,14 @@ def _write_jsonl(path, records):
 
 
 def run(cfg, workdir, log=print, models: Models | None = None) -> dict[str, list[dict]]:
-    out_dir = pathlib.Path(workdir) / SAMPLES
+    out_dir = pathlib.Path(workdir) / rundir.SAMPLES
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = models or Models(cfg, workdir)
+    models = models or Models(rundir.load(cfg, workdir))
     out = {"t2i_test": text_to_image(models, "test", out_dir, log),
            "t2i_unseen": text_to_image(models, "unseen", out_dir, log),
            "i2t_test": image_to_text(models, "test", out_dir, log)}
     if "stories" in cfg.eval.get("tasks", ()):
-        out["stories_test"] = interleaved.continue_stories(models, out_dir, log)
+        out["stories_test"] = continue_stories(models, out_dir, log)
     if "digits" in cfg.eval.get("tasks", ()):
         out["digits_test"] = digits_to_image(models, out_dir, log)
     return out
@@ -192,5 +187,61 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
     image_grid(images, 10).save(out_dir / "digits_test.png")
     _write_jsonl(out_dir / "digits_test.jsonl", records)
     log(f"[sample] digits: {n} images, classifier agrees with the prompt on "
+        f"{np.mean([r['correct'] for r in records]):.3f}")
+    return records
+
+
+# ---- interleaved stories ----------------------------------------------------------------
+
+def story_prompts(models, n: int):
+    """(prompt ids, story) for the first n held-out stories: text0 <boi>img0<eoi> text1 <boi>."""
+    spec = synthetic.ShapesSpec.from_config(models.cfg.data)
+    v, text = models.vocab, ByteTokenizer()
+    out = []
+    for story in stories.make_stories(spec, n, seed=1):
+        t0, t1 = story["segments"][0]["text"], story["segments"][2]["text"]
+        codes = models.tokenizer.encode(story["images"][0][None])[0]
+        ids = [v.bos, *text.encode(t0), v.boi, *v.image_ids(codes).tolist(), v.eoi,
+               *text.encode(t1), v.boi]
+        out.append((ids, story))
+    return out
+
+
+def continue_stories(models, out_dir: pathlib.Path, log=print) -> list[dict]:
+    cfg, v, text = models.cfg, models.vocab, ByteTokenizer()
+    spec = synthetic.ShapesSpec.from_config(cfg.data)
+    items = story_prompts(models, cfg.eval.num_examples)
+    steps = max(int(cfg.sample.interleaved_tokens), models.num_codes + 1)
+    key, seed = jax.random.key(cfg.sample.seed + 3), cfg.sample.seed + 3
+    records, grid = [], []
+    for chunk in _batches(items, cfg.sample.batch_size):
+        key, sub = jax.random.split(key)
+        ids = models.sampler.run(models.params, [p for p, _ in chunk], steps, sub,
+                                 n=models.num_codes, allow_images=True)
+        for (_, story), row in zip(chunk, ids.tolist()):
+            row = row[:row.index(v.eos) + 1] if v.eos in row else row
+            segments = split_document([v.boi] + row, v)
+            images = [np.asarray(c) for kind, c in segments if kind == "image"]
+            pictures = models.tokenizer.decode(np.stack(images)) if images else []
+            truth = synthetic.objects_from_json(story["scenes"][1])
+            first = pictures[0]
+            grid += [story["images"][0], story["images"][1], first]
+            doc, k = [], 0
+            for kind, ids_ in segments:
+                if kind == "text":
+                    doc.append({"text": text.decode(ids_)})
+                else:
+                    doc.append({"image": k})
+                    k += 1
+            records.append({
+                "index": len(records), "prompt": [story["segments"][0]["text"],
+                                                  story["segments"][2]["text"]],
+                "generated": doc, "truth": story["scenes"][1],
+                "read": judge.describe(judge.read_image(first, spec)),
+                "correct": bool(judge.judge_scene(first, truth, spec)),
+                **provenance(models, seed, len(records))})
+    image_grid(np.stack(grid), 3).save(out_dir / "interleaved_test.png")
+    _write_jsonl(out_dir / "interleaved_test.jsonl", records)
+    log(f"[sample] interleaved stories: {len(records)} continued, next-image accuracy "
         f"{np.mean([r['correct'] for r in records]):.3f}")
     return records

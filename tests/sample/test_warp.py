@@ -1,10 +1,11 @@
-"""Temperature / top-k / top-p against the distribution computed in plain numpy."""
+"""The one logits warp (temperature / top-k / top-p) against the distribution computed in plain
+numpy: the draws of `sample_logits` and the probabilities of `warped_probs`."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmar.sample.decode import sample_logits
+from mmar.sample.core import sample_logits, warped_probs
 
 LOGITS = np.array([2.0, 1.5, 1.4, 0.3, 0.0, -0.5, 3.0, -1.0, 0.8, 1.0], np.float32)
 ALLOWED = np.array([1, 1, 1, 1, 1, 1, 0, 1, 1, 1], bool)   # the largest logit is not allowed
@@ -55,3 +56,20 @@ def test_temperature_zero_is_argmax_of_allowed_per_row():
     toks = sample_logits(logits, jnp.stack([ALLOWED, ALLOWED]), jax.random.key(1),
                          jnp.array([0.0, 5.0]), jnp.array([0, 1]), jnp.array([1.0, 1.0]))
     assert toks.tolist() == [0, 7]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.6), (1.3, 5, 0.8), (1.0, 0, 0.01)])
+def test_probabilities_are_the_reference_distribution(temperature, top_k, top_p):
+    """`warped_probs` (SJD's target distribution) is exactly what `sample_logits` draws."""
+    probs = warped_probs(jnp.asarray(LOGITS)[None], jnp.asarray(ALLOWED)[None],
+                         jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+    np.testing.assert_allclose(np.asarray(probs)[0], expected(temperature, top_k, top_p),
+                               atol=1e-6)
+
+
+def test_probabilities_at_temperature_zero_are_a_point_mass():
+    probs = warped_probs(jnp.stack([LOGITS, -LOGITS]), jnp.stack([ALLOWED, ALLOWED]),
+                         jnp.array([0.0, 0.0]), jnp.array([0, 0]), jnp.array([1.0, 1.0]))
+    np.testing.assert_array_equal(np.asarray(probs).argmax(-1), [0, 7])
+    np.testing.assert_array_equal(np.asarray(probs).max(-1), [1.0, 1.0])

@@ -1,4 +1,4 @@
-"""The eval job: one `report.json` that judges a run on samples, not on loss alone.
+"""`mmar eval`: one `report.json` that judges a run on samples, not on loss alone.
 
 Keys: tokenizer_reconstruction_accuracy (judge on autoencoder reconstructions of held-out
 images), codebook_usage, t2i_accuracy / i2t_accuracy (held-out scenes),
@@ -23,17 +23,17 @@ import jax
 import numpy as np
 
 from mmar import config as config_lib
+from mmar import rundir
 from mmar.data import orders, sequences, synthetic
 from mmar.eval import digits, frechet, geneval, judge
-from mmar.sample import generate
+from mmar.jobs import sample as sample_job
+from mmar.jobs.sample import Models
 from mmar.tokenizers.image import losses, quantizers
-from mmar.tokenizers.image import train as tokenizer_train
-from mmar.train import decoder as decoder_job
 from mmar.train import loss as loss_lib
 from mmar.vocab import ByteTokenizer
 
 
-def reconstruction_accuracy(cfg, models: generate.Models, split: str = "test") -> dict:
+def reconstruction_accuracy(cfg, models: Models, split: str = "test") -> dict:
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     tokenizer, recs = models.tokenizer, models.records(split)
     codes = tokenizer.encode(np.stack([r["image"] for r in recs]))
@@ -49,7 +49,7 @@ def reconstruction_accuracy(cfg, models: generate.Models, split: str = "test") -
             "codebook_perplexity": float(usage["perplexity"])}
 
 
-def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
+def heldout_loss(cfg, models: Models, split: str = "test") -> dict:
     """Per-modality NLL and accuracy on held-out pairs, each seen in both directions."""
     recs = models.records(split)
     codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
@@ -78,7 +78,7 @@ def heldout_loss(cfg, models: generate.Models, split: str = "test") -> dict:
     return out
 
 
-def sample_metrics(cfg, models: generate.Models, samples: dict) -> dict:
+def sample_metrics(cfg, models: Models, samples: dict) -> dict:
     """The metrics beside the judge accuracies: GenEval categories, stories, digits, FD."""
     out = geneval.summarize([r["categories"] for r in samples["t2i_test"]])
     out.update(geneval.summarize([r["categories"] for r in samples["t2i_unseen"]],
@@ -100,34 +100,25 @@ def sample_metrics(cfg, models: generate.Models, samples: dict) -> dict:
     return out
 
 
-def _train_seconds(workdir: pathlib.Path) -> float:
-    total = 0.0
-    for sub in (tokenizer_train.SUBDIR, decoder_job.SUBDIR):
-        summary = workdir / sub / "summary.json"
-        if summary.exists():
-            total += json.loads(summary.read_text())["train_seconds"]
-    return total
-
-
 def run(cfg, workdir, log=print) -> dict:
     workdir = pathlib.Path(workdir)
-    models = generate.Models(cfg, workdir)
+    models = Models(rundir.load(cfg, workdir))
     report = reconstruction_accuracy(cfg, models)
     log(f"[eval] tokenizer reconstruction accuracy "
         f"{report['tokenizer_reconstruction_accuracy']:.3f}, codebook usage "
         f"{report['codebook_usage']:.3f}")
     report.update(heldout_loss(cfg, models))
-    samples = generate.run(cfg, workdir, log=log, models=models)
+    samples = sample_job.run(cfg, workdir, log=log, models=models)
     report["t2i_accuracy"] = float(np.mean([r["correct"] for r in samples["t2i_test"]]))
     report["t2i_accuracy_unseen_combos"] = float(np.mean(
         [r["correct"] for r in samples["t2i_unseen"]]))
     report["i2t_accuracy"] = float(np.mean([r["correct"] for r in samples["i2t_test"]]))
     report.update(sample_metrics(cfg, models, samples))
-    report["train_seconds"] = _train_seconds(workdir)
+    report["train_seconds"] = rundir.train_seconds(workdir)
     report["num_examples"] = len(samples["t2i_test"])
     report["decoder_step"] = int(models.step)
     report["tokenizer_step"] = int(models.tokenizer.step)
-    (workdir / "report.json").write_text(json.dumps(report, indent=1))
+    (workdir / rundir.REPORT).write_text(json.dumps(report, indent=1))
     log("[eval] " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in report.items()))
     return report

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmar import config as config_lib
+from mmar.export import hf, import_hf
+
 
 def _export(argv) -> int:
     p = argparse.ArgumentParser(prog="mmar export", description=(
@@ -23,7 +26,6 @@ def _export(argv) -> int:
     p.add_argument("--image_tokenizer", default=None,
                    help="image tokenizer run dir (default: <workdir>/tokenizer)")
     a = p.parse_args(argv)
-    from mmar.export import hf
     hf.export(a.checkpoint, a.out, fmt=a.format, dtype=a.dtype,
               max_shard_size=a.max_shard_size, image_tokenizer=a.image_tokenizer)
     return 0
@@ -40,8 +42,6 @@ def _import(argv) -> int:
                         "(image tokenizer, data, train); not needed for an mmar export")
     p.add_argument("--seed", type=int, default=0, help="seed of the new embedding rows")
     a = p.parse_args(argv)
-    from mmar import config as config_lib
-    from mmar.export import import_hf
     base = config_lib.load(a.config) if a.config else None
     import_hf.import_hf(a.hf_dir, a.out, base, seed=a.seed)
     return 0

@@ -1,4 +1,4 @@
-"""The KV-cache sampler against a plain loop of full forward passes, and its constraints."""
+"""Plain KV-cache decoding against a loop of full forward passes, and its constraints."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,7 +8,7 @@ import pytest
 from mmar import config as config_lib
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
-from mmar.sample.decode import Sampler
+from mmar.sample.plain import Sampler
 from mmar.train import state
 
 
@@ -47,9 +47,9 @@ def test_greedy_images_match_full_forward(setup, scale):
                                                 cfg_scale_image=scale))
     sampler = Sampler(model_state, vocab, cfg.model.vocab_size, sample_cfg)
     captions = [[97, 32, 98], [99, 100, 101, 102, 103, 104]]   # different lengths: left pad
-    codes = sampler.images(params, captions, 6, jax.random.key(0))
+    codes, _ = sampler.images(params, captions, 6, jax.random.key(0))
     model = model_state.merge(params)
-    allowed = sampler._allowed["image"]
+    allowed = sampler.allowed["image"]
     uncond = [vocab.bos, vocab.boi] if scale != 1.0 else None
     for caption, got in zip(captions, codes):
         ref = _greedy_reference(model, [vocab.bos, *caption, vocab.boi], allowed, 6,
@@ -62,7 +62,7 @@ def test_sampled_tokens_respect_modality(setup):
     sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=1.0,
                                                 temperature_text=1.0, top_k_text=20))
     sampler = Sampler(model_state, vocab, cfg.model.vocab_size, sample_cfg)
-    codes = sampler.images(params, [[97, 98]] * 4, 16, jax.random.key(1))
+    codes, _ = sampler.images(params, [[97, 98]] * 4, 16, jax.random.key(1))
     assert codes.shape == (4, 16)
     assert codes.min() >= 0 and codes.max() < vocab.num_image_codes
     assert len({tuple(c) for c in codes}) > 1   # sampling, not greedy
@@ -80,8 +80,8 @@ def test_top_k_one_is_greedy(setup):
     top1 = Sampler(model_state, vocab, cfg.model.vocab_size,
                    ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=1.0,
                                                   top_k_image=1)))
-    a = greedy.images(params, [[97, 98, 99]], 8, jax.random.key(0))
-    b = top1.images(params, [[97, 98, 99]], 8, jax.random.key(5))
+    a, _ = greedy.images(params, [[97, 98, 99]], 8, jax.random.key(0))
+    b, _ = top1.images(params, [[97, 98, 99]], 8, jax.random.key(5))
     np.testing.assert_array_equal(a, b)
 
 
@@ -101,9 +101,9 @@ def test_guidance_scale_and_interval(setup, scale, interval):
                        cfg_interval_image=interval)
     n = 8
     captions = [[97, 32, 98], [99, 100, 101, 102]]
-    codes = sampler.images(params, captions, n, jax.random.key(0))
+    codes, _ = sampler.images(params, captions, n, jax.random.key(0))
     model = model_state.merge(params)
-    allowed = sampler._allowed["image"]
+    allowed = sampler.allowed["image"]
     for caption, got in zip(captions, codes):
         cond, uncond = [vocab.bos, *caption, vocab.boi], [vocab.bos, vocab.boi]
         ref = []
@@ -165,8 +165,8 @@ def test_sharded_params_decode_like_one_device(setup):
     many = Sampler(sharded_state, vocab, cfg.model.vocab_size,
                    ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields)))
     captions = [[97, 98], [99, 100, 101]]
-    a = one.images(params, captions, 6, jax.random.key(0))
-    b = many.images(sharded, captions, 6, jax.random.key(0))
+    a, _ = one.images(params, captions, 6, jax.random.key(0))
+    b, _ = many.images(sharded, captions, 6, jax.random.key(0))
     np.testing.assert_array_equal(a, b)
     assert one.captions(params, a, jax.random.key(1)) == many.captions(sharded, a,
                                                                       jax.random.key(1))
@@ -185,8 +185,8 @@ def test_mot_sampler_routes_codes_as_image_tokens(test_config):
                       ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=0.0,
                                                      cfg_scale_image=1.0)))
     caption = [97, 32, 98]
-    codes = sampler.images(params, [caption], 5, jax.random.key(0))[0]
-    model, allowed = model_state.merge(params), sampler._allowed["image"]
+    codes = sampler.images(params, [caption], 5, jax.random.key(0))[0][0]
+    model, allowed = model_state.merge(params), sampler.allowed["image"]
     seq = [vocab.bos, *caption, vocab.boi]
     for code in vocab.image_ids(codes):
         t = jnp.asarray([seq], jnp.int32)

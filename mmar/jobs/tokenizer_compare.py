@@ -1,15 +1,16 @@
 """Train FSQ, VQ, LFQ and RQ tokenizers on equal terms and write the comparison table.
 
-    python -m mmar.tokenizers.image.compare --config=configs/t2i_shapes.py:tiny \\
+    python -m mmar.jobs.tokenizer_compare --config=configs/t2i_shapes.py:tiny \\
         --workdir=runs/tokenizers --steps=600
 
-Every quantizer gets the same autoencoder, data, steps and 6 bits per image position
-(FSQ levels (4, 4, 4), VQ 64 l2-normalised codes of dim 8 with EMA and dead-code restart, LFQ 6 bits, RQ depth 2 x 8 codes),
-so 96 bits per 32x32 image at downsample 8. (The shapes scenes hold only ~20 distinct cell
-contents, ~100 with neighbours seen through the conv encoder: a larger codebook could not
-be used on them whatever the quantizer.) Writes ``<workdir>/<quantizer>/tokenizer/``,
-``<workdir>/results.json`` and ``<workdir>/table.md`` (the Markdown table in
-docs/tokenizers.md), and prints the table.
+Every quantizer gets the same autoencoder, data, steps and 6 bits per image position (FSQ
+levels (4, 4, 4), VQ 64 l2-normalised codes of dim 8 with EMA and dead-code restart, LFQ 6
+bits, RQ depth 2 x 8 codes), so 96 bits per 32x32 image at downsample 8. (The shapes
+scenes hold only ~20 distinct cell contents, ~100 with neighbours seen through the conv
+encoder: a larger codebook could not be used on them whatever the quantizer.) Writes
+``<workdir>/<quantizer>/tokenizer/``, ``<workdir>/results.json`` and ``<workdir>/table.md``
+(the Markdown table in docs/tokenizers.md), and prints the table. The one job without an
+`mmar` command.
 """
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ import json
 import math
 import pathlib
 import sys
+
+from mmar import config as config_lib
+from mmar import rundir
+from mmar.data import pipeline, synthetic
+from mmar.jobs import tokenizer_train
+from mmar.tokenizers.image import metrics
 
 # The four contestants at 8 bits per position (see the module docstring).
 CONTESTANTS = {
@@ -39,7 +46,6 @@ COLUMNS = (("quantizer", "{}"), ("codes", "{}"), ("bits/image", "{:.0f}"),
 
 
 def _config(spec: str, name: str, steps: int | None):
-    from mmar import config as config_lib
     cfg = config_lib.load(spec)
     with cfg.unlocked():
         if cfg.preset != "test":
@@ -55,17 +61,14 @@ def _config(spec: str, name: str, steps: int | None):
 
 
 def run_one(spec: str, name: str, workdir: pathlib.Path, steps: int | None, log=print) -> dict:
-    from mmar.data import pipeline, synthetic
-    from mmar.tokenizers.image import metrics
-    from mmar.tokenizers.image import train as tok_train
     cfg = _config(spec, name, steps)
-    tok_train.run(cfg, workdir / name, log=log)   # resumes / skips when already trained
-    tokenizer = tok_train.ImageTokenizer(cfg, workdir / name)
+    tokenizer_train.run(cfg, workdir / name, log=log)   # resumes / skips when already trained
+    tokenizer = rundir.load_tokenizer(cfg, workdir / name)
     test = pipeline.shapes_split(cfg.data, "test")
     records = [test[i] for i in range(len(test))]
     out = metrics.evaluate(tokenizer, records, synthetic.ShapesSpec.from_config(cfg.data),
                            image_size=cfg.data.image_size)
-    summary = json.loads((workdir / name / tok_train.SUBDIR / "summary.json").read_text())
+    summary = rundir.summary(workdir / name, rundir.TOKENIZER)
     out.update(quantizer=name, codes=tokenizer.num_codes, train_seconds=summary["train_seconds"],
                bits_per_image=out["tokens_per_image"] * math.log2(tokenizer.num_codes
                                                                   // tokenizer.depth))

@@ -48,6 +48,3 @@ def main(argv: list[str]) -> int:
         print(f"mmar launch {args.engine}: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,118 @@
+"""What follows from a config's fields, defined once for validation and for the code that
+builds the things (no JAX, no data sets: `mmar.config` imports this, and everything else
+imports `mmar.config`).
+
+- the image tokenizer: its quantizers, codes per latent position (the RQ depth), the number
+  of image codes (the image part of the vocabulary), the code grid and the codes of one
+  image, and the autoencoder's shape rules;
+- the decoder's image orders (mmar/data/orders.py);
+- the `data.mixture` syntax (mmar/data/sources.py reads the sources it names).
+
+Every function reads a config section by attribute or by key, with the same defaults as the
+modules that build from it (ConfigDicts, plain dicts from a saved checkpoint, namespaces).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+QUANTIZERS = ("fsq", "vq", "lfq", "rq")
+IMAGE_ORDERS = ("raster", "rar", "randar")
+DOWNSAMPLES = (4, 8, 16)
+NORMS = ("group", "none")
+BUILT_IN_SOURCES = ("shapes", "stories", "digits")
+
+
+def field(section: Any, name: str, default: Any) -> Any:
+    """`section.name` (a ConfigDict, dict or object), or `default` when it is absent."""
+    return section.get(name, default) if hasattr(section, "get") else getattr(section, name,
+                                                                              default)
+
+
+# ---- image tokenizer -----------------------------------------------------------------------
+
+def quantizer_depth(tok_cfg: Any) -> int:
+    """Codes per latent position: `rq_depth` for residual quantization, 1 otherwise."""
+    return int(field(tok_cfg, "rq_depth", 2)) if field(tok_cfg, "quantizer", None) == "rq" else 1
+
+
+def num_image_codes(tok_cfg: Any) -> int:
+    """The number of image ids the `image_tokenizer` section needs, without building it
+    (RQ: one id range of `codebook_size` per depth, mmar/tokenizers/image/codebooks.py)."""
+    name = field(tok_cfg, "quantizer", None)
+    if name == "fsq":
+        return math.prod(tok_cfg.levels if hasattr(tok_cfg, "levels") else tok_cfg["levels"])
+    if name == "vq":
+        return int(field(tok_cfg, "codebook_size", 256))
+    if name == "lfq":
+        return 2 ** int(field(tok_cfg, "lfq_bits", 8))
+    if name == "rq":
+        return int(field(tok_cfg, "rq_depth", 2)) * int(field(tok_cfg, "codebook_size", 256))
+    raise ValueError(
+        f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
+    )
+
+
+def code_grid(cfg: Any) -> tuple[int, int]:
+    """(h, w) latent positions of one `data.image_size` image."""
+    side = cfg.data.image_size // cfg.image_tokenizer.downsample
+    return side, side
+
+
+def codes_per_image(cfg: Any) -> int:
+    """Image codes of one image in a sequence: h * w positions times the RQ depth."""
+    h, w = code_grid(cfg)
+    return h * w * quantizer_depth(cfg.image_tokenizer)
+
+
+def autoencoder_shape(tok_cfg: Any) -> tuple[int, int, tuple[int, ...], int, str]:
+    """The architecture fields of `image_tokenizer`, checked (a ValueError names the field):
+    (downsample, channels, channel_mult, num_res_blocks, norm). The autoencoder is built from
+    them (mmar/tokenizers/image/autoencoder.py) and validation checks them before any work."""
+    downsample = int(tok_cfg.downsample)
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(
+            f"image_tokenizer.downsample: must be one of {DOWNSAMPLES}, got "
+            f"{tok_cfg.downsample!r}")
+    stages = int(math.log2(downsample))
+    channel_mult = tuple(int(m) for m in tok_cfg.channel_mult)
+    if len(channel_mult) != stages or any(m < 1 for m in channel_mult):
+        raise ValueError(
+            f"image_tokenizer.channel_mult: needs log2(downsample) = {stages} positive entries "
+            f"(one per stride-2 stage), got {tuple(tok_cfg.channel_mult)}")
+    channels = int(tok_cfg.channels)
+    if channels < 1:
+        raise ValueError(f"image_tokenizer.channels: must be >= 1, got {tok_cfg.channels!r}")
+    num_res_blocks = int(tok_cfg.num_res_blocks)
+    if num_res_blocks < 0:
+        raise ValueError(
+            f"image_tokenizer.num_res_blocks: must be >= 0, got {tok_cfg.num_res_blocks!r}")
+    norm = getattr(tok_cfg, "norm", "group")
+    if norm not in NORMS:
+        raise ValueError(f"image_tokenizer.norm: must be one of {NORMS}, got {norm!r}")
+    return downsample, channels, channel_mult, num_res_blocks, norm
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def parse_mixture(text: str) -> list[tuple[str, float]]:
+    """'shapes:0.6,my_data:0.4' -> [('shapes', 0.6), ('my_data', 0.4)]; ValueError if bad.
+
+    Entries are `name[:weight]` (weight 1 if left out), comma-separated; a name is one of
+    BUILT_IN_SOURCES or an existing folder."""
+    out = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, weight = entry, 1.0
+        head, _, tail = entry.rpartition(":")
+        if head:
+            try:
+                name, weight = head, float(tail)
+            except ValueError:
+                pass
+        if not weight > 0:
+            raise ValueError(f"weight of {name!r} must be > 0, got {weight}")
+        if name not in BUILT_IN_SOURCES and not os.path.isdir(name):
+            raise ValueError(f"{name!r} is neither one of {BUILT_IN_SOURCES} nor a folder")
+        out.append((name, weight))
+    return out

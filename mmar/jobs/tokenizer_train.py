@@ -1,0 +1,27 @@
+"""`mmar tokenizer-train`: train the image tokenizer -> WORKDIR/tokenizer/ (checkpoints,
+metrics.jsonl, TensorBoard events, summary.json). The task itself (model, loss, optimizer
+groups) is mmar/tokenizers/image/train.py; later jobs load the result with mmar/rundir.py.
+"""
+from __future__ import annotations
+
+from etils import epath
+
+from mmar import rundir
+from mmar.data import pipeline
+from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers.image.train import tokenizer_task
+from mmar.train import trainer
+
+
+def run(cfg, workdir, log=print) -> trainer.Result:
+    workdir = epath.Path(workdir) / rundir.TOKENIZER
+    source = pipeline.ImageArraySource(pipeline.shapes_split(cfg.data, "train"), log=log)
+    batches = pipeline.image_batches(source, global_batch=cfg.image_tokenizer.batch_size,
+                                     seed=cfg.seed, num_workers=cfg.data.num_workers)
+    mesh, rule_table = mesh_lib.from_config(cfg.mesh)
+    result = trainer.train(tokenizer_task(cfg), cfg=cfg.image_tokenizer, mesh=mesh,
+                           rule_table=rule_table,
+                           data_iter=batches, workdir=workdir, config=cfg, seed=cfg.seed,
+                           checkpoint_every=cfg.image_tokenizer.steps, log=log)
+    trainer.write_summary(workdir / rundir.SUMMARY, result, log=log)
+    return result

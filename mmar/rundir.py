@@ -1,0 +1,124 @@
+"""A run directory: where each job writes, and the one module that loads a trained run.
+
+    WORKDIR/tokenizer/     `mmar tokenizer-train`: checkpoints/<step>/, metrics.jsonl,
+                           TensorBoard events, summary.json
+    WORKDIR/tokens/        `mmar pretokenize`: token shards per source (mmar/data/tokens.py)
+    WORKDIR/decoder/       `mmar train`: checkpoints/<step>/, metrics.jsonl, summary.json
+    WORKDIR/samples/       `mmar sample`: images and JSONL records
+    WORKDIR/report.json    `mmar eval`
+
+Each stage reads the previous stage's output from here, so any stage can be rerun alone.
+Every job that needs a trained tokenizer or decoder gets it from `load_tokenizer` /
+`load` (parameters onto the config's mesh, the newest checkpoint), so the layout above is
+known in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+from etils import epath
+
+from mmar import config as config_lib
+from mmar.data import pretokenize, tokens
+from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers.image.runtime import ImageTokenizer
+from mmar.tokenizers.image.train import tokenizer_task
+from mmar.train import trainer
+from mmar.train.decoder import decoder_task
+from mmar.vocab import Vocab
+
+TOKENIZER = "tokenizer"
+TOKENS = "tokens"
+DECODER = "decoder"
+SAMPLES = "samples"
+REPORT = "report.json"
+SUMMARY = "summary.json"     # in TOKENIZER/ and DECODER/: the trainer's final figures
+
+
+# ---- trained stages ------------------------------------------------------------------------
+
+def load_tokenizer(cfg, workdir, devices=None) -> ImageTokenizer:
+    """The image tokenizer of `WORKDIR/tokenizer`, newest checkpoint. `devices`: the mesh's
+    devices (default all; `mmar pretokenize` gives each process its local ones, so that
+    every host encodes its own images alone)."""
+    mesh, rule_table = mesh_lib.from_config(cfg.mesh, devices)
+    model_state, params, step = trainer.load_params(
+        tokenizer_task(cfg), mesh, epath.Path(workdir) / TOKENIZER, rule_table=rule_table)
+    return ImageTokenizer(model_state, params, step, cfg.image_tokenizer)
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run, ready to sample or score: the validated config, its vocabulary, the
+    image tokenizer, and the decoder's graph (`model_state`), params and checkpoint step."""
+    cfg: Any
+    vocab: Vocab
+    tokenizer: ImageTokenizer
+    model_state: Any
+    params: Any
+    step: int
+
+
+def load(cfg, workdir) -> Run:
+    """The tokenizer and the decoder of `workdir` (newest checkpoints) on the config's mesh."""
+    tokenizer = load_tokenizer(cfg, workdir)
+    mesh, rule_table = mesh_lib.from_config(cfg.mesh)
+    model_state, params, step = trainer.load_params(
+        decoder_task(cfg), mesh, pathlib.Path(workdir) / DECODER, rule_table=rule_table)
+    return Run(cfg, config_lib.make_vocab(cfg), tokenizer, model_state, params, step)
+
+
+def read_json(path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (a stage not done)."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def summary(workdir, stage: str) -> dict | None:
+    """`WORKDIR/<stage>/summary.json` (stage TOKENIZER or DECODER), None before it is done."""
+    return read_json(pathlib.Path(workdir) / stage / SUMMARY)
+
+
+def train_seconds(workdir) -> float:
+    """Training time of the tokenizer and the decoder of a run, from their summaries."""
+    return sum(((summary(workdir, stage) or {}).get("train_seconds", 0.0)
+                for stage in (TOKENIZER, DECODER)), 0.0)
+
+
+# ---- token shards --------------------------------------------------------------------------
+
+def tokens_dir(workdir) -> str:
+    return os.path.join(os.fspath(workdir), TOKENS)
+
+
+def latest_tokenizer_step(workdir) -> int:
+    """The newest tokenizer checkpoint step; TokensError when there is none."""
+    ckpts = os.path.join(os.fspath(workdir), TOKENIZER, "checkpoints")
+    steps = [int(d) for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else []) if d.isdigit()]
+    if not steps:
+        raise tokens.TokensError(f"no tokenizer checkpoint in {ckpts}; run `mmar "
+                                 "tokenizer-train` with this --workdir first")
+    return max(steps)
+
+
+def tokenizer_identity(cfg, workdir, step: int | None = None) -> dict:
+    """What made (or would make) the run's codes (`tokens.tokenizer_identity`): its config and
+    the hash of `WORKDIR/tokenizer`'s checkpoint `step` (default: the newest)."""
+    step = latest_tokenizer_step(workdir) if step is None else int(step)
+    params = os.path.join(os.fspath(workdir), TOKENIZER, "checkpoints", str(step), "params")
+    return tokens.tokenizer_identity(cfg, params, step)
+
+
+def open_tokens(cfg, workdir, split: str = "train") -> dict:
+    """{source name: TokenShardSource} of the run's token shards, checked against its
+    tokenizer (TokensError when they were made by another)."""
+    identity = tokenizer_identity(cfg, workdir)
+    return {name: tokens.open_split(tokens_dir(workdir), name, split, identity=identity,
+                                    data_cfg=cfg.data)
+            for name in pretokenize.entries(cfg.data)}

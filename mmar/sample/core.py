@@ -1,0 +1,229 @@
+"""What every decoder shares: prompts, the one logits warp, guidance, allowed ids, batches.
+
+The decoders (mmar/sample/plain.py, sjd.py, zipar.py, randar.py) depend on this module and on
+nothing of each other.
+
+* Prompts: lists of ids are left-padded (`left_pad`): pad slots have segment id 0, so no query
+  attends to them, and positions start at 0 at each prompt's first real token. The padded
+  length is a multiple of `PROMPT_BUCKET`, so a new caption length compiles only when it
+  crosses a bucket.
+* Sampling settings are separate for text and image tokens (`temperature_*`, `top_k_*`,
+  `top_p_*`; temperature 0 = greedy, top-k 0 and top-p 1 = off) and are traced values
+  ("knobs"), so changing them does not recompile. `warp` applies them: top-k first, then
+  top-p on the renormalised rest (the order of Hugging Face's warpers). Decoders that draw
+  use `sample_logits`, decoders that need the distribution itself (SJD's acceptance test)
+  use `warped_probs`; both are the same warp.
+* Classifier-free guidance for images (`sample.cfg_scale_image` = s): every caption row gets
+  a twin prompt without the caption, `<bos> <boi>` (`unconditional_prompt`), exactly how
+  image-first training rows begin (and what caption dropout trains, `data.caption_dropout`).
+  Both streams run in one batch (rows B..2B-1 are the twins); a code is drawn from
+  `uncond + s * (cond - uncond)` (`cfg_mix`) and fed to both, so s = 0 is the unconditional
+  model and s = 1 the conditional one. `sample.cfg_interval_image = (a, b)` guides only codes
+  whose decoded fraction lies in [a, b); elsewhere the conditional logits are used.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmar.vocab import Vocab
+
+PROMPT_BUCKET = 16
+
+
+# ---- prompts ---------------------------------------------------------------------------------
+
+def left_pad(prompts, pad_id: int, positions=None, bucket: int = PROMPT_BUCKET):
+    """Lists of ids -> (tokens, positions, segment_ids) [B, P], right-aligned. Positions are
+    0, 1, ... per prompt unless given (lists as long as the prompts).
+
+    P is the longest prompt rounded up to a multiple of `bucket`: the extra slots are left
+    padding (segment 0, seen by no query), so batches whose longest prompts differ by less
+    than a bucket reuse one compiled program instead of compiling per prompt length."""
+    length = -(-max(len(p) for p in prompts) // bucket) * bucket
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    segments = np.zeros((len(prompts), length), np.int32)
+    pos = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, length - len(p):] = p
+        segments[i, length - len(p):] = 1
+        pos[i, length - len(p):] = np.arange(len(p)) if positions is None else positions[i]
+    return tokens, pos, segments
+
+
+def image_prompt(caption, vocab: Vocab) -> list[int]:
+    """`<bos> caption <boi>`: a text-to-image prompt (caption ids without specials)."""
+    return [vocab.bos, *caption, vocab.boi]
+
+
+def unconditional_prompt(vocab: Vocab, tail=()) -> list[int]:
+    """`<bos> <boi> tail`: the caption-free twin of a guided image prompt (tail: what the
+    image already has, e.g. codes drawn so far or RandAR's known pairs)."""
+    return [vocab.bos, vocab.boi, *tail]
+
+
+def with_twins(prompts, tails, vocab: Vocab, guided: bool) -> list[list[int]]:
+    """The prompts, followed when `guided` by one unconditional twin per prompt."""
+    prompts = [list(p) for p in prompts]
+    return prompts + [unconditional_prompt(vocab, t) for t in tails] if guided else prompts
+
+
+def raster_image_prompt(codes, vocab: Vocab) -> tuple[list[int], list[int]]:
+    """RandAR vocabulary: `<bos> <boi> P_0 c_0 ... P_{n-1} c_{n-1} <eoi>` and its positions
+    (an image-to-text prompt: the image as P c pairs in raster order, training positions)."""
+    codes = np.asarray(codes)
+    n = len(codes)
+    pairs = np.stack([vocab.position_ids(np.arange(n)), vocab.image_ids(codes)], 1)
+    ids = [vocab.bos, vocab.boi, *pairs.reshape(-1).tolist(), vocab.eoi]
+    positions = [0, 1, *np.repeat(np.arange(2, n + 2), 2).tolist(), n + 2]
+    return ids, positions
+
+
+def twin_rows(x, guided: bool):
+    """Guided batches: the unconditional twins follow the same inputs as their rows."""
+    return jnp.concatenate([x, x]) if guided else x
+
+
+# ---- allowed ids and modality ----------------------------------------------------------------
+
+def id_masks(vocab: Vocab, vocab_rows: int) -> dict[str, np.ndarray]:
+    """Bool masks [vocab_rows] of the ids a decoder may draw: "image" (the image codes) and
+    "text" (text ids and `<eos>`)."""
+    ids = np.arange(vocab_rows)
+    return {"image": (ids >= vocab.image_offset) & (ids < vocab.image_offset +
+                                                    vocab.num_image_codes),
+            "text": (ids < vocab.text_size) | (ids == vocab.eos)}
+
+
+def modality(tokens, vocab: Vocab):
+    """0 text / 1 image per token, as in training data (mmar/data/sequences.py: image codes
+    are 1, `<boi>` / `<eoi>` and text 0); Mixture-of-Transformers decoders route by it.
+    RandAR position ids (after the codes; none in a raster vocabulary) are image too."""
+    return ((tokens >= vocab.image_offset) & (tokens < vocab.used)).astype(jnp.int32)
+
+
+# ---- sampling settings -----------------------------------------------------------------------
+
+def sampling_settings(c) -> dict:
+    """Temperature / top-k / top-p per modality and guidance of a `sample` config section;
+    fields missing from it (a config older than the field) take their defaults."""
+    return {"temperature_text": float(c.get("temperature_text", 0.0)),
+            "temperature_image": float(c.get("temperature_image", 1.0)),
+            "top_k_text": int(c.get("top_k_text", 0)),
+            "top_k_image": int(c.get("top_k_image", 0)),
+            "top_p_text": float(c.get("top_p_text", 1.0)),
+            "top_p_image": float(c.get("top_p_image", 1.0)),
+            "cfg_scale_image": float(c.get("cfg_scale_image", 1.0)),
+            "cfg_interval_image": [float(x) for x in c.get("cfg_interval_image", (0.0, 1.0))]}
+
+
+def warp_knobs(s: dict, modality_name: str) -> dict:
+    """The traced warp settings of one modality ("text" | "image") from a settings dict."""
+    return {"temperature": np.asarray(s[f"temperature_{modality_name}"], np.float32),
+            "top_k": np.asarray(s[f"top_k_{modality_name}"], np.int32),
+            "top_p": np.asarray(s[f"top_p_{modality_name}"], np.float32)}
+
+
+def image_knobs(s: dict) -> dict:
+    """The image warp settings plus guidance (`scale`, `interval`), traced."""
+    return {**warp_knobs(s, "image"), "scale": np.float32(s["cfg_scale_image"]),
+            "interval": np.asarray(s["cfg_interval_image"], np.float32)}
+
+
+# ---- the logits warp -------------------------------------------------------------------------
+
+class Warped(NamedTuple):
+    greedy: jax.Array   # [...] argmax of the allowed logits
+    scaled: jax.Array   # [..., V] allowed logits / temperature (-inf where not allowed)
+    keep: jax.Array     # [..., V] bool: the ids top-k and top-p keep
+    probs: jax.Array    # [..., V] the distribution drawn from (a point mass at temperature 0)
+
+
+def _unsort(x, order):
+    """Values given in `order` (ids sorted per row) back in id order, along the last axis."""
+    return jnp.take_along_axis(x, jnp.argsort(order, axis=-1), axis=-1)
+
+
+def warp(logits, allowed, temperature, top_k, top_p) -> Warped:
+    """Temperature, top-k, top-p of logits [..., V] among the `allowed` ids [..., V];
+    temperature, top_k, top_p broadcast against logits[..., 0].
+
+    Temperature 0 is argmax; top_k 0 keeps all; top_p >= 1 keeps all. Among the allowed ids,
+    top-k keeps the k largest, then top-p keeps the smallest prefix (by probability, largest
+    first) whose mass reaches p, always at least one id. (Whatever a caller leaves unused
+    is dropped by jit.)"""
+    temperature, top_k, top_p = (jnp.asarray(x) for x in (temperature, top_k, top_p))
+    logits = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    vocab = logits.shape[-1]
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)[..., None]
+    sorted_logits, order = jax.lax.top_k(scaled, vocab)  # descending
+    rank = jnp.arange(vocab)
+    k = jnp.where(top_k > 0, top_k, vocab)[..., None]
+    sorted_logits = jnp.where(rank < k, sorted_logits, -jnp.inf)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the ids ranked above
+    keep = (rank < k) & ((before < top_p[..., None]) | (top_p[..., None] >= 1.0) |
+                         (rank == 0))
+    probs = jnp.where(keep, probs, 0.0)
+    probs = _unsort(probs / probs.sum(-1, keepdims=True), order)
+    point = jax.nn.one_hot(greedy, vocab, dtype=jnp.float32)
+    return Warped(greedy=greedy, scaled=scaled, keep=_unsort(keep, order),
+                  probs=jnp.where((temperature == 0)[..., None], point, probs))
+
+
+def sample_logits(logits, allowed, key, temperature, top_k, top_p):
+    """One id per row of logits [..., V] under `warp`'s settings.
+
+    The draw is in id order (the kept set scattered back), so that with no filter the draws
+    are exactly those of a plain categorical over the logits (same keys, same ids)."""
+    w = warp(logits, allowed, temperature, top_k, top_p)
+    drawn = jax.random.categorical(key, jnp.where(w.keep, w.scaled, -jnp.inf)).astype(jnp.int32)
+    return jnp.where(jnp.asarray(temperature) == 0, w.greedy, drawn)
+
+
+def warped_probs(logits, allowed, temperature, top_k, top_p):
+    """The distribution [..., V] that `sample_logits` draws from."""
+    return warp(logits, allowed, temperature, top_k, top_p).probs
+
+
+def draw(key, probs):
+    """One id per distribution [..., V] (zero-probability ids never)."""
+    return jax.random.categorical(key, jnp.log(probs)).astype(jnp.int32)
+
+
+# ---- guidance --------------------------------------------------------------------------------
+
+def cfg_mix(cond, uncond, scale, interval, frac, active=True):
+    """Classifier-free guidance of logits [..., V]: `uncond + scale * (cond - uncond)` where
+    `active` and the image's decoded fraction `frac` [...] lies in [interval[0],
+    interval[1]) (`sample.cfg_interval_image`), the conditional logits elsewhere."""
+    on = active & (frac >= interval[0]) & (frac < interval[1])
+    return jnp.where(on[..., None], uncond + scale * (cond - uncond), cond)
+
+
+def guide(logits, batch: int, guided: bool, knobs, frac, active=True):
+    """Rows' logits [R, ..., V] -> the logits codes are drawn from, [batch, ..., V] (float32):
+    rows batch.. are the unconditional twins of rows ..batch when `guided` (`cfg_mix` with
+    the knobs' `scale` and `interval`, at decoded fraction `frac` [batch, ...])."""
+    logits = logits.astype(jnp.float32)
+    cond = logits[:batch]
+    if not guided:
+        return cond
+    return cfg_mix(cond, logits[batch:], knobs["scale"], knobs["interval"], frac, active)
+
+
+# ---- batches ---------------------------------------------------------------------------------
+
+def image_batch(caption_ids, vocab: Vocab, s: dict) -> dict:
+    """A text-to-image batch: left-padded `<bos> caption <boi>` rows, plus their `<bos> <boi>`
+    twins when guided (s = the settings dict), and the traced image knobs."""
+    guided = s["cfg_scale_image"] != 1.0
+    prompts = with_twins([image_prompt(c, vocab) for c in caption_ids],
+                         [()] * len(caption_ids), vocab, guided)
+    tokens, positions, segments = left_pad(prompts, vocab.pad)
+    return {"tokens": tokens, "positions": positions, "segments": segments,
+            "knobs": image_knobs(s), "guided": guided}

@@ -1,0 +1,58 @@
+"""A trained image tokenizer at run time: uint8 images <-> integer codes, jitted, in batches.
+
+Built from already-loaded state (the autoencoder's `ModelState`, its params and checkpoint
+step); loading a run directory's tokenizer is `mmar.rundir.load_tokenizer`. What every job
+that touches images uses: pretokenize and train encode with it, sample and eval decode.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from mmar import derived
+from mmar.tokenizers.image import autoencoder
+
+
+class ImageTokenizer:
+    """uint8 images [N, H, W, 3] <-> codes [N, h*w*depth] for one trained autoencoder."""
+
+    def __init__(self, model_state, params, step: int, tok_cfg):
+        """`model_state` / `params`: the autoencoder's graph and parameters
+        (`trainer.load_params` of `tokenizer_task`); `tok_cfg`: its `image_tokenizer`."""
+        self.model_state, self.params, self.step = model_state, params, step
+        self.num_codes = derived.num_image_codes(tok_cfg)
+        self.depth = derived.quantizer_depth(tok_cfg)
+        self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
+            autoencoder.to_model_range(x)))
+        self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
+            self.model_state.merge(p).decode_codes(c)))
+
+    def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """uint8 [N, H, W, 3] -> codes [N, h*w*depth] (raster order; RQ: the depth codes of
+        one position next to each other, each depth in its own id range)."""
+        out = [np.asarray(self._encode(self.params, images[i:i + batch_size]))
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).reshape(len(images), -1)
+
+    def decode(self, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """codes [N, h*w*depth] -> uint8 [N, H, W, 3]."""
+        codes = np.asarray(codes)
+        side = int(round(np.sqrt(codes.shape[1] // self.depth)))
+        codes = codes.reshape(len(codes), side, side, *([self.depth] if self.depth > 1 else []))
+        out = [np.asarray(self._decode(self.params, codes[i:i + batch_size]))
+               for i in range(0, len(codes), batch_size)]
+        return np.concatenate(out)
+
+
+def encode_source(tokenizer: ImageTokenizer, source, log=print, batch_size: int = 512):
+    """(captions, codes [N, n]) for every record of a shapes split, with progress."""
+    t0, captions, codes = time.perf_counter(), [], []
+    for start in range(0, len(source), batch_size):
+        records = [source[i] for i in range(start, min(start + batch_size, len(source)))]
+        captions += [r["caption"] for r in records]
+        codes.append(tokenizer.encode(np.stack([r["image"] for r in records])))
+    rate = len(source) / max(time.perf_counter() - t0, 1e-9)
+    log(f"[tokenize] {len(source)} images -> codes ({rate:,.0f} images/s)")
+    return captions, np.concatenate(codes)
