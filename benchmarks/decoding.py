@@ -89,27 +89,31 @@ def methods_for(order: str) -> list[tuple[str, object]]:
     """(label, draw function) of every method that applies to a model of this order; the
     first is the baseline of the ratios (one code per forward pass in raster order)."""
     if order == "randar":
-        one = {"randar_schedule": "constant", "randar_tokens_per_step": 1}
-        return [("plain", randar("raster", **one)),
-                ("randar random order 1/pass", randar(**one)),
-                ("randar 2/pass", randar(randar_schedule="constant", randar_tokens_per_step=2)),
-                ("randar 4/pass", randar(randar_schedule="constant", randar_tokens_per_step=4)),
-                ("randar cosine 8 passes", randar(randar_schedule="cosine", randar_steps=8)),
-                ("randar cosine 4 passes", randar(randar_schedule="cosine", randar_steps=4))]
+        def constant(m):
+            return {"randar": dict(schedule="constant", tokens_per_step=m)}
+
+        def cosine(steps):
+            return {"randar": dict(schedule="cosine", steps=steps)}
+        return [("plain", randar("raster", **constant(1))),
+                ("randar random order 1/pass", randar(**constant(1))),
+                ("randar 2/pass", randar(**constant(2))),
+                ("randar 4/pass", randar(**constant(4))),
+                ("randar cosine 8 passes", randar(**cosine(8))),
+                ("randar cosine 4 passes", randar(**cosine(4)))]
     if order == "rar":
         return [("plain", plain)]
     return [("plain", plain),
-            ("sjd L4", parallel("sjd", sjd_window=4)),
-            ("sjd L8", parallel("sjd", sjd_window=8)),
-            ("sjd L16", parallel("sjd", sjd_window=16)),
-            ("sjd L8 greedy", parallel("sjd", sjd_window=8, sjd_acceptance="greedy")),
-            ("lantern L8 k6 delta0.1", parallel("sjd", sjd_window=8, lantern_k=6,
-                                                lantern_delta=0.1)),
-            ("lantern L8 k6 delta0.3", parallel("sjd", sjd_window=8, lantern_k=6,
-                                                lantern_delta=0.3)),
-            ("zipar w1", parallel("zipar", zipar_window=1)),
-            ("zipar w2", parallel("zipar", zipar_window=2)),
-            ("zipar w3", parallel("zipar", zipar_window=3))]
+            ("sjd L4", parallel("sjd", sjd=dict(window=4))),
+            ("sjd L8", parallel("sjd", sjd=dict(window=8))),
+            ("sjd L16", parallel("sjd", sjd=dict(window=16))),
+            ("sjd L8 greedy", parallel("sjd", sjd=dict(window=8, acceptance="greedy"))),
+            ("lantern L8 k6 delta0.1", parallel("sjd", sjd=dict(window=8, lantern_k=6,
+                                                                lantern_delta=0.1))),
+            ("lantern L8 k6 delta0.3", parallel("sjd", sjd=dict(window=8, lantern_k=6,
+                                                                lantern_delta=0.3))),
+            ("zipar w1", parallel("zipar", zipar=dict(window=1))),
+            ("zipar w2", parallel("zipar", zipar=dict(window=2))),
+            ("zipar w3", parallel("zipar", zipar=dict(window=3)))]
 
 
 def run_method(models, draw, captions: list[str], seed: int) -> dict:
@@ -139,8 +143,8 @@ def run_method(models, draw, captions: list[str], seed: int) -> dict:
 
 
 def _merge(base, saved) -> None:
-    """Saved config values into `base` (its preset), field by field: a run from an older
-    mmar lacks newer fields, which keep the preset's defaults; JSON lists become tuples."""
+    """Saved config values into `base` (its preset), field by field, so that the JSON lists
+    of the saved config become the preset's tuples."""
     for key, value in saved.items():
         if key not in base:
             continue
@@ -151,10 +155,11 @@ def _merge(base, saved) -> None:
 
 
 def run_config(workdir: str):
-    """The config a run was trained with (saved in its newest decoder checkpoint)."""
+    """The config a run was trained with (saved in its newest decoder checkpoint; the reader
+    completes it by the schema, so a run from an older mmar has every field)."""
     saved = orbax_reader.CheckpointReader(orbax_reader.find_step_dir(workdir, "decoder"))
     saved = saved.config().to_dict()
-    cfg = config_lib.load(f"{ROOT}/configs/t2i_shapes.py:{saved.get('preset', 'tiny')}")
+    cfg = config_lib.load(f"{ROOT}/configs/t2i_shapes.py:{saved['preset'] or 'tiny'}")
     with cfg.unlocked():
         _merge(cfg, saved)
     return config_lib.validate(cfg)
@@ -192,7 +197,7 @@ def main(argv=None) -> list[dict]:
             continue
         models = load_models(workdir)
         captions = [r["caption"] for r in models.records("test")][:args.num]
-        order = models.cfg.data.get("image_order", "raster")
+        order = models.cfg.data.image_order
         base = None
         for label, draw in methods_for(order):
             if wanted and label not in wanted and label != "plain":

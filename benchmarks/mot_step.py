@@ -4,7 +4,7 @@ r"""Mixture-of-Transformers step time against the dense decoder with the same di
         [--steps=7] [--image_fraction=0.5] [--matmuls=tiled,ragged]
 
 Builds, in one process, the jitted train step (forward, backward, AdamW: the trainer's own
-step function) of the dense decoder and of `model.mot=True` with each grouped-matmul
+step function) of the dense decoder and of `model.mot.enabled=True` with each grouped-matmul
 implementation in `--matmuls`, on the same batch: every row is text with one contiguous image
 span of `image_fraction * seq` tokens (a text-image pair). After a warm-up of each, the
 steps are timed round-robin (dense, mot-tiled, mot-ragged, dense, ...) so that load from
@@ -19,10 +19,10 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from benchmarks.train_mfu import PRESETS, batch_arrays, interleaved_seconds, mmar_step, model_config
+from mmar import schema
 from mmar.model import mot
 
 
@@ -76,8 +76,8 @@ def main(argv=None) -> dict:
     batch["modality"] = pair_modality(args.batch, args.seq, args.image_fraction)
     fns = {"dense": mmar_step(base, batch)}
     for m in matmuls:
-        cfg = ml_collections.ConfigDict(dict(base.to_dict(), mot=True, num_modalities=2,
-                                             mot_matmul=m, mot_tile=args.tile))
+        cfg = schema.complete(dict(base.to_dict(), mot=dict(
+            enabled=True, num_modalities=2, matmul=m, tile=args.tile)), section="model")
         fns[f"mot-{m}"] = mmar_step(cfg, batch)
     step = interleaved_seconds(fns, args.steps)
     mm = interleaved_seconds(matmul_fns(args.batch * args.seq, base.d_model, base.mlp_dim,

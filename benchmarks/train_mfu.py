@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mmar import schema
 from mmar.model import flops
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
@@ -49,11 +50,12 @@ PRESETS = {
 def model_config(preset: str, dtype: str, attention: str, attention_block: int = 512,
                  scan_layers: bool = True) -> ml_collections.ConfigDict:
     d, layers, heads, kv, hd, mlp, vocab = PRESETS[preset]
-    return ml_collections.ConfigDict(dict(
+    return schema.complete(dict(
         vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv,
         head_dim=hd, mlp_dim=mlp, rope_theta=10000.0, qk_norm=False, tie_embeddings=False,
         norm_eps=1e-5, dtype=dtype, param_dtype="float32", remat="none", init_std=0.02,
-        attention=attention, attention_block=attention_block, scan_layers=scan_layers))
+        attention=attention, attention_block=attention_block, scan_layers=scan_layers),
+        section="model")
 
 
 def batch_arrays(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
@@ -85,8 +87,9 @@ def mmar_step(cfg, batch: dict):
 
     task = step_lib.Task("bench", lambda rngs: Decoder(cfg, rngs=rngs), loss_fn, BATCH_AXES)
     model_state, params = state.create(task.make_module, mesh, seed=0)
-    tx = optim.make_optimizer(ml_collections.ConfigDict(dict(
-        lr=1e-4, warmup_steps=0, steps=1000, schedule="constant", weight_decay=0.1)))
+    tx = optim.make_optimizer(schema.complete(dict(
+        lr=1e-4, warmup_steps=0, steps=1000, schedule="constant", weight_decay=0.1,
+        grad_clip=0.0), section="train"))
     opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
     train_step = step_lib.make_train_step(task, model_state, tx, mesh, model_state.shardings,
                                           opt_shardings)

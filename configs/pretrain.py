@@ -53,8 +53,9 @@ def get_config(arg: str = "100m") -> ml_collections.ConfigDict:
         c.preset = arg
         c.data.update(seq_len=seq_len, pack=True, mixture="shapes:0.6,stories:0.3,digits:0.1",
                       num_workers=4, caption_dropout=0.1)
-        c.image_tokenizer.update(arch="conv", levels=(8, 8, 8, 6, 5), channels=64,
-                                 num_res_blocks=1, steps=20000, batch_size=256, lr=1e-3)
+        c.image_tokenizer.update(arch="conv", channels=64, num_res_blocks=1)
+        c.image_tokenizer.fsq.levels = (8, 8, 8, 6, 5)
+        c.image_tokenizer.train.update(steps=20000, batch_size=256, lr=1e-3)
         c.model.update(vocab_size=0, d_model=d, n_layers=layers, n_heads=heads,
                        n_kv_heads=kv, head_dim=hd, mlp_dim=mlp, qk_norm=True,
                        dtype="bfloat16", param_dtype="float32", remat="full",

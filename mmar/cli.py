@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmar import config as config_lib
+from mmar import schema
 
 COMMANDS = {
     "tokenizer-train": "train the image tokenizer (autoencoder + quantizer) -> WORKDIR/tokenizer",
@@ -39,6 +40,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created if missi
 _DRY_RUN = flags.DEFINE_bool(
     "dry-run", False, "train: compile the step for the config's mesh and print per-device "
     "memory, parameters, FLOPs/token and shardings; allocates nothing (docs/training.md)")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print-config", False, "print the effective config (every field, defaults filled in, "
+    "derived fields set) and exit; runs nothing")
 _DRY_RUN_DEVICES = flags.DEFINE_integer(
     "dry_run_devices", 0, "device count to compile for with --dry-run (fake CPU devices); "
     "0 = the product of the mesh sizes")
@@ -89,12 +93,15 @@ def _job(command: str):
 def _run(command: str, quiet_libraries: bool) -> None:
     if quiet_libraries:  # Orbax and TFDS log every file they touch at INFO
         logging.set_verbosity(logging.ERROR)
-    if _CONFIG.value is None or not (_WORKDIR.value or _DRY_RUN.value):
+    if _CONFIG.value is None or not (_WORKDIR.value or _DRY_RUN.value or _PRINT_CONFIG.value):
         raise app.UsageError("--config and --workdir are required")
     try:
         cfg = config_lib.validate(_CONFIG.value)
     except config_lib.ConfigError as e:
         raise app.UsageError(f"bad config: {e}") from None
+    if _PRINT_CONFIG.value:
+        print(schema.render(cfg), end="")
+        return
     if command == "sweep":
         return _sweep(cfg)
     if _DRY_RUN.value:
@@ -128,8 +135,8 @@ def _sweep(cfg) -> None:
 
 def _dry_run(cfg) -> None:
     """`mmar train --dry-run`: fakes the mesh's device count on the CPU, then compiles."""
-    sizes = [cfg.mesh.get(a, 1) for a in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp",
-                                          "dcn_tensor")]
+    sizes = [cfg.mesh[a] for a in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp",
+                                   "dcn_tensor")]
     n = _DRY_RUN_DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
     if n <= 0:
         raise app.UsageError("--dry-run: the mesh has a -1 axis; give --dry_run_devices=N")
@@ -140,6 +147,23 @@ def _dry_run(cfg) -> None:
         f"--xla_force_host_platform_device_count={n}"])
     from mmar.jobs import train
     train.dry_run(cfg, n, _WORKDIR.value, log=_log)
+
+
+def _unknown_override(args) -> str:
+    """The error for the first `--config.a.b=value` that names no config field ('' if none):
+    one line naming it and the closest fields (or its new name, for a renamed field), where
+    ml_collections would raise a chain of KeyError/AttributeError tracebacks."""
+    for arg in args:
+        if not arg.startswith("--config.") or "=" not in arg:
+            continue
+        dotted = arg[len("--config."):].split("=", 1)[0]
+        if dotted.split(".")[0] in schema.OPTIONAL_SECTIONS or schema.is_field(dotted):
+            continue
+        if dotted in schema.RENAMED:
+            return (f"--config.{dotted}: renamed; use --config."
+                    f"{' / --config.'.join(schema.RENAMED[dotted])}")
+        return str(schema.unknown_field_error(dotted))
+    return ""
 
 
 def main(argv=None) -> int:
@@ -157,6 +181,10 @@ def main(argv=None) -> int:
     if command == "launch":  # its own flags, then `-- <mmar command>` (mmar/jobs/launch.py)
         from mmar.jobs import launch
         return launch.main(argv[2:])
+    bad = _unknown_override(argv[2:])
+    if bad:
+        print(f"mmar {command}: bad config: {bad}", file=sys.stderr)
+        return 2
     quiet = not any(a.startswith(("--verbosity", "-v")) for a in argv[2:])
     app.run(lambda _: _run(command, quiet), argv=[f"mmar {command}"] + argv[2:])
     return 0

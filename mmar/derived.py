@@ -8,8 +8,7 @@ imports `mmar.config`).
 - the decoder's image orders (mmar/data/orders.py);
 - the `data.mixture` syntax (mmar/data/sources.py reads the sources it names).
 
-Every function reads a config section by attribute or by key, with the same defaults as the
-modules that build from it (ConfigDicts, plain dicts from a saved checkpoint, namespaces).
+Every function reads a complete config section (mmar/schema.py fills the defaults).
 """
 from __future__ import annotations
 
@@ -24,31 +23,23 @@ NORMS = ("group", "none")
 BUILT_IN_SOURCES = ("shapes", "stories", "digits")
 
 
-def field(section: Any, name: str, default: Any) -> Any:
-    """`section.name` (a ConfigDict, dict or object), or `default` when it is absent."""
-    return section.get(name, default) if hasattr(section, "get") else getattr(section, name,
-                                                                              default)
-
-
-# ---- image tokenizer -----------------------------------------------------------------------
-
 def quantizer_depth(tok_cfg: Any) -> int:
-    """Codes per latent position: `rq_depth` for residual quantization, 1 otherwise."""
-    return int(field(tok_cfg, "rq_depth", 2)) if field(tok_cfg, "quantizer", None) == "rq" else 1
+    """Codes per latent position: `rq.depth` for residual quantization, 1 otherwise."""
+    return int(tok_cfg.rq.depth) if tok_cfg.quantizer == "rq" else 1
 
 
 def num_image_codes(tok_cfg: Any) -> int:
     """The number of image ids the `image_tokenizer` section needs, without building it
     (RQ: one id range of `codebook_size` per depth, mmar/tokenizers/image/codebooks.py)."""
-    name = field(tok_cfg, "quantizer", None)
+    name = tok_cfg.quantizer
     if name == "fsq":
-        return math.prod(tok_cfg.levels if hasattr(tok_cfg, "levels") else tok_cfg["levels"])
+        return math.prod(tok_cfg.fsq.levels)
     if name == "vq":
-        return int(field(tok_cfg, "codebook_size", 256))
+        return int(tok_cfg.vq.codebook_size)
     if name == "lfq":
-        return 2 ** int(field(tok_cfg, "lfq_bits", 8))
+        return 2 ** int(tok_cfg.lfq.bits)
     if name == "rq":
-        return int(field(tok_cfg, "rq_depth", 2)) * int(field(tok_cfg, "codebook_size", 256))
+        return int(tok_cfg.rq.depth) * int(tok_cfg.rq.codebook_size)
     raise ValueError(
         f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
     )
@@ -88,7 +79,7 @@ def autoencoder_shape(tok_cfg: Any) -> tuple[int, int, tuple[int, ...], int, str
     if num_res_blocks < 0:
         raise ValueError(
             f"image_tokenizer.num_res_blocks: must be >= 0, got {tok_cfg.num_res_blocks!r}")
-    norm = getattr(tok_cfg, "norm", "group")
+    norm = tok_cfg.norm
     if norm not in NORMS:
         raise ValueError(f"image_tokenizer.norm: must be one of {NORMS}, got {norm!r}")
     return downsample, channels, channel_mult, num_res_blocks, norm

@@ -402,6 +402,14 @@ def closest(dotted: str) -> list[str]:
     return hits[:3]
 
 
+def is_field(dotted: str) -> bool:
+    """`dotted` names a field (not a section) of the schema."""
+    try:
+        return isinstance(_lookup(dotted), Field)
+    except (KeyError, TypeError):
+        return False
+
+
 def unknown_field_error(dotted: str) -> ConfigError:
     near = closest(dotted)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
@@ -434,7 +442,9 @@ def migrate(tree: dict, prefix: str = "") -> list[str]:
             node = tree
             for part in t_parts[:-1]:
                 node = node.setdefault(part, {})
-            node.setdefault(t_parts[-1], value)
+            if node.setdefault(t_parts[-1], value) != value:
+                raise ConfigError(f"{old}={value!r}: renamed to {target}, which the config "
+                                  f"also sets (to {node[t_parts[-1]]!r}); set only {target}")
         notes.append(f"{old} is now {' and '.join(new)}")
     return notes
 
@@ -493,6 +503,22 @@ def _check(tree: dict, spec: dict, where: str) -> None:
             raise ConfigError(f"{where}{name}={value!r}: must be {sub.want}")
 
 
+def check_fields(section: str, values) -> None:
+    """Checks only the fields present in `values` (a partial, possibly nested mapping of the
+    section, e.g. sampler overrides {"sjd": {"window": 4}}); unknown names raise."""
+    spec, where = _lookup(section), f"{section}."
+
+    def walk(tree, spec, where):
+        for name, value in tree.items():
+            if name not in spec:
+                raise unknown_field_error(where + name)
+            if isinstance(spec[name], dict):
+                walk(value, spec[name], f"{where}{name}.")
+            else:
+                _check({name: value}, {name: spec[name]}, where)
+    walk(_as_plain(values), spec, where)
+
+
 def describe(section: str = "") -> list[str]:
     """One line per field: dotted name, default, help (for --help and the docs)."""
     lines = []
@@ -505,3 +531,22 @@ def describe(section: str = "") -> list[str]:
                 lines.append(f"{prefix}{name}={sub.default!r}  {sub.help}")
     walk(_lookup(section), f"{section}." if section else "")
     return lines
+
+
+def render(cfg) -> str:
+    """The config as `dotted.name = value  # help` lines, section by section, every field
+    (what `mmar <command> --print-config` prints; values are Python literals, so a line can
+    be pasted as `--config.dotted.name=value`)."""
+    lines = []
+
+    def walk(tree, spec, prefix):
+        for name in sorted(tree, key=lambda k: (isinstance(tree[k], dict), k)):
+            value, sub = tree[name], (spec or {}).get(name)
+            if isinstance(value, dict):
+                lines.append("")
+                walk(value, sub if isinstance(sub, dict) else None, f"{prefix}{name}.")
+            else:
+                note = f"  # {sub.help}" if isinstance(sub, Field) and sub.help else ""
+                lines.append(f"{prefix}{name} = {value!r}{note}")
+    walk(_as_plain(cfg), SCHEMA, "")
+    return "\n".join(lines).strip("\n") + "\n"

@@ -43,21 +43,27 @@ def test_config_builds_and_matches_docstring(path, preset):
         assert f"{per_token / 1e9:.2f}e9" == stated[preset], f"docstring of {path.name} is stale"
 
 
+def _set(cfg, dotted, value):
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cfg = cfg[section]
+    cfg[name] = value
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("train.steps", 0, "train.steps=0"),
     ("model.dtype", "float16", "model.dtype='float16'"),
     ("model.n_kv_heads", 3, "model.n_kv_heads=3"),
     ("data.i2t_fraction", 1.5, "data.i2t_fraction=1.5"),
-    ("image_tokenizer.levels", (5, 1), "image_tokenizer.levels"),
+    ("image_tokenizer.fsq.levels", (5, 1), "image_tokenizer.fsq.levels"),
     ("mesh.data", 0, "mesh.data=0"),
     ("model.scan_layers", None, "model.scan_layers=None"),
     ("image_tokenizer.downsample", 4, "image_tokenizer.channel_mult"),  # 3 stages for 8
 ])
 def test_bad_field_is_named(field, value, message):
     cfg = config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:test")
-    section, name = field.split(".")
     with cfg.unlocked():
-        cfg[section][name] = value
+        _set(cfg, field, value)
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
         config_lib.validate(cfg)
 
@@ -75,17 +81,16 @@ def test_unknown_preset_and_missing_file():
     ({"data.image_order": "randar", "data.mixture": "shapes:1,stories:1"}, "data.mixture="),
     ({"data.image_order": "randar", "data.seq_len": 30, "eval.tasks": ()}, "data.seq_len=30"),
     ({"data.image_order": "randar"}, "eval.tasks"),   # the test preset continues stories
-    ({"data.rar_anneal_start": 0.5, "data.rar_anneal_end": 0.25}, "data.rar_anneal_end=0.25"),
+    ({"data.rar.anneal_start": 0.5, "data.rar.anneal_end": 0.25}, "data.rar.anneal_end=0.25"),
     ({"data.image_order": "rar", "image_tokenizer.quantizer": "rq"}, "data.image_order='rar'"),
-    ({"sample.randar_schedule": "linear"}, "sample.randar_schedule='linear'"),
+    ({"sample.randar.schedule": "linear"}, "sample.randar.schedule='linear'"),
     ({"data.image_order": "rar", "sample.image_decoder": "sjd"}, "sample.image_decoder='sjd'"),
 ])
 def test_image_order_errors_name_the_field(overrides, message):
     cfg = config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:test")
     with cfg.unlocked():
         for field, value in overrides.items():
-            section, name = field.split(".")
-            cfg[section][name] = value
+            _set(cfg, field, value)
     with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
         config_lib.validate(cfg)
 

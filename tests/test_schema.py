@@ -3,6 +3,8 @@ they use, older flat configs that still load, and one-line errors for unknown fi
 import ast
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -110,3 +112,37 @@ def test_no_config_default_is_restated_in_the_code():
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} "
                                  f"{ast.unparse(node)}")
     assert not offenders, "\n".join(offenders)
+
+
+def _mmar(*args):
+    return subprocess.run([sys.executable, "-m", "mmar", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.e2e
+def test_print_config_as_the_readme_shows_it():
+    """README's `--print-config` command prints every field of the schema once, defaults
+    filled and derived fields set, and an override shows in it."""
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines()
+                if l.startswith("mmar ") and "--print-config" in l)
+    args = line.split()[1:] + ["--config.sample.sjd.window=4"]
+    proc = _mmar(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = [l.split(" = ")[0] for l in proc.stdout.splitlines() if " = " in l]
+    assert sorted(printed) == sorted(n for n in schema._known_names(schema.SCHEMA)
+                                     if schema.is_field(n))
+    assert "sample.sjd.window = 4  #" in proc.stdout
+    assert "model.vocab_size = 512  #" in proc.stdout        # derived, not the 0 default
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("override,says", [
+    ("--config.nonexistent=1", "nonexistent: not a config field"),
+    ("--config.model.atention=xla", "did you mean model.attention"),
+    ("--config.sample.sjd_window=4", "renamed; use --config.sample.sjd.window"),
+])
+def test_an_unknown_override_is_one_line(override, says):
+    proc = _mmar("train", "--config=configs/t2i_shapes.py:test", "--print-config", override)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and says in proc.stderr
+    assert "Traceback" not in proc.stderr

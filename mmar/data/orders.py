@@ -13,8 +13,8 @@ exactly as in raster order and changes only what lies between `<boi>` and `<eoi>
   otherwise (model.num_targets = n + 1 rows). RAR's own design adds a target-aware absolute
   position embedding; with RoPE the current code's place is already in its rotation, so the
   only missing piece is the next code's place: that is what the target table carries.
-  r(step) is 1 until `data.rar_anneal_start` x train.steps, then decays linearly to 0 at
-  `data.rar_anneal_end` x train.steps, so the model ends training in raster order and is
+  r(step) is 1 until `data.rar.anneal_start` x train.steps, then decays linearly to 0 at
+  `data.rar.anneal_end` x train.steps, so the model ends training in raster order and is
   sampled in raster order (mmar/sample/plain.py feeds raster targets).
 * ``randar`` (RandAR, Pang et al. 2024): a fresh random order per example, each code preceded
   by a position-instruction token saying where it goes:

@@ -62,7 +62,7 @@ class PairToRow(grain.transforms.RandomMap):
         self.vocab, self.text = vocab, ByteTokenizer()
         self.seq_len, self.i2t = data_cfg.seq_len, data_cfg.i2t_fraction
         self.caption_dropout = data_cfg.caption_dropout
-        self.order = data_cfg.get("image_order", "raster")
+        self.order = data_cfg.image_order
         self.weights = dict(text_weight=data_cfg.loss_weight_text,
                             image_weight=data_cfg.loss_weight_image)
 
@@ -97,8 +97,7 @@ class RarPermute(grain.transforms.MapWithIndex):
     def __init__(self, vocab: Vocab, data_cfg, *, total_steps: int, local_batch: int,
                  seed: int):
         self.vocab, self.total, self.local_batch, self.seed = vocab, total_steps, local_batch, seed
-        self.start = data_cfg.get("rar_anneal_start", 0.25)
-        self.end = data_cfg.get("rar_anneal_end", 0.75)
+        self.start, self.end = data_cfg.rar.anneal_start, data_cfg.rar.anneal_end
 
     def map_with_index(self, index: int, row):
         r = orders.rar_probability(index // self.local_batch, self.total, self.start, self.end)
@@ -160,14 +159,14 @@ def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global
     `total_steps` (train.steps) for its anneal schedule.
     """
     ds = _shard_shuffle_repeat(source, seed)
-    if data_cfg.get("pack", False):
+    if data_cfg.pack:
         ds = ds.random_map(PairToDocument(vocab, data_cfg)).to_iter_dataset()
         ds = packing.pack(ds, vocab, seq_len=data_cfg.seq_len, num_bins=data_cfg.pack_bins,
                           oversize=data_cfg.oversize,
                           max_bad_fraction=data_cfg.max_bad_fraction)
     else:
         ds = ds.random_map(PairToRow(vocab, data_cfg))
-        if data_cfg.get("image_order", "raster") == "rar":
+        if data_cfg.image_order == "rar":
             if not total_steps:
                 raise ValueError("data.image_order='rar': decoder_batches needs total_steps "
                                  "(train.steps) for the anneal schedule")

@@ -158,6 +158,6 @@ def write_split(source, encode, source_dir: str, *, name: str, split: str, ident
 
 def entries(data_cfg) -> list[str]:
     """The sources a run trains on: the mixture's names, or the demo's shapes pairs."""
-    if data_cfg.get("mixture"):
+    if data_cfg.mixture:
         return [name for name, _ in derived.parse_mixture(data_cfg.mixture)]
     return ["shapes"]

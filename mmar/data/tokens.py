@@ -22,7 +22,8 @@ finished shard; a shard without one is rewritten on resume.
 Why the check: codes are only meaningful to the tokenizer that made them. Training on shards
 from another checkpoint or quantizer would run without any error and learn garbage, so
 `check_tokenizer` compares the shards' metadata with the run's tokenizer (the config fields
-that change codes, the checkpoint's step and content hash) and raises one `TokensError`.
+that change codes, by their schema names, so metadata written with the older flat names is
+read too; the checkpoint's step and content hash) and raises one `TokensError`.
 """
 from __future__ import annotations
 
@@ -35,15 +36,18 @@ import grain
 import numpy as np
 
 from mmar import config as config_lib
-from mmar import derived
+from mmar import derived, schema
 
 MAGIC = b"MMTK"
 FORMAT = "mmar-tokens/1"
-# image_tokenizer fields that change which code an image gets (training-only fields such as
-# steps or lr do not: the checkpoint hash covers what training produced).
-CODE_FIELDS = ("quantizer", "levels", "downsample", "arch", "channels", "channel_mult",
-               "num_res_blocks", "norm", "codebook_size", "codebook_dim", "l2_norm",
-               "lfq_bits", "rq_depth", "rq_shared")
+# image_tokenizer fields that change which code an image gets: the autoencoder's shape and
+# the quantizer with its own options (image_tokenizer.<quantizer>.*). Training-only fields
+# such as train.steps or lr do not: the checkpoint hash covers what training produced.
+SHAPE_FIELDS = ("quantizer", "downsample", "arch", "channels", "channel_mult",
+                "num_res_blocks", "norm")
+QUANTIZER_FIELDS = {"fsq": ("levels",), "vq": ("codebook_size", "codebook_dim", "l2_norm"),
+                    "lfq": ("bits",), "rq": ("depth", "shared", "codebook_size",
+                                             "codebook_dim")}
 # data fields that define which images a built-in source holds (shapes, stories).
 SOURCE_FIELDS = ("image_size", "grid", "max_objects", "jitter", "seed", "colors", "shapes",
                  "heldout_combos", "num_train", "num_test", "num_unseen")
@@ -154,16 +158,36 @@ def tokenizer_identity(cfg, params_dir, step: int) -> dict:
 def source_settings(name: str, data_cfg) -> dict:
     """The data fields that define a source's images (all of them for generated sources)."""
     if name in ("shapes", "stories"):
-        return {k: _jsonable(data_cfg.get(k)) for k in SOURCE_FIELDS}
+        return {k: _jsonable(data_cfg[k]) for k in SOURCE_FIELDS}
     return {"image_size": data_cfg.image_size}
+
+
+def code_settings(tok_config: dict, where: str = "") -> dict:
+    """{dotted field: value} of the `image_tokenizer` settings that decide the codes (the
+    shape fields, then the quantizer's own: `fsq.levels`, ...), read from a recorded config.
+    Metadata written with the older flat names (`levels`, `codebook_size`, `rq_depth`, ...)
+    reads the same: `schema.complete` moves them to their place and fills the defaults they
+    stood for. A config it cannot read is a TokensError."""
+    try:
+        tok = schema.complete(tok_config, section="image_tokenizer").to_dict()
+    except schema.ConfigError as e:
+        raise TokensError(f"{where}: the shards' tokenizer config is not one this mmar reads "
+                          f"({e}); rerun `mmar pretokenize` (or delete the directory)") from e
+    out = {key: _jsonable(tok[key]) for key in SHAPE_FIELDS}
+    name = tok["quantizer"]
+    for key in QUANTIZER_FIELDS.get(name, ()):
+        out[f"{name}.{key}"] = _jsonable(tok[name][key])
+    return out
 
 
 def check_tokenizer(meta: dict, identity: dict, settings: dict, where: str) -> None:
     """One TokensError naming the first field where the shards and this run disagree."""
     made = meta["tokenizer"]
     hint = "; rerun `mmar pretokenize` (or delete the directory)"
-    for key in CODE_FIELDS:
-        a, b = made["config"].get(key), identity["config"].get(key)
+    ours = code_settings(identity["config"], where)
+    theirs = code_settings(made["config"], where)
+    for key, b in ours.items():   # "quantizer" first: the other quantizer's fields differ
+        a = theirs.get(key)
         if a != b:
             raise TokensError(f"{where}: made with image_tokenizer.{key}={a!r}, this run has "
                               f"image_tokenizer.{key}={b!r}{hint}")

@@ -16,11 +16,10 @@ import json
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from mmar import derived
+from mmar import derived, schema
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
 from mmar.parallel import mesh as mesh_lib
@@ -79,7 +78,7 @@ def write_text_tokenizer(out_dir, vocab, cfg) -> None:
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
         "eos_token": "<eos>", "pad_token": "<pad>", "add_bos_token": True,
-        "model_max_length": int(cfg.data.get("seq_len", 2048)),
+        "model_max_length": int(cfg.data.seq_len),
         "clean_up_tokenization_spaces": False}, indent=1))
 
 
@@ -96,9 +95,9 @@ def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape) -> None:
         "special_ids": {name: vocab.text_size + i for i, name in enumerate(SPECIALS)},
         "image_offset": vocab.image_offset, "num_image_codes": vocab.num_image_codes,
         # RandAR (mmar/data/orders.py): P_k = position_offset + k precedes the code at grid k
-        "image_order": cfg.data.get("image_order", "raster"),
+        "image_order": cfg.data.image_order,
         "position_offset": vocab.position_offset, "num_position_ids": vocab.num_positions,
-        "vocab_size": cfg.model.vocab_size, "image_size": cfg.data.get("image_size"),
+        "vocab_size": cfg.model.vocab_size, "image_size": cfg.data.image_size,
         "codes_shape": list(codes_shape) if codes_shape else None,
         "codes_per_image": int(np.prod(codes_shape)) if codes_shape else None,
         "image_tokenizer": IMAGE_DIR if codes_shape else None,
@@ -157,8 +156,9 @@ class ImageDecoder:
             raise FileNotFoundError(f"{directory}: exported without an image tokenizer")
         tok_dir = directory / layout["image_tokenizer"]
         tok_config = json.loads((tok_dir / "config.json").read_text())
+        # completed: an export by an older mmar saved the flat names (mmar/schema.py)
         model_state, abstract = _autoencoder(
-            ml_collections.ConfigDict(tok_config["image_tokenizer"]))
+            schema.complete(tok_config["image_tokenizer"], section="image_tokenizer"))
         tensors = st.SafetensorsDir(tok_dir)
 
         def load(path, leaf):

@@ -89,8 +89,7 @@ def check_order(cfg) -> None:
     """RAR adds a target embedding to the input (mmar/data/orders.py): no Llama has one.
     RandAR decoders are plain Llamas whose vocabulary ends with position-instruction ids
     (mmar.json records them), so they export as they are."""
-    order = cfg.data.get("image_order", "raster")
-    if order == "rar":
+    if cfg.data.image_order == "rar":
         raise ValueError("data.image_order='rar': a transformers Llama cannot hold RAR's "
                          "target embeddings (model.num_targets); export it with --format mmar "
                          "(docs/export.md)")
@@ -98,9 +97,9 @@ def check_order(cfg) -> None:
 
 def check_mappable(model_cfg, names) -> None:
     """Raises ValueError unless the checkpoint maps exactly onto Llama / Qwen3."""
-    if model_cfg.get("mot", False):
-        raise ValueError("model.mot=True: a Mixture-of-Transformers decoder has no transformers "
-                         "equivalent; export it with --format mmar (docs/export.md)")
+    if model_cfg.mot.enabled:
+        raise ValueError("model.mot.enabled=True: a Mixture-of-Transformers decoder has no "
+                         "transformers equivalent; export it with --format mmar (docs/export.md)")
     extra = sorted(set(names) - expected_names(model_cfg))
     missing = sorted(expected_names(model_cfg) - set(names))
     if extra or missing:
@@ -118,7 +117,7 @@ def hf_config(cfg, vocab, dtype: str) -> dict:
         "num_hidden_layers": m.n_layers, "num_attention_heads": m.n_heads,
         "num_key_value_heads": m.n_kv_heads, "head_dim": m.head_dim, "hidden_act": "silu",
         # RoPE has no length limit; this is the trained length (serving engines cap on it).
-        "max_position_embeddings": int(cfg.data.get("seq_len", 2048)),
+        "max_position_embeddings": int(cfg.data.seq_len),
         "rms_norm_eps": m.norm_eps, "rope_theta": m.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
         "attention_bias": False, "attention_dropout": 0.0,

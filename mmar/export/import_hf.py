@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from mmar import config as config_lib
-from mmar import derived
+from mmar import derived, schema
 from mmar.export import assets, hf
 from mmar.export import safetensors_io as st
 from mmar.model.transformer import Decoder
@@ -83,7 +83,8 @@ def _config(hf_dir: pathlib.Path, base_cfg):
     hf_cfg_path = hf_dir / "config.json"
     hf_cfg = _read_json(hf_cfg_path) if hf_cfg_path.is_file() else None
     if (hf_dir / assets.MMAR_JSON).is_file() and (hf_dir / "mmar_config.json").is_file():
-        cfg = ml_collections.ConfigDict(_read_json(hf_dir / "mmar_config.json"))
+        # completed first: an export by an older mmar saved the flat names (mmar/schema.py)
+        cfg = schema.complete(_read_json(hf_dir / "mmar_config.json"))
         if hf_cfg is not None:  # the transformers config is the source of truth for shapes
             cfg.model.update(model_section(hf_cfg, hf_cfg_path))
         return config_lib.validate(cfg), None, cfg.model.vocab_size

@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 import tensorstore as ts
 
+from mmar import schema
+
 
 def find_step_dir(path, kind: str = "decoder") -> pathlib.Path:
     """The checkpoint step directory for `path`: a run workdir (`<path>/<kind>/checkpoints`),
@@ -95,8 +97,10 @@ class CheckpointReader:
         return np.asarray((array if index is None else array[index]).read().result())
 
     def config(self) -> ml_collections.ConfigDict:
-        """The run's config, saved beside the params as JSON."""
+        """The run's config, saved beside the params as JSON, completed by the schema: a
+        checkpoint written by an older mmar (flat names such as `model.mot_tile`) reads back
+        with its fields in their current place and every newer field at its default."""
         path = self.step_dir / "config" / "metadata"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the checkpoint has no saved config")
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        return schema.complete(json.loads(path.read_text()))

@@ -90,11 +90,11 @@ def sample_metrics(cfg, models: Models, samples: dict) -> dict:
         recs = samples["digits_test"]
         out["digits_accuracy"] = float(np.mean([r["correct"] for r in recs]))
         out["digits_classifier_accuracy"] = digits.classifier(cfg.data.image_size).accuracy
-    if "frechet" in cfg.eval.get("tasks", ()):
+    if "frechet" in cfg.eval.tasks:
         real = np.stack([r["image"] for r in models.records("test")])
         fake = models.images["t2i_test"]
         out["frechet_builtin"] = frechet.distance(fake, real)
-        if cfg.eval.get("inception_weights"):
+        if cfg.eval.inception_weights:
             features = frechet.InceptionFeatures(cfg.eval.inception_weights)
             out["fid_inception"] = frechet.distance(fake, real, features)
     return out

@@ -86,11 +86,17 @@ def _batches(items, size):
 
 
 def provenance(models: Models, seed: int, index: int) -> dict:
-    """What re-draws sample `index`: its settings, seed, batch and row in the batch."""
-    batch, row = divmod(index, models.cfg.sample.batch_size)
+    """What re-draws sample `index`: its settings, seed, batch and row in the batch.
+
+    The settings are fields of the `sample` section under their config names: the warp and
+    guidance fields, `image_decoder`, the options of the decoder that drew the images
+    (`sjd`, `zipar` or `randar`, a nested dict as in the config; none for plain decoding)
+    and `batch_size`."""
+    sample = models.cfg.sample
+    batch, row = divmod(index, sample.batch_size)
     return {"settings": dict(models.image_sampler.settings(), **models.sampler.settings(),
-                             **dispatch.decoder_options(models.cfg.sample),
-                             batch_size=models.cfg.sample.batch_size),
+                             image_decoder=sample.image_decoder,
+                             batch_size=sample.batch_size),
             "seed": seed, "batch": batch, "row": row}
 
 
@@ -165,9 +171,9 @@ def run(cfg, workdir, log=print, models: Models | None = None) -> dict[str, list
     out = {"t2i_test": text_to_image(models, "test", out_dir, log),
            "t2i_unseen": text_to_image(models, "unseen", out_dir, log),
            "i2t_test": image_to_text(models, "test", out_dir, log)}
-    if "stories" in cfg.eval.get("tasks", ()):
+    if "stories" in cfg.eval.tasks:
         out["stories_test"] = continue_stories(models, out_dir, log)
-    if "digits" in cfg.eval.get("tasks", ()):
+    if "digits" in cfg.eval.tasks:
         out["digits_test"] = digits_to_image(models, out_dir, log)
     return out
 

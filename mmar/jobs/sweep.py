@@ -87,7 +87,7 @@ def state(run_dir: pathlib.Path, run: sweep.Run) -> str:
 
 def _tokenizer_done(cfg, workdir: pathlib.Path) -> bool:
     summary = rundir.summary(workdir, rundir.TOKENIZER)
-    return bool(summary) and summary.get("steps") == cfg.image_tokenizer.steps
+    return bool(summary) and summary.get("steps") == cfg.image_tokenizer.train.steps
 
 
 def result_record(run: sweep.Run, run_dir: pathlib.Path) -> dict:

@@ -26,17 +26,19 @@ from mmar.data import pipeline, synthetic
 from mmar.jobs import tokenizer_train
 from mmar.tokenizers.image import metrics
 
-# The four contestants at 8 bits per position (see the module docstring).
+# The four contestants at 6 bits per position (see the module docstring): the quantizer and
+# its options (image_tokenizer.<quantizer>.*).
 CONTESTANTS = {
-    "fsq": dict(quantizer="fsq", levels=(4, 4, 4)),
-    "vq": dict(quantizer="vq", codebook_size=64, codebook_dim=8, l2_norm=True, ema=True,
-               dead_code_restart=True),
-    "lfq": dict(quantizer="lfq", lfq_bits=6),
-    "rq": dict(quantizer="rq", codebook_size=8, codebook_dim=8, rq_depth=2),
+    "fsq": dict(quantizer="fsq", fsq=dict(levels=(4, 4, 4))),
+    "vq": dict(quantizer="vq", vq=dict(codebook_size=64, codebook_dim=8, l2_norm=True,
+                                       ema=True, dead_code_restart=True)),
+    "lfq": dict(quantizer="lfq", lfq=dict(bits=6)),
+    "rq": dict(quantizer="rq", rq=dict(codebook_size=8, codebook_dim=8, depth=2)),
 }
 # Shared by all: a conv autoencoder (codes see their neighbours: more contents to tell apart
 # than the demo's patch tokenizer sees).
-COMMON = dict(arch="conv", channels=8, channel_mult=(1, 2, 4), num_res_blocks=0, lr=3e-3)
+COMMON = dict(arch="conv", channels=8, channel_mult=(1, 2, 4), num_res_blocks=0)
+COMMON_TRAIN = dict(lr=3e-3)
 DATA = dict(num_train=4000)
 
 COLUMNS = (("quantizer", "{}"), ("codes", "{}"), ("bits/image", "{:.0f}"),
@@ -50,13 +52,15 @@ def _config(spec: str, name: str, steps: int | None):
     with cfg.unlocked():
         if cfg.preset != "test":
             cfg.data.update(DATA)
-        cfg.image_tokenizer.update({**COMMON, **CONTESTANTS[name]})
+        tok = cfg.image_tokenizer
+        tok.update({**COMMON, **CONTESTANTS[name]})
+        tok.train.update(COMMON_TRAIN)
         if cfg.preset == "test":
-            cfg.image_tokenizer.channels = 8
+            tok.channels = 8
         if steps:
-            cfg.image_tokenizer.steps = steps
-            cfg.image_tokenizer.warmup_steps = min(cfg.image_tokenizer.warmup_steps, steps // 4)
-            cfg.image_tokenizer.log_every = max(1, min(cfg.image_tokenizer.log_every, steps))
+            tok.train.steps = steps
+            tok.train.warmup_steps = min(tok.train.warmup_steps, steps // 4)
+            tok.train.log_every = max(1, min(tok.train.log_every, steps))
     return config_lib.validate(cfg)
 
 

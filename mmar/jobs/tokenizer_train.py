@@ -16,12 +16,13 @@ from mmar.train import trainer
 def run(cfg, workdir, log=print) -> trainer.Result:
     workdir = epath.Path(workdir) / rundir.TOKENIZER
     source = pipeline.ImageArraySource(pipeline.shapes_split(cfg.data, "train"), log=log)
-    batches = pipeline.image_batches(source, global_batch=cfg.image_tokenizer.batch_size,
+    train_cfg = cfg.image_tokenizer.train
+    batches = pipeline.image_batches(source, global_batch=train_cfg.batch_size,
                                      seed=cfg.seed, num_workers=cfg.data.num_workers)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh)
-    result = trainer.train(tokenizer_task(cfg), cfg=cfg.image_tokenizer, mesh=mesh,
+    result = trainer.train(tokenizer_task(cfg), cfg=train_cfg, mesh=mesh,
                            rule_table=rule_table,
                            data_iter=batches, workdir=workdir, config=cfg, seed=cfg.seed,
-                           checkpoint_every=cfg.image_tokenizer.steps, log=log)
+                           checkpoint_every=train_cfg.steps, log=log)
     trainer.write_summary(workdir / rundir.SUMMARY, result, log=log)
     return result

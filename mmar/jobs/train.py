@@ -29,17 +29,17 @@ def train_batches(cfg, workdir, vocab, log=print):
     run's tokenizer) or encoded in memory at start by the trained tokenizer."""
     kw = dict(global_batch=cfg.train.batch_size, seed=cfg.seed)
     pair_kw = dict(kw, total_steps=cfg.train.steps)  # RAR's anneal schedule (orders.py)
-    if cfg.data.get("pretokenized"):  # `mmar pretokenize` shards (mmar/jobs/pretokenize.py)
+    if cfg.data.pretokenized:  # `mmar pretokenize` shards (mmar/jobs/pretokenize.py)
         shards = rundir.open_tokens(cfg, workdir)
         log("[data] token shards: " + ", ".join(f"{n} ({len(s)} documents)"
                                                 for n, s in shards.items()))
-        if cfg.data.get("mixture"):
+        if cfg.data.mixture:
             return sources.mixture_batches(cfg.data, None, vocab, documents=shards, log=log,
                                            **kw)
         return pipeline.decoder_batches(tokens.CaptionView(shards["shapes"]), vocab,
                                         cfg.data, **pair_kw)
     tokenizer = rundir.load_tokenizer(cfg, workdir)
-    if cfg.data.get("mixture"):  # several sources, packed (mmar/data/sources.py)
+    if cfg.data.mixture:  # several sources, packed (mmar/data/sources.py)
         return sources.mixture_batches(cfg.data, tokenizer.encode, vocab, log=log, **kw)
     captions, codes = encode_source(tokenizer, pipeline.shapes_split(cfg.data, "train"),
                                     log=log)

@@ -255,9 +255,9 @@ def implementation(cfg) -> Implementation:
     - `splash` compiles its Pallas kernel on TPU and runs it in Pallas' interpret mode on
       other platforms: correct (the tests compare it with `xla` on CPU) but slow.
     """
-    name = cfg.get("attention", "xla")
+    name = cfg.attention
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"model.attention must be one of {IMPLEMENTATIONS}, got {name!r}")
     backend = jax.default_backend()
-    return Implementation(name, cfg.get("attention_block", 512), per_kv_head=backend == "cpu",
+    return Implementation(name, cfg.attention_block, per_kv_head=backend == "cpu",
                           interpret=backend != "tpu")

@@ -17,10 +17,10 @@ def _block_matmul_params(cfg) -> int:
 
 
 def block_copies(cfg) -> int:
-    """Copies of every block weight: `model.num_modalities` with Mixture-of-Transformers
-    (`model.mot`), else 1. Parameters scale by it; FLOPs per token do not (a token is
+    """Copies of every block weight: `model.mot.num_modalities` with Mixture-of-Transformers
+    (`model.mot.enabled`), else 1. Parameters scale by it; FLOPs per token do not (a token is
     multiplied by its own modality's copy only). Embedding, final norm and head are shared."""
-    return cfg.get("num_modalities", 2) if cfg.get("mot", False) else 1
+    return cfg.mot.num_modalities if cfg.mot.enabled else 1
 
 
 def non_embedding_param_count(cfg) -> int:
@@ -36,7 +36,7 @@ def non_embedding_param_count(cfg) -> int:
 def param_count(cfg) -> int:
     """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
     d = cfg.d_model
-    embed = (cfg.vocab_size + cfg.get("num_targets", 0)) * d  # + RAR's target table
+    embed = (cfg.vocab_size + cfg.num_targets) * d  # + RAR's target table
     head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
     return embed + non_embedding_param_count(cfg) + head
 
@@ -49,7 +49,7 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
     Attention: q.k^T and probs.v are each 2 * seq_len * head_dim FLOPs per head per token
     over the whole row, 4 * L * S * H * D in all, halved because a causal query sees on
     average half the row: 2 * L * S * H * D (the MaxText / PaLM convention).
-    MoT (`model.mot`): the same as dense, each token pays for one copy (`block_copies`).
+    MoT (`model.mot.enabled`): the same as dense, each token pays for one copy (`block_copies`).
     """
     matmul = cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
     attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim

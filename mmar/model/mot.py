@@ -1,8 +1,8 @@
 """Mixture-of-Transformers (MoT, Liang et al. 2024): one copy of every block weight per modality.
 
-`model.mot=True` gives every non-embedding weight of a block (q, k, v, o, the MLP, and the
+`model.mot.enabled=True` gives every non-embedding weight of a block (q, k, v, o, the MLP, and the
 norms: attn_norm, mlp_norm, q_norm, k_norm) a leading `modality` axis of size
-`model.num_modalities` (2: text, image). A token is projected with its own modality's copy;
+`model.mot.num_modalities` (2: text, image). A token is projected with its own modality's copy;
 attention stays global (every token attends over the whole sequence as in the dense model,
 with any `model.attention` implementation). The embedding table, the final norm and the output
 head are shared: they are the token space, not a block.
@@ -15,15 +15,15 @@ gather). Every projection is then a grouped matmul of contiguous row groups:
 
 - `tiled` (default off TPU): each modality's rows (contiguous after the sort) are cut into
   windows, starting at the modality's first row: as many as fit of the largest size
-  `mot_tile * 2^j` not above B * S, then at most one of each smaller size (the binary
-  digits of the rest), and one of `model.mot_tile` rows that rounds up. One `fori_loop` per
+  `mot.tile * 2^j` not above B * S, then at most one of each smaller size (the binary
+  digits of the rest), and one of `model.mot.tile` rows that rounds up. One `fori_loop` per
   modality and size multiplies them by that modality's weight (a loop-invariant operand: no
   cond, no per-window weight copy), so a modality costs a handful of loop trips on large
   windows (each trip has a fixed cost on XLA:CPU; docs/performance.md). The last window of
   modality m may run past its rows into m + 1's; the loops go in modality order, so m + 1's
-  windows overwrite those rows afterwards, and `route` pads `mot_tile - 1` rows so the last
+  windows overwrite those rows afterwards, and `route` pads `mot.tile - 1` rows so the last
   modality's last window stays in bounds. Cost: one matmul per row plus at most
-  mot_tile - 1 rows per modality. A custom VJP runs the backward pass the same way (dx by
+  mot.tile - 1 rows per modality. A custom VJP runs the backward pass the same way (dx by
   the transposed weight; dW per modality, accumulated over its windows, rows outside the
   modality masked out).
 - `ragged`: `jax.lax.ragged_dot`; native grouped matmul on TPU, but XLA:CPU lowers it to one
@@ -54,7 +54,7 @@ MATMULS = ("auto", "tiled", "ragged")
 
 
 def resolve_matmul(name: str) -> str:
-    """`model.mot_matmul` for this platform, resolved once when the MoT layers are built:
+    """`model.mot.matmul` for this platform, resolved once when the MoT layers are built:
     "auto" is `ragged` on TPU (a native grouped matmul there) and `tiled` elsewhere (on
     XLA:CPU `ragged` multiplies every token by every copy; docs/performance.md)."""
     if name == "auto":
@@ -144,7 +144,7 @@ def route(modality: jax.Array, num_modalities: int, tile: int) -> Routing:
 
 
 def window_rows(r: Routing) -> int:
-    """The `tiled` window (static: from the shapes), `model.mot_tile` capped at B * S."""
+    """The `tiled` window (static: from the shapes), `model.mot.tile` capped at B * S."""
     return r.perm.shape[0] - r.inv.shape[0] + 1
 
 
@@ -279,7 +279,7 @@ tiled_matmul.defvjp(_tiled_fwd, _tiled_bwd)
 def grouped_matmul(x: jax.Array, w: jax.Array, r: Routing, impl: str) -> jax.Array:
     """Sorted rows x [Np, K] times their modality's weight w [M, K, F] -> [Np, F]."""
     if impl not in ("tiled", "ragged"):
-        raise ValueError(f"model.mot_matmul={impl!r}: one of {MATMULS}")
+        raise ValueError(f"model.mot.matmul={impl!r}: one of {MATMULS}")
 
     def local(x, w, r):
         r = _local(r)
@@ -321,7 +321,7 @@ class MoTAttention(Attention):
     """Per-modality q/k/v/o (and QK-norm); the attention itself is `Attention.mix`."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):  # noqa: super().__init__ would build dense weights
-        num, d, h, kvh = cfg.get("num_modalities", 2), cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+        num, d, h, kvh = cfg.mot.num_modalities, cfg.d_model, cfg.n_heads, cfg.n_kv_heads
         hd, pdt = cfg.head_dim, jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.init_std)
         out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
@@ -339,7 +339,7 @@ class MoTAttention(Attention):
         self.rope_theta = cfg.rope_theta
         self.dtype = jnp.dtype(cfg.dtype)
         self.kernel = attention.implementation(cfg)
-        self.matmul = resolve_matmul(cfg.get("mot_matmul", "auto"))
+        self.matmul = resolve_matmul(cfg.mot.matmul)
 
     def __call__(self, xs, r: Routing, positions, visible, cache=None):
         """xs [Np, E] (normed, modality order) -> (out [Np, E] modality order, (k, v));
@@ -364,7 +364,7 @@ class MoTMLP(nnx.Module):
     """Per-modality SwiGLU; gate and up run as one grouped matmul."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        num, d, m = cfg.get("num_modalities", 2), cfg.d_model, cfg.mlp_dim
+        num, d, m = cfg.mot.num_modalities, cfg.d_model, cfg.mlp_dim
         pdt = jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.init_std)
         out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
@@ -372,7 +372,7 @@ class MoTMLP(nnx.Module):
         self.up = param(rngs, init, (num, d, m), ("modality", "embed", "mlp"), pdt)
         self.down = param(rngs, out_init, (num, m, d), ("modality", "mlp", "embed"), pdt)
         self.dtype = jnp.dtype(cfg.dtype)
-        self.matmul = resolve_matmul(cfg.get("mot_matmul", "auto"))
+        self.matmul = resolve_matmul(cfg.mot.matmul)
 
     def __call__(self, xs: jax.Array, r: Routing) -> jax.Array:
         dt = self.dtype
@@ -386,7 +386,7 @@ class MoTBlock(nnx.Module):
     stream `xs` [Np, E] stays in modality order from the embedding to the final norm."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        num = cfg.get("num_modalities", 2)
+        num = cfg.mot.num_modalities
         self.attn_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))
         self.attn = MoTAttention(cfg, rngs=rngs)
         self.mlp_norm = MoTNorm(num, cfg.d_model, **_norm_args(cfg, rngs))

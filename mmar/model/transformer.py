@@ -3,7 +3,7 @@
     tokens -> Embed -> n_layers x Block -> RMSNorm -> logits (tied embedding or own head)
     Block: x + Attention(RMSNorm(x)), then x + MLP(RMSNorm(x))
 
-`model.mot=True` swaps Block for model/mot.py's MoTBlock (per-modality weights, global
+`model.mot.enabled=True` swaps Block for model/mot.py's MoTBlock (per-modality weights, global
 attention); the call then needs the `modality` array, and the residual stream runs in
 modality order from the embedding to the final norm. `model.num_targets` > 0 (RAR, see
 mmar/data/orders.py) adds a target embedding; the call then needs `targets`.
@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mmar import schema
 from mmar.model import attention
 from mmar.model import mot as mot_lib
 from mmar.model.attention import Visible, attention_mask
 from mmar.model.layers import MLP, Attention, Context, Embed, RMSNorm, param, project
 from mmar.parallel.rules import constrain
 
-DTYPES = ("float32", "bfloat16")
 # "full" keeps only the residual stream between blocks; "dots" also keeps every matmul output
 # (less recompute, more memory: the usual middle ground on TPUs).
 REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
@@ -43,49 +43,22 @@ STACKED = {nnx.PARTITION_NAME: "layers"}  # stacked params get the `layers` name
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """The model's own checks of its config section `cfg` (types, allowed values, and the
-    structural rules: GQA groups, RoPE pairs); raises ValueError naming the first bad
-    `model.<field>`. `Decoder` runs it before building anything."""
-    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                  "mlp_dim"):
-        value = cfg.get(field)
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"model.{field} must be a positive int, got {value!r}")
+    """The checks of a complete `model` section `cfg`: each field's own rule (mmar/schema.py)
+    and the structural ones a built model needs (a vocabulary, GQA groups, RoPE pairs, at
+    least two MoT modalities); raises ValueError naming the first bad `model.<field>`.
+    `Decoder` runs it before building anything."""
+    schema.check(cfg, section="model")
+    if cfg.vocab_size <= 0:
+        raise ValueError(f"model.vocab_size must be a positive int, got {cfg.vocab_size!r} "
+                         "(0 is derived by mmar.config.validate)")
     if cfg.n_heads % cfg.n_kv_heads:
         raise ValueError(f"model.n_kv_heads={cfg.n_kv_heads} must divide "
                          f"model.n_heads={cfg.n_heads} (grouped-query attention)")
     if cfg.head_dim % 2:
         raise ValueError(f"model.head_dim={cfg.head_dim} must be even (RoPE rotates pairs)")
-    for field in ("rope_theta", "norm_eps", "init_std"):
-        if not cfg.get(field, 0) > 0:
-            raise ValueError(f"model.{field} must be > 0, got {cfg.get(field)!r}")
-    for field in ("dtype", "param_dtype"):
-        if cfg.get(field) not in DTYPES:
-            raise ValueError(f"model.{field} must be one of {DTYPES}, got {cfg.get(field)!r}")
-    if cfg.get("remat") not in ("none", *REMAT_POLICIES):
-        raise ValueError(f"model.remat must be one of {('none', *REMAT_POLICIES)}, "
-                         f"got {cfg.get('remat')!r}")
-    if cfg.get("attention", "xla") not in attention.IMPLEMENTATIONS:
-        raise ValueError(f"model.attention must be one of {attention.IMPLEMENTATIONS}, "
-                         f"got {cfg.get('attention')!r}")
-    block = cfg.get("attention_block", 512)
-    if not isinstance(block, int) or block <= 0:
-        raise ValueError(f"model.attention_block must be a positive int, got {block!r}")
-    for field in ("qk_norm", "tie_embeddings"):
-        if not isinstance(cfg.get(field), bool):
-            raise ValueError(f"model.{field} must be a bool, got {cfg.get(field)!r}")
-    if not isinstance(cfg.get("mot", False), bool):
-        raise ValueError(f"model.mot must be a bool, got {cfg.get('mot')!r}")
-    for field, default, low in (("num_modalities", 2, 2), ("mot_tile", 128, 1)):
-        value = cfg.get(field, default)
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"model.{field} must be an int >= {low}, got {value!r}")
-    targets = cfg.get("num_targets", 0)
-    if not isinstance(targets, int) or isinstance(targets, bool) or targets < 0:
-        raise ValueError(f"model.num_targets must be an int >= 0, got {targets!r}")
-    if cfg.get("mot_matmul", "auto") not in mot_lib.MATMULS:
-        raise ValueError(f"model.mot_matmul must be one of {mot_lib.MATMULS}, "
-                         f"got {cfg.get('mot_matmul')!r}")
+    if cfg.mot.num_modalities < 2:
+        raise ValueError(f"model.mot.num_modalities must be an int >= 2, "
+                         f"got {cfg.mot.num_modalities!r}")
 
 
 class Block(nnx.Module):
@@ -111,11 +84,14 @@ class Decoder(nnx.Module):
     """Decoder-only transformer; `cfg` is the `model` section of the config."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        # Completed here (idempotent) so that a partial, hand-built section gets the schema's
+        # defaults: tests, `mmar import` and the benchmarks build decoders that way.
+        cfg = schema.complete(cfg, section="model")
         validate(cfg)
         self.embed = Embed(cfg, rngs=rngs)
         # RAR's target embedding (mmar/data/orders.py): row k + 1 says "the next token is the
         # code at grid index k", row 0 "not an image code". Derived from data.image_order.
-        self.num_targets = cfg.get("num_targets", 0)
+        self.num_targets = cfg.num_targets
         self.target_embed = param(
             rngs, nnx.initializers.normal(cfg.init_std), (self.num_targets, cfg.d_model),
             ("targets", "embed"), jnp.dtype(cfg.param_dtype)) if self.num_targets else None
@@ -123,7 +99,7 @@ class Decoder(nnx.Module):
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=STACKED)
         def make_blocks(rngs):
-            return (mot_lib.MoTBlock if cfg.get("mot", False) else Block)(cfg, rngs=rngs)
+            return (mot_lib.MoTBlock if cfg.mot.enabled else Block)(cfg, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
@@ -134,10 +110,10 @@ class Decoder(nnx.Module):
         self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
         self.dtype = jnp.dtype(cfg.dtype)
         self.remat_policy = REMAT_POLICIES.get(cfg.remat)
-        self.scan_layers = cfg.get("scan_layers", True)
+        self.scan_layers = cfg.scan_layers
         self.attention = attention.implementation(cfg)
-        self.mot = cfg.get("mot", False)
-        self.num_modalities, self.mot_tile = cfg.get("num_modalities", 2), cfg.get("mot_tile", 128)
+        self.mot = cfg.mot.enabled
+        self.num_modalities, self.mot_tile = cfg.mot.num_modalities, cfg.mot.tile
 
     # ---- the two entry points ----
 
@@ -148,7 +124,7 @@ class Decoder(nnx.Module):
 
         Rows may pack several documents: attention stays inside a segment id, segment 0 is
         padding, and positions restart at 0 for each document. `modality` [B, S] (0 text,
-        1 image) is required with `mot=True` and ignored otherwise; `targets` [B, S] with
+        1 image) is required with `mot.enabled=True` and ignored otherwise; `targets` [B, S] with
         `num_targets` > 0 (RAR) and ignored otherwise.
         """
         ctx = Context(positions, self.attention.packed(segment_ids), self._route(modality))
@@ -201,7 +177,7 @@ class Decoder(nnx.Module):
         if not self.mot:
             return None
         if modality is None:
-            raise ValueError("model.mot=True: the decoder needs `modality` [B, S] (0 text, "
+            raise ValueError("model.mot.enabled=True: the decoder needs `modality` [B, S] (0 text, "
                              "1 image) to pick each token's weights")
         return mot_lib.route(modality, self.num_modalities, self.mot_tile)
 

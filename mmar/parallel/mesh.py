@@ -21,6 +21,7 @@ import jax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from mmar import schema
 from mmar.parallel import rules
 
 AXES = ("data", "fsdp", "tensor")
@@ -43,8 +44,9 @@ def _resolve(sizes: list[int], total: int, what: str) -> list[int]:
 
 
 def axis_sizes(mesh_cfg, num_devices: int, num_slices: int = 1):
-    """-> (ici sizes, dcn sizes), each a tuple over AXES; errors name the mesh fields."""
-    dcn = [int(mesh_cfg.get(f, 1)) for f in DCN_FIELDS]
+    """-> (ici sizes, dcn sizes), each a tuple over AXES, of a complete `mesh` section; errors
+    name the mesh fields."""
+    dcn = [int(mesh_cfg[f]) for f in DCN_FIELDS]
     dcn = _resolve(dcn, num_slices, "slice (dcn_*)")
     if num_devices % num_slices:
         raise ValueError(f"mesh: {num_devices} devices do not split into {num_slices} slices")
@@ -54,11 +56,11 @@ def axis_sizes(mesh_cfg, num_devices: int, num_slices: int = 1):
 
 def num_slices_of(devices, mesh_cfg) -> int:
     """Slices present: distinct `slice_index` (TPU multi-slice), else the dcn product as asked
-    (one slice per process group, for GPU nodes and CPU tests)."""
+    (one slice per process group, for GPU nodes and CPU tests); `mesh_cfg` is complete."""
     indices = {getattr(d, "slice_index", None) for d in devices}
     if None not in indices and len(indices) > 1:
         return len(indices)
-    dcn = [int(mesh_cfg.get(f, 1)) for f in DCN_FIELDS]
+    dcn = [int(mesh_cfg[f]) for f in DCN_FIELDS]
     if -1 in dcn:
         return jax.process_count() if jax.process_count() > 1 else 1
     return math.prod(dcn)
@@ -76,6 +78,10 @@ def validate_strategy(mesh: Mesh, strategy: str) -> None:
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
+    """The mesh of the `mesh` section `mesh_cfg` over `devices` (default: all). The section is
+    completed here, so a partial one (`{"data": 1, "fsdp": 1, "tensor": 1}`) takes the
+    schema's defaults for the rest."""
+    mesh_cfg = schema.complete(mesh_cfg, section="mesh")
     devices = list(devices) if devices is not None else jax.devices()
     num_slices = num_slices_of(devices, mesh_cfg)
     ici, dcn = axis_sizes(mesh_cfg, len(devices), num_slices)
@@ -87,11 +93,11 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
                                                     process_is_granule=by_process,
                                                     allow_split_physical_axes=True)
     mesh = Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
-    validate_strategy(mesh, mesh_cfg.get("strategy", "fsdp_tp"))
+    validate_strategy(mesh, mesh_cfg.strategy)
     return mesh
 
 
 def from_config(mesh_cfg, devices=None):
     """(mesh, rule table) for the `mesh` section of a config: what every job needs."""
-    strategy = mesh_cfg.get("strategy", "fsdp_tp")
-    return make_mesh(mesh_cfg, devices), rules.for_strategy(strategy)
+    mesh_cfg = schema.complete(mesh_cfg, section="mesh")
+    return make_mesh(mesh_cfg, devices), rules.for_strategy(mesh_cfg.strategy)

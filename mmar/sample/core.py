@@ -13,6 +13,9 @@ nothing of each other.
   top-p on the renormalised rest (the order of Hugging Face's warpers). Decoders that draw
   use `sample_logits`, decoders that need the distribution itself (SJD's acceptance test)
   use `warped_probs`; both are the same warp.
+* Every sampler reads the `sample` config section, completed at its constructor (a
+  hand-built partial section gets the schema's defaults, mmar/schema.py), and takes per-call
+  overrides of its fields (`section`); `settings` gives what a sample record stores.
 * Classifier-free guidance for images (`sample.cfg_scale_image` = s): every caption row gets
   a twin prompt without the caption, `<bos> <boi>` (`unconditional_prompt`), exactly how
   image-first training rows begin (and what caption dropout trains, `data.caption_dropout`).
@@ -23,12 +26,15 @@ nothing of each other.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from mmar import schema
 from mmar.vocab import Vocab
 
 PROMPT_BUCKET = 16
@@ -107,17 +113,39 @@ def modality(tokens, vocab: Vocab):
 
 # ---- sampling settings -----------------------------------------------------------------------
 
+def section(sample_cfg, **overrides) -> ml_collections.ConfigDict:
+    """A `sample` config section completed (mmar/schema.py: older names moved, missing fields
+    at their defaults), with per-call overrides, checked.
+
+    An override names a field of the section (`temperature_image=0.0`) or gives a decoder's
+    options as a partial section (`sjd=dict(window=4)`: the other `sjd` options stay); an
+    unknown name or a bad value raises ConfigError naming the field (`sample.sjd.window`)."""
+    tree = schema.complete(sample_cfg, section="sample").to_dict()
+    for name, value in overrides.items():
+        if name not in tree:
+            raise schema.unknown_field_error(f"sample.{name}")
+        if isinstance(tree[name], dict):
+            if not isinstance(value, Mapping):
+                raise schema.ConfigError(f"sample.{name}={value!r}: must be a section (fields "
+                                         f"{', '.join(sorted(tree[name]))})")
+            value = {**tree[name], **value}
+        tree[name] = value
+    out = schema.complete(tree, section="sample")
+    schema.check(out, section="sample")
+    return out
+
+
 def sampling_settings(c) -> dict:
-    """Temperature / top-k / top-p per modality and guidance of a `sample` config section;
-    fields missing from it (a config older than the field) take their defaults."""
-    return {"temperature_text": float(c.get("temperature_text", 0.0)),
-            "temperature_image": float(c.get("temperature_image", 1.0)),
-            "top_k_text": int(c.get("top_k_text", 0)),
-            "top_k_image": int(c.get("top_k_image", 0)),
-            "top_p_text": float(c.get("top_p_text", 1.0)),
-            "top_p_image": float(c.get("top_p_image", 1.0)),
-            "cfg_scale_image": float(c.get("cfg_scale_image", 1.0)),
-            "cfg_interval_image": [float(x) for x in c.get("cfg_interval_image", (0.0, 1.0))]}
+    """Temperature / top-k / top-p per modality and guidance of a completed `sample` section,
+    as plain numbers (what a sample record stores)."""
+    return {"temperature_text": float(c.temperature_text),
+            "temperature_image": float(c.temperature_image),
+            "top_k_text": int(c.top_k_text),
+            "top_k_image": int(c.top_k_image),
+            "top_p_text": float(c.top_p_text),
+            "top_p_image": float(c.top_p_image),
+            "cfg_scale_image": float(c.cfg_scale_image),
+            "cfg_interval_image": [float(x) for x in c.cfg_interval_image]}
 
 
 def warp_knobs(s: dict, modality_name: str) -> dict:

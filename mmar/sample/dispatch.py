@@ -10,26 +10,18 @@ be decoded: "raster" by any image decoder, "rar" by plain decoding fed the targe
     "zipar"  rows of the code grid in parallel        mmar/sample/zipar.py
     (randar) any order, m codes per pass              mmar/sample/randar.py
 
-Every image sampler has `images(params, caption_ids, num_codes, key, **overrides) ->
-(codes [B, num_codes] int32, forward passes for the batch)` and `settings(**overrides)`;
-texts (captions, interleaved documents) always come from the plain sampler.
+Every image sampler reads the `sample` section (its decoder's options under `sample.sjd`,
+`sample.zipar`, `sample.randar`: mmar/schema.py) and has `images(params, caption_ids,
+num_codes, key, **overrides) -> (codes [B, num_codes] int32, forward passes for the batch)`
+and `settings(**overrides)` (overrides: fields of the section, a decoder's options as a
+partial section, e.g. `sjd=dict(window=4)`); texts (captions, interleaved documents) always
+come from the plain sampler.
 """
 from __future__ import annotations
 
 from mmar import config as config_lib
-from mmar.sample import plain, randar, sjd, zipar
+from mmar.sample import core, plain, randar, sjd, zipar
 from mmar.vocab import Vocab
-
-DECODER_FIELDS = {"image_decoder": "plain", **sjd.OPTIONS, **zipar.OPTIONS}
-
-
-def decoder_options(sample_cfg, **overrides) -> dict:
-    """The image decoder options of a `sample` section (defaults: `DECODER_FIELDS`), with
-    overrides, checked."""
-    opts = {k: sample_cfg.get(k, v) for k, v in DECODER_FIELDS.items()}
-    opts.update({k: v for k, v in overrides.items() if k in DECODER_FIELDS})
-    config_lib.check_image_decoder(opts)
-    return opts
 
 
 def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, sample_cfg, *,
@@ -38,12 +30,12 @@ def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, 
     `sample.image_decoder`) picks among the raster-order decoders; `code_vectors` (the image
     tokenizer's, `sjd.code_vectors`) are LANTERN's, `num_codes` plain decoding's documents."""
     overrides = {} if method is None else {"image_decoder": method}
-    method = decoder_options(sample_cfg, **overrides)["image_decoder"]
+    method = core.section(sample_cfg, **overrides).image_decoder
     if method != "plain" and image_order != "raster":
         raise ValueError(f"sample.image_decoder={method!r} decodes raster-order models only; "
                          f"a {image_order!r} decoder (data.image_order) needs 'plain' (RAR "
                          "needs its target embeddings fed; RandAR has its own parallel "
-                         "decoding, sample.randar_*)")
+                         "decoding, sample.randar.*)")
     if image_order == "randar":
         return randar.RandarSampler(model_state, vocab, vocab_rows, sample_cfg,
                                     num_codes=num_codes)
@@ -63,7 +55,7 @@ def samplers(cfg, model_state, vocab: Vocab, num_codes: int, code_vectors=None):
     order = config_lib.image_order(cfg)
     text = plain.Sampler(model_state, vocab, cfg.model.vocab_size, cfg.sample,
                          num_codes=num_codes, target_aware=order == "rar")
-    if order != "randar" and decoder_options(cfg.sample)["image_decoder"] == "plain":
+    if order != "randar" and cfg.sample.image_decoder == "plain":
         return text, text
     return text, image_sampler(order, model_state, vocab, cfg.model.vocab_size, cfg.sample,
                                num_codes=num_codes, code_vectors=code_vectors)

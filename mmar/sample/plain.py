@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmar import schema
 from mmar.sample import core
 from mmar.vocab import Vocab
 
@@ -89,15 +90,17 @@ class Sampler:
 
     def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg,
                  num_codes: int | None = None, target_aware: bool = False):
-        self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
+        self.model_state, self.vocab = model_state, vocab
+        self.cfg = schema.complete(sample_cfg, section="sample")
         self.num_codes, self.target_aware = num_codes, target_aware
         self.allowed = core.id_masks(vocab, vocab_rows)
         self._jitted = jax.jit(self._generate, static_argnames=("steps", "guided", "n",
                                                                 "allow_images"))
 
     def settings(self, **overrides) -> dict:
-        """The sampling settings of the config (fields missing from it take their defaults)."""
-        return {**core.sampling_settings(self.cfg), **overrides}
+        """The warp and guidance settings of the `sample` section, with per-call overrides
+        of its fields (`core.section`)."""
+        return core.sampling_settings(core.section(self.cfg, **overrides))
 
     def images(self, params, caption_ids, num_codes: int, key,
                **overrides) -> tuple[np.ndarray, int]:

@@ -22,8 +22,8 @@ Positions are the training ones: P_j and c_j both at `pos(<boi>) + 1 + j`. Prefi
 merged with the first step, so an image of n codes in S steps costs S forward passes
 (`RandarResult.forward_passes`); m = 1 in raster order costs n, like the raster sampler.
 
-m follows `sample.randar_schedule`: "constant" (`sample.randar_tokens_per_step` per step)
-or "cosine" (RandAR's: `sample.randar_steps` steps, 1 code first, then the count decoded
+m follows `sample.randar.schedule`: "constant" (`sample.randar.tokens_per_step` per step)
+or "cosine" (RandAR's: `sample.randar.steps` steps, 1 code first, then the count decoded
 so far follows n (1 - cos(pi/2 (s+1)/S)) + 1). The step sizes are static (shapes follow
 them): one jit per schedule, batch and prompt bucket, in which consecutive steps of equal
 sizes run as one `lax.scan` and the others are unrolled (`runs`).
@@ -39,7 +39,8 @@ decoding fraction (codes so far / n) lies in `sample.cfg_interval_image`) and fe
 
     sampler = RandarSampler(model_state, vocab, vocab_rows, cfg.sample)
     codes, forward_passes = sampler.images(params, caption_ids, n, key)   # as every decoder
-    result = sampler.generate(params, caption_ids, n, key, order="raster", known=...)
+    result = sampler.generate(params, caption_ids, n, key, order="raster", known=...,
+                              randar=dict(tokens_per_step=4))   # per-call options
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmar import schema
 from mmar.sample import core
 from mmar.vocab import Vocab
 
@@ -63,22 +65,23 @@ class RandarResult:
     forward_passes: int      # decoder forward passes for the whole batch, prefill included
 
 
-def group_sizes(n: int, *, schedule: str = "constant", tokens_per_step: int = 1,
-                num_steps: int = 0) -> tuple[int, ...]:
-    """Codes decoded at each step (they sum to n)."""
+def group_sizes(n: int, *, schedule: str, tokens_per_step: int,
+                steps: int) -> tuple[int, ...]:
+    """Codes decoded at each step (they sum to n), from the options of `sample.randar`
+    (`group_sizes(n, **sample_cfg.randar)`)."""
     if n <= 0:
         return ()
     if schedule == "constant":
         if tokens_per_step < 1:
-            raise ValueError(f"sample.randar_tokens_per_step={tokens_per_step}: must be >= 1")
+            raise ValueError(f"sample.randar.tokens_per_step={tokens_per_step}: must be >= 1")
         return tuple(min(tokens_per_step, n - i) for i in range(0, n, tokens_per_step))
     if schedule != "cosine":
-        raise ValueError(f"sample.randar_schedule={schedule!r}: one of {SCHEDULES}")
-    if num_steps < 1:
-        raise ValueError(f"sample.randar_steps={num_steps}: must be >= 1 for 'cosine'")
+        raise ValueError(f"sample.randar.schedule={schedule!r}: one of {SCHEDULES}")
+    if steps < 1:
+        raise ValueError(f"sample.randar.steps={steps}: must be >= 1 for 'cosine'")
     sizes, done, s = [1], 1, 0
     while done < n:  # RandAR's calculate_num_query_tokens_for_parallel_decoding
-        target = min(int((1.0 - math.cos(math.pi / 2.0 * (s + 1) / num_steps)) * n + 1), n)
+        target = min(int((1.0 - math.cos(math.pi / 2.0 * (s + 1) / steps)) * n + 1), n)
         m = min(max(target - done, 1), n - done)
         sizes.append(m)
         done, s = done + m, s + 1
@@ -120,19 +123,18 @@ class RandarSampler:
         if vocab.num_positions == 0:
             raise ValueError("RandarSampler needs a RandAR vocabulary (data.image_order="
                              "'randar': position-instruction ids)")
-        self.model_state, self.vocab, self.cfg, self.num_codes = (model_state, vocab,
-                                                                  sample_cfg, num_codes)
+        self.model_state, self.vocab, self.num_codes = model_state, vocab, num_codes
+        self.cfg = schema.complete(sample_cfg, section="sample")
         self.allowed = core.id_masks(vocab, vocab_rows)
         self._jitted = jax.jit(self._generate, static_argnames=("sizes", "guided", "known"))
 
     def settings(self, **overrides) -> dict:
-        """The image settings of the plain sampler plus the RandAR schedule, overridden."""
-        c = self.cfg
+        """The image warp and guidance settings and the RandAR schedule (`randar`: schedule,
+        tokens_per_step, steps) of the `sample` section, with per-call overrides
+        (`core.section`: `randar=dict(tokens_per_step=4)`), checked."""
+        c = core.section(self.cfg, **overrides)
         s = {k: v for k, v in core.sampling_settings(c).items() if not k.endswith("_text")}
-        s.update(randar_schedule=str(c.get("randar_schedule", "constant")),
-                 randar_tokens_per_step=int(c.get("randar_tokens_per_step", 1)),
-                 randar_steps=int(c.get("randar_steps", 0)))
-        return {**s, **overrides}
+        return {**s, "randar": c.randar.to_dict()}
 
     def images(self, params, caption_ids, num_codes: int, key,
                **overrides) -> tuple[np.ndarray, int]:
@@ -149,7 +151,7 @@ class RandarSampler:
         [B, n]. known / known_mask: codes [B, n] and bool [n] or [B, n] (the same count per
         row): those codes are given (inpainting / outpainting), the rest generated.
         sizes: codes per pass, explicitly (summing to the unknown count); default: from
-        the schedule settings.
+        the schedule (`sample.randar`, per call `randar=dict(...)`).
         """
         v, s, n, b = self.vocab, self.settings(**overrides), num_codes, len(caption_ids)
         order_key, key = jax.random.split(key)
@@ -178,8 +180,7 @@ class RandarSampler:
         tokens, pos, segments = core.left_pad(prompts, v.pad, positions)  # bucketed
         boi_pos = np.array([p[len(p) - 2 * k - 1] for p in positions])  # before the pairs
         sizes = tuple(int(m) for m in sizes) if sizes is not None else group_sizes(
-            n - k, schedule=s["randar_schedule"], tokens_per_step=s["randar_tokens_per_step"],
-            num_steps=s["randar_steps"])
+            n - k, **s["randar"])
         if sum(sizes) != n - k or min(sizes) < 1:
             raise ValueError(f"sizes={sizes}: positive counts summing to {n - k} (the codes "
                              "to generate)")

@@ -1,14 +1,14 @@
 """Speculative Jacobi decoding (SJD) of images, with LANTERN's relaxed acceptance as an option.
 
     sampler = SJDSampler(model_state, vocab, vocab_rows, cfg.sample, code_vectors=vectors)
-    codes, forward_passes = sampler.images(params, caption_ids, n, key, sjd_window=8)
+    codes, forward_passes = sampler.images(params, caption_ids, n, key, sjd=dict(window=8))
 
-Options (`sample.*`, or keyword overrides per call): `sjd_window`, `sjd_acceptance`,
-`lantern_k`, `lantern_delta` (defaults in `OPTIONS`). `forward_passes` counts the model calls
-the whole batch needed, prefill included; `images_rows` also gives the pass at which each row
+Options: `sample.sjd.{window, acceptance, lantern_k, lantern_delta}` (mmar/schema.py), or
+per call as a partial section, `sjd=dict(...)`. `forward_passes` counts the model calls the
+whole batch needed, prefill included; `images_rows` also gives the pass at which each row
 had its n codes. Raster-order models only (mmar/sample/dispatch.py).
 
-SJD (Teng et al. 2024). A window of `sample.sjd_window` = L draft codes follows the accepted
+SJD (Teng et al. 2024). A window of `sample.sjd.window` = L draft codes follows the accepted
 prefix. One forward pass runs [last accepted code, d_1 .. d_L] on the KV cache and gives the
 target distribution p_i at every window position (the guided, temperature/top-k/top-p warped
 distribution plain decoding samples from: mmar/sample/core.py `warped_probs`). Drafts are
@@ -20,12 +20,12 @@ decoding (tests/sample/test_sjd.py checks the joint law). The positions left ove
 drafts from this pass's p (the Jacobi update, q = that p); positions the pass did not reach
 get uniform random codes (q = uniform; the official code calls them point masses, q = 1:
 also exact, but accepts less). Every pass yields >= 1 code.
-`sample.sjd_acceptance="greedy"` accepts a draft only when it is the argmax of p and takes
+`sample.sjd.acceptance="greedy"` accepts a draft only when it is the argmax of p and takes
 the argmax at a rejection: greedy decoding (temperature ignored), token for token.
 
-LANTERN (Jang et al. 2024), `sample.lantern_delta` > 0: visual AR models spread probability
+LANTERN (Jang et al. 2024), `sample.sjd.lantern_delta` > 0: visual AR models spread probability
 over many interchangeable codes, so exact acceptance is rare. The accept test uses
-p(d) + sum of p over the largest nearest-first prefix of d's `sample.lantern_k` latent
+p(d) + sum of p over the largest nearest-first prefix of d's `sample.sjd.lantern_k` latent
 neighbours whose added mass stays <= delta (the total-variation budget; delta > 1 is the
 official code's LANTERN++ form, a budget of (delta - 1) * p(d)). This trades exactness for
 acceptance; the residual at a rejection is SJD's. Neighbours come from the tokenizer's code
@@ -44,19 +44,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar import config as config_lib
+from mmar import schema
 from mmar.sample import core
 from mmar.vocab import Vocab
-
-OPTIONS = {"sjd_window": 8, "sjd_acceptance": "probabilistic", "lantern_k": 6,
-           "lantern_delta": 0.0}
 
 
 def code_vectors(tokenizer) -> np.ndarray:
     """[num_codes, dim] latent vector of every code of a trained runtime image tokenizer."""
     quantizer = tokenizer.model_state.merge(tokenizer.params).quantizer
     if getattr(quantizer, "depth", 1) > 1:
-        raise ValueError("sample.lantern_delta: LANTERN needs one latent vector per code id; "
+        raise ValueError("sample.sjd.lantern_delta: LANTERN needs one latent vector per code id; "
                          "residual (rq) codes are depth-major ids, not supported")
     return np.asarray(quantizer.codes_to_vectors(jnp.arange(tokenizer.num_codes)), np.float64)
 
@@ -67,7 +64,7 @@ def neighbour_table(vectors: np.ndarray, k: int, chunk: int = 256) -> np.ndarray
     vectors = np.asarray(vectors, np.float64)
     n = len(vectors)
     if not 0 < k < n:
-        raise config_lib.ConfigError(f"sample.lantern_k={k}: must be in [1, {n - 1}] "
+        raise schema.ConfigError(f"sample.sjd.lantern_k={k}: must be in [1, {n - 1}] "
                                      f"(the tokenizer has {n} codes)")
     out = np.empty((n, k), np.int32)
     for start in range(0, n, chunk):
@@ -112,28 +109,25 @@ class SJDSampler:
 
     def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg,
                  code_vectors: np.ndarray | None = None):
-        self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
+        self.model_state, self.vocab = model_state, vocab
+        self.cfg = schema.complete(sample_cfg, section="sample")
         self.code_vectors = code_vectors
         self._neighbours = {}
         self._jitted = jax.jit(self._decode, static_argnames=("n", "window", "guided",
                                                               "greedy"))
 
     def settings(self, **overrides) -> dict:
-        """The sampling settings of the config (fields missing from it take their defaults)."""
-        return {**core.sampling_settings(self.cfg), **overrides}
-
-    def options(self, **overrides) -> dict:
-        """The SJD options of the config (defaults: `OPTIONS`), with overrides, checked."""
-        opts = {k: self.cfg.get(k, v) for k, v in OPTIONS.items()}
-        opts.update({k: v for k, v in overrides.items() if k in OPTIONS})
-        config_lib.check_image_decoder(opts)
-        return opts
+        """The warp and guidance settings and the SJD options (`sjd`: window, acceptance,
+        lantern_k, lantern_delta) of the `sample` section, with per-call overrides
+        (`core.section`: `sjd=dict(window=4)`), checked."""
+        c = core.section(self.cfg, **overrides)
+        return {**core.sampling_settings(c), "sjd": c.sjd.to_dict()}
 
     def neighbours(self, k: int) -> np.ndarray:
         """The LANTERN neighbour table for k, from the code vectors (computed once per k)."""
         if self.code_vectors is None:
-            raise config_lib.ConfigError(
-                "sample.lantern_delta > 0 needs the image tokenizer's code vectors: "
+            raise schema.ConfigError(
+                "sample.sjd.lantern_delta > 0 needs the image tokenizer's code vectors: "
                 "SJDSampler(code_vectors=sjd.code_vectors(tokenizer))")
         if k not in self._neighbours:
             self._neighbours[k] = neighbour_table(self.code_vectors, k)
@@ -147,8 +141,8 @@ class SJDSampler:
 
     def images_rows(self, params, caption_ids, num_codes: int, key, **overrides):
         """`images`, plus [B] the forward pass at which each row had its codes."""
-        opts = self.options(**overrides)
-        s = self.settings(**{k: v for k, v in overrides.items() if k not in OPTIONS})
+        s = self.settings(**overrides)
+        opts = s["sjd"]
         nbrs = None
         if opts["lantern_delta"] > 0 and opts["lantern_k"] > 0:
             nbrs = jnp.asarray(self.neighbours(opts["lantern_k"]))
@@ -156,8 +150,8 @@ class SJDSampler:
         codes, passes, rows = self._jitted(
             params, batch["tokens"], batch["positions"], batch["segments"], batch["knobs"],
             key, nbrs, jnp.float32(opts["lantern_delta"]), n=num_codes,
-            window=opts["sjd_window"], guided=batch["guided"],
-            greedy=opts["sjd_acceptance"] == "greedy")
+            window=opts["window"], guided=batch["guided"],
+            greedy=opts["acceptance"] == "greedy")
         return np.asarray(codes, np.int32), int(passes), np.asarray(rows)
 
     def _decode(self, params, tokens, positions, segments, knobs, key, nbrs, delta, *, n,

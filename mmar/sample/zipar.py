@@ -1,7 +1,7 @@
 """ZipAR (He et al. 2024): several rows of the code grid decode at once, for raster models.
 
 Neighbouring image regions depend mostly on what is above and to the left, so a row need not
-wait for the end of the row above: row r+1 starts as soon as row r has `sample.zipar_window`
+wait for the end of the row above: row r+1 starts as soon as row r has `sample.zipar.window`
 codes, and from then on every active row gets one new code per forward pass. Passes for an
 H x W grid (prefill included), w = min(window, W):
 
@@ -26,7 +26,7 @@ padding nobody sees). Codes are drawn per target with the key plain decoding use
 raster index.
 
     sampler = ZipARSampler(model_state, vocab, vocab_rows, cfg.sample)
-    codes, forward_passes = sampler.images(params, caption_ids, n, key, zipar_window=2)
+    codes, forward_passes = sampler.images(params, caption_ids, n, key, zipar=dict(window=2))
 
 Raster-order models only (mmar/sample/dispatch.py).
 """
@@ -36,11 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmar import config as config_lib
+from mmar import schema
 from mmar.sample import core
 from mmar.vocab import Vocab
-
-OPTIONS = {"zipar_window": 2}
 HIDDEN = 1 << 30   # raster position of padding slots: visible to no query
 
 
@@ -98,20 +96,17 @@ class ZipARSampler:
     """ZipAR image decoding for one model: its jitted scan (compiled once per shape)."""
 
     def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg):
-        self.model_state, self.vocab, self.cfg = model_state, vocab, sample_cfg
+        self.model_state, self.vocab = model_state, vocab
+        self.cfg = schema.complete(sample_cfg, section="sample")
         self.allowed = core.id_masks(vocab, vocab_rows)
         self._jitted = jax.jit(self._decode, static_argnames=("n", "guided"))
 
     def settings(self, **overrides) -> dict:
-        """The sampling settings of the config (fields missing from it take their defaults)."""
-        return {**core.sampling_settings(self.cfg), **overrides}
-
-    def options(self, **overrides) -> dict:
-        """The ZipAR options of the config (defaults: `OPTIONS`), with overrides, checked."""
-        opts = {k: self.cfg.get(k, v) for k, v in OPTIONS.items()}
-        opts.update({k: v for k, v in overrides.items() if k in OPTIONS})
-        config_lib.check_image_decoder(opts)
-        return opts
+        """The warp and guidance settings and the ZipAR options (`zipar`: window) of the
+        `sample` section, with per-call overrides (`core.section`: `zipar=dict(window=1)`),
+        checked."""
+        c = core.section(self.cfg, **overrides)
+        return {**core.sampling_settings(c), "zipar": c.zipar.to_dict()}
 
     def images(self, params, caption_ids, num_codes: int, key,
                **overrides) -> tuple[np.ndarray, int]:
@@ -122,8 +117,8 @@ class ZipARSampler:
 
     def images_rows(self, params, caption_ids, num_codes: int, key, **overrides):
         """`images`, plus [B] the pass at which each row had its codes (all the same here)."""
-        window = self.options(**overrides)["zipar_window"]
-        s = self.settings(**{k: v for k, v in overrides.items() if k not in OPTIONS})
+        s = self.settings(**overrides)
+        window = s["zipar"]["window"]
         n = num_codes
         side = round(np.sqrt(n))
         if side * side != n:

@@ -56,7 +56,7 @@ def _interval(f, key):
 
 def markdown(cfg, results: list[dict], fits: dict, n_label: str) -> str:
     s = cfg.sweep
-    lines = [f"# Scaling sweep: `{cfg.get('preset', '')}`", "",
+    lines = [f"# Scaling sweep: `{cfg.preset}`", "",
              f"Budgets {', '.join(f'{c:.2g}' for c in s.budgets)} FLOPs; widths "
              f"{', '.join(map(str, s.widths))}; N = {n_label}; {len(results)} runs. "
              "Intervals: bootstrap 5-95% over resampled runs.", "",

@@ -19,7 +19,7 @@ BATCH_AXES = {k: ROW_AXES for k in ("tokens", "positions", "segment_ids", "modal
 def decoder_task(cfg) -> step_lib.Task:
     model_cfg, seq_len = cfg.model, cfg.data.seq_len
     batch_axes = dict(BATCH_AXES)
-    if model_cfg.get("num_targets", 0):  # RAR rows carry targets (mmar/data/orders.py)
+    if model_cfg.num_targets:  # RAR rows carry targets (mmar/data/orders.py)
         batch_axes["targets"] = ROW_AXES
 
     def loss_fn(model, batch):

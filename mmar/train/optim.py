@@ -6,11 +6,12 @@ import optax
 
 
 def learning_rate_schedule(cfg) -> optax.Schedule:
-    """`cfg` is a train-like section: lr, warmup_steps, steps, schedule, min_lr_ratio."""
+    """`cfg` is a complete train-like section (mmar/schema.py: `train`,
+    `image_tokenizer.train`): lr, warmup_steps, steps, schedule, min_lr_ratio."""
     warmup = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
     rest = max(cfg.steps - cfg.warmup_steps, 1)
-    if cfg.get("schedule", "cosine") == "cosine":
-        decay = optax.cosine_decay_schedule(cfg.lr, rest, alpha=cfg.get("min_lr_ratio", 0.0))
+    if cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.lr, rest, alpha=cfg.min_lr_ratio)
     else:
         decay = optax.constant_schedule(cfg.lr)
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
@@ -25,10 +26,11 @@ def _decay_mask(params):
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
+    """AdamW of the complete train-like section `cfg` (b1, b2, weight_decay, grad_clip and the
+    schedule's fields)."""
     chain = []
-    if cfg.get("grad_clip", 0.0):
+    if cfg.grad_clip:
         chain.append(optax.clip_by_global_norm(cfg.grad_clip))
-    chain.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.get("b1", 0.9),
-                             b2=cfg.get("b2", 0.95), weight_decay=cfg.get("weight_decay", 0.0),
-                             mask=_decay_mask))
+    chain.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
+                             weight_decay=cfg.weight_decay, mask=_decay_mask))
     return optax.chain(*chain)

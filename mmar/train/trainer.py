@@ -70,7 +70,8 @@ class _Profile:
 def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir, config=None,
           seed: int = 0, checkpoint_every: int = 1000, max_to_keep: int = 2,
           peak_flops: float = 0.0, rule_table=rules.DEFAULT_RULES, log=print) -> Result:
-    """Trains `task` for cfg.steps (cfg: lr, warmup_steps, steps, log_every, grad_accum,
+    """Trains `task` for cfg.steps; `cfg` is a complete train-like section (mmar/schema.py:
+    `train`, `image_tokenizer.train`: lr, warmup_steps, steps, log_every, grad_accum,
     on_nonfinite, profile_steps, ...).
 
     Resumes from the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt one is
@@ -78,8 +79,7 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
     metrics.jsonl, main process only).
     """
     workdir = epath.Path(workdir)
-    grad_accum = int(cfg.get("grad_accum", 1))
-    on_nonfinite = cfg.get("on_nonfinite", "stop")
+    grad_accum, on_nonfinite = int(cfg.grad_accum), cfg.on_nonfinite
     model_state, params = state_lib.create(task.make_module, mesh, seed, rule_table)
     tx = (task.make_optimizer or optim.make_optimizer)(cfg)
     opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
@@ -108,7 +108,7 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
     shardings = step_lib.batch_shardings(task, mesh, rule_table)
     writer = metrics_lib.make_writer(workdir, is_main=jax.process_index() == 0)
     progress = metrics_lib.Progress(cfg.steps, start, task.name)
-    profile = _Profile(cfg.get("profile_steps", ()), workdir, log)
+    profile = _Profile(cfg.profile_steps, workdir, log)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
     t0, step, last, skipped = time.perf_counter(), start, {}, 0
@@ -136,10 +136,10 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
                     skipped += len(bad)
                     log(f"[{task.name}] WARNING: skipped non-finite steps {bad} "
                         f"({skipped} so far, train.on_nonfinite='skip')")
-                    if skipped > cfg.get("max_skipped_steps", 100):
+                    if skipped > cfg.max_skipped_steps:
                         raise NonFiniteLossError(
                             f"[{task.name}] {skipped} non-finite steps skipped, more than "
-                            f"train.max_skipped_steps={cfg.get('max_skipped_steps', 100)}")
+                            f"train.max_skipped_steps={cfg.max_skipped_steps}")
                 good = [m for s, m in host if not m["nonfinite"]]
                 if good:
                     last = {k: float(np.mean([m[k] for m in good])) for k in good[0]

@@ -81,9 +81,8 @@ def test_import_names_a_missing_tensor_and_a_bad_file(tmp_path):
 
 def test_export_refuses_unmappable_checkpoints(tmp_path):
     cfg = helpers.make_config()
-    with pytest.raises(ValueError, match="model.mot=True: a Mixture-of-Transformers"):
-        with cfg.unlocked():
-            cfg.model.mot = True
+    with pytest.raises(ValueError, match="model.mot.enabled=True: a Mixture-of-Transformers"):
+        cfg.model.mot.enabled = True
         hf.check_mappable(cfg.model, hf.expected_names(cfg.model))
     cfg = helpers.make_config()
     names = hf.expected_names(cfg.model) | {"blocks.attn.q_image"}

@@ -19,10 +19,20 @@ TINY = dict(vocab_size=48, d_model=16, n_heads=4, n_kv_heads=2, head_dim=8, mlp_
             qk_norm=False, init_std=0.2)
 
 
+def _merge(base: dict, overrides: dict) -> None:
+    """Sets `overrides` on `base` in place; a dict value merges into a section
+    (`mot=dict(enabled=True)` keeps the other `model.mot` fields)."""
+    for name, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(name), dict):
+            _merge(base[name], value)
+        else:
+            base[name] = value
+
+
 def preset_model(preset: str = PRESET, **overrides) -> ml_collections.ConfigDict:
     """The model section of `preset` (unvalidated), with `overrides`, as a new unlocked dict."""
     cfg = config_lib.load(preset).model.to_dict()
-    cfg.update(overrides)
+    _merge(cfg, overrides)
     return ml_collections.ConfigDict(cfg)
 
 

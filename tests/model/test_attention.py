@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmar import schema
 from mmar.model import attention
 from mmar.model.attention import Visible, attend, attention_mask
 
@@ -99,17 +100,21 @@ def test_blockwise_attention_matches_plain_in_value_and_gradient(block, per_kv_h
         np.testing.assert_allclose(g_blk, g_ref, atol=1e-5)
 
 
+def _model(**fields):
+    return schema.complete(fields, section="model")
+
+
 def test_implementation_resolves_the_platform_once():
-    impl = attention.implementation({"attention": "blockwise", "attention_block": 64})
+    impl = attention.implementation(_model(attention="blockwise", attention_block=64))
     cpu = jax.default_backend() == "cpu"
     assert (impl.name, impl.block, impl.per_kv_head) == ("blockwise", 64, cpu)
     assert impl.interpret == (jax.default_backend() != "tpu")
     # Equal settings are equal (and hash alike): models built from one config share a graph.
-    assert impl == attention.implementation({"attention": "blockwise", "attention_block": 64})
+    assert impl == attention.implementation(_model(attention="blockwise", attention_block=64))
     assert hash(impl) == hash(dataclasses.replace(impl))
-    assert attention.implementation({}).name == "xla"
+    assert attention.implementation(_model()).name == "xla"
     with pytest.raises(ValueError, match="model.attention"):
-        attention.implementation({"attention": "flash"})
+        attention.implementation(_model(attention="flash"))
 
 
 @pytest.mark.parametrize("name", ["xla", "blockwise"])

@@ -1,4 +1,4 @@
-"""Mixture-of-Transformers (model.mot=True) against a naive per-modality reference.
+"""Mixture-of-Transformers (model.mot.enabled=True) against a naive per-modality reference.
 
 The reference runs every modality's full dense block for every token and picks each token's
 row by its modality: the cost MoT must avoid, and the result it must reproduce.
@@ -7,13 +7,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import t2i_shapes
 from mmar import config as config_lib
+from mmar import schema
 from mmar.model import Decoder, flops, mot
 from mmar.model.attention import attend, attention_mask
 from mmar.model.layers import apply_rope
@@ -28,9 +28,13 @@ B, S = 2, 7   # 14 tokens: with tile 4, windows overhang modalities and 3 paddin
 
 
 @functools.lru_cache(maxsize=None)
-def make(seed=0, **overrides):
-    return Decoder(tiny_cfg(**{"mot": True, "num_modalities": 2, "mot_tile": 4,
-                               "qk_norm": True, **overrides}), rngs=nnx.Rngs(seed))
+def make(seed=0, matmul=None, tile=4, **overrides):
+    """A MoT decoder; `matmul` and `tile` set model.mot.matmul / model.mot.tile (None: the
+    preset's)."""
+    mot_cfg = dict(enabled=True, num_modalities=2, tile=tile,
+                   **({"matmul": matmul} if matmul else {}))
+    return Decoder(tiny_cfg(**{"mot": mot_cfg, "qk_norm": True, **overrides}),
+                   rngs=nnx.Rngs(seed))
 
 
 def inputs(pattern, seed=0):
@@ -62,7 +66,7 @@ def _select(outs, modality):
 
 
 def reference(params, cfg, tokens, positions, segments, modality):
-    mods = range(cfg.num_modalities)
+    mods = range(cfg.mot.num_modalities)
     x = params["embed"]["embedding"][tokens]
     mask = attention_mask(segments, segments)
     for layer in range(cfg.n_layers):
@@ -92,7 +96,7 @@ def params_of(model):
 @pytest.mark.parametrize("pattern", ["text", "image", "random", "boundary"])
 @pytest.mark.parametrize("matmul", ["tiled", "ragged"])
 def test_forward_matches_reference(pattern, matmul):
-    model = make(mot_matmul=matmul)
+    model = make(matmul=matmul)
     args = inputs(pattern)
     got = nnx.jit(lambda m, *a: m(*a))(model, *args)
     want = reference(params_of(model), model_cfg(model), *args)
@@ -100,13 +104,14 @@ def test_forward_matches_reference(pattern, matmul):
 
 
 def model_cfg(model):
-    return tiny_cfg(mot=True, num_modalities=2, qk_norm=model.blocks.attn.q_norm is not None)
+    return tiny_cfg(mot=dict(enabled=True, num_modalities=2),
+                    qk_norm=model.blocks.attn.q_norm is not None)
 
 
 @pytest.mark.parametrize("matmul,remat", [("tiled", "none"), ("ragged", "none"),
                                           ("tiled", "full")])
 def test_gradients_match_reference(matmul, remat):
-    model = make(mot_matmul=matmul, remat=remat)
+    model = make(matmul=matmul, remat=remat)
     args = inputs("boundary", seed=1)
     graphdef, params = nnx.split(model, nnx.Param)
     cfg = model_cfg(model)
@@ -141,7 +146,7 @@ def test_identical_copies_are_the_dense_model():
 
 
 def test_mot_false_is_the_dense_model():
-    base, off = Decoder(tiny_cfg(), rngs=nnx.Rngs(0)), Decoder(tiny_cfg(mot=False),
+    base, off = Decoder(tiny_cfg(), rngs=nnx.Rngs(0)), Decoder(tiny_cfg(mot=dict(enabled=False)),
                                                                 rngs=nnx.Rngs(0))
     args = inputs("random")
     assert jax.tree.map(np.shape, params_of(base)) == jax.tree.map(np.shape, params_of(off))
@@ -154,7 +159,7 @@ def test_modality_is_required():
 
 
 def test_decode_with_cache_matches_forward():
-    model = make(mot_tile=2)
+    model = make(tile=2)
     tokens, positions, _, modality = inputs("boundary")
     segments = jnp.ones_like(tokens)
     full = model(tokens, positions, segments, modality)
@@ -218,7 +223,7 @@ def test_route_is_a_stable_sort():
 # ---- config and accounting ----
 
 def test_param_count_and_flops():
-    cfg = tiny_cfg(mot=True, num_modalities=3, qk_norm=True)
+    cfg = tiny_cfg(mot=dict(enabled=True, num_modalities=3), qk_norm=True)
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     sizes = [np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
     assert flops.param_count(cfg) == sum(sizes)
@@ -227,17 +232,18 @@ def test_param_count_and_flops():
     assert flops.flops_per_token(cfg, 64) == flops.flops_per_token(dense, 64)
 
 
-@pytest.mark.parametrize("field,value", [("mot", 1), ("num_modalities", 1),
-                                         ("mot_matmul", "masked"), ("mot_tile", 0)])
+@pytest.mark.parametrize("field,value", [("enabled", 1), ("num_modalities", 1),
+                                         ("matmul", "masked"), ("tile", 0)])
 def test_bad_fields_are_named(field, value):
-    with pytest.raises(ValueError, match=f"model.{field}"):
-        Decoder(tiny_cfg(**{"mot": True, field: value}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=f"model.mot.{field}"):
+        Decoder(tiny_cfg(mot={"enabled": True, field: value}), rngs=nnx.Rngs(0))
 
 
 # ---- sharded ----
 
 def _sharded_step(mesh_shape, strategy="fsdp_tp"):
-    cfg = tiny_cfg(mot=True, mot_tile=8, qk_norm=True, vocab_size=64, n_heads=4, n_kv_heads=2)
+    cfg = tiny_cfg(mot=dict(enabled=True, tile=8), qk_norm=True, vocab_size=64, n_heads=4,
+                   n_kv_heads=2)
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     mesh, rule_table = mesh_lib.from_config({**dict(zip(mesh_lib.AXES, mesh_shape)),
                                              "strategy": strategy}, devices)
@@ -249,8 +255,9 @@ def _sharded_step(mesh_shape, strategy="fsdp_tp"):
     task = step_lib.Task("decoder", lambda rngs: Decoder(cfg, rngs=rngs), loss_fn, BATCH_AXES,
                          batch_weight=loss_lib.scored_weight)
     model_state, params = state.create(task.make_module, mesh, seed=0, rule_table=rule_table)
-    tx = optim.make_optimizer(ml_collections.ConfigDict(dict(
-        lr=1e-2, warmup_steps=0, steps=10, schedule="constant", weight_decay=0.1)))
+    tx = optim.make_optimizer(schema.complete(dict(
+        lr=1e-2, warmup_steps=0, steps=10, schedule="constant", weight_decay=0.1,
+        grad_clip=0.0), section="train"))
     opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
     step = step_lib.make_train_step(task, model_state, tx, mesh, model_state.shardings,
                                     opt_shardings, rule_table=rule_table)
@@ -287,7 +294,7 @@ def test_batch_shards_sort_their_own_rows():
     temps = {}
     for use_mot in (False, True):
         cfg = t2i_shapes.get_config("tiny")
-        cfg.model.mot, cfg.mesh.data, cfg.mesh.strategy = use_mot, 8, "dp"
+        cfg.model.mot.enabled, cfg.mesh.data, cfg.mesh.strategy = use_mot, 8, "dp"
         cfg = config_lib.validate(cfg)
         compiled = dry_run.compile_decoder_step(cfg, jax.devices())[0]
         temps[use_mot] = compiled.memory_analysis().temp_size_in_bytes

@@ -60,7 +60,7 @@ def test_non_embedding_params_and_mot_hook():
     cfg = tiny_cfg(vocab_size=384, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                    head_dim=16, mlp_dim=128)
     assert flops.param_count(cfg) - flops.non_embedding_param_count(cfg) == 2 * 384 * 64
-    mot = tiny_cfg(**{**cfg.to_dict(), "mot": True})
+    mot = tiny_cfg(**{**cfg.to_dict(), "mot": {"enabled": True}})
     # MoT copies every block weight per modality; the final norm (d_model) stays shared.
     blocks = flops.non_embedding_param_count(cfg) - 64
     assert flops.non_embedding_param_count(mot) == 2 * blocks + 64

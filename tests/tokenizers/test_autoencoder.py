@@ -12,14 +12,16 @@ from mmar.tokenizers.image.autoencoder import Autoencoder, to_model_range, to_ui
 from mmar.tokenizers.image.losses import reconstruction_loss
 
 
-def _cfg(**kw):
+def _cfg(levels=(5, 5, 5, 5), **kw):
+    """A partial `image_tokenizer` section (the Autoencoder completes it from the schema)."""
     base = dict(
+        arch="conv",
         downsample=8,
         channels=8,
         channel_mult=(1, 1, 1),
         num_res_blocks=1,
         quantizer="fsq",
-        levels=(5, 5, 5, 5),
+        fsq=dict(levels=levels),
         loss="l1+l2",
     )
     base.update(kw)
@@ -152,7 +154,7 @@ def test_patch_arch_codes_see_one_patch_each():
     cfg = ml_collections.ConfigDict(
         dict(
             quantizer="fsq",
-            levels=(5, 5, 5),
+            fsq=dict(levels=(5, 5, 5)),
             downsample=8,
             arch="patch",
             channels=8,

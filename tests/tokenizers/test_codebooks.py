@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from mmar import schema
 from mmar.tokenizers.image import codebooks, losses, quantizers
 from mmar.tokenizers.image import train as tok_train
 from mmar.tokenizers.image.autoencoder import Autoencoder
@@ -159,7 +160,8 @@ def _one_step(make_module, loss_of):
                                        nnx.Param, ...)
     abstract = jax.tree.map(lambda v: v, params)
     params = nnx.to_pure_dict(params)
-    cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, steps=10, grad_clip=1.0))
+    cfg = schema.complete(dict(lr=1e-3, warmup_steps=0, steps=10, grad_clip=1.0),
+                          section="image_tokenizer.train")
     tx = tok_train.tokenizer_optimizer(cfg, labels)
 
     def merged(p):
@@ -201,8 +203,8 @@ def test_ema_update_and_dead_code_restart_through_the_optimizer():
 def _disc_cfg(**kw):
     return ml_collections.ConfigDict(dict(
         downsample=8, arch="patch", channels=8, channel_mult=(1, 1, 1), num_res_blocks=0,
-        quantizer="fsq",
-        levels=(5, 5, 5), loss="l2", disc_weight=0.5, disc_start=2, disc_channels=8, **kw))
+        quantizer="fsq", fsq=dict(levels=(5, 5, 5)), loss="l2",
+        disc=dict(weight=0.5, start=2, channels=8), **kw))
 
 
 def test_discriminator_warm_up_and_step_counter():

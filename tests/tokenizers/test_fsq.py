@@ -102,11 +102,11 @@ def test_codebook_usage():
 
 
 def test_make_quantizer():
-    cfg = ml_collections.ConfigDict(dict(quantizer="fsq", levels=(8, 5, 5, 5)))
+    cfg = ml_collections.ConfigDict(dict(quantizer="fsq", fsq=dict(levels=(8, 5, 5, 5))))
     q = make_quantizer(cfg)
     assert isinstance(q, FSQ) and q.num_codes == 1000
     cfg.quantizer = "pq"  # not a quantizer
     with pytest.raises(ValueError, match=r"image_tokenizer\.quantizer.*fsq"):
         make_quantizer(cfg)
-    with pytest.raises(ValueError, match=r"image_tokenizer\.levels"):
+    with pytest.raises(ValueError, match=r"image_tokenizer\.fsq\.levels"):
         FSQ((5, 1))

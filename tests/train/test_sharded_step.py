@@ -2,10 +2,10 @@
 both) gives the same loss, gradients (through the update) and parameters as on one device;
 so does gradient accumulation."""
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from mmar import schema
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
 from mmar.train import loss as loss_lib
@@ -16,8 +16,8 @@ from tests.helpers.model_configs import preset_model
 
 # The `test` preset's decoder with 8 query / 4 KV heads, so that tensor parallelism splits them.
 MODEL = preset_model(vocab_size=256, n_heads=8, n_kv_heads=4, head_dim=8)
-TRAIN = ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, steps=10, schedule="constant",
-                                       weight_decay=0.1, grad_clip=1.0, b1=0.9, b2=0.95))
+TRAIN = schema.complete(dict(lr=1e-2, warmup_steps=0, steps=10, schedule="constant",
+                             weight_decay=0.1, grad_clip=1.0, b1=0.9, b2=0.95), section="train")
 # (strategy, mesh shape data x fsdp x tensor, gradient accumulation)
 CASES = {"dp": ("dp", (8, 1, 1), 1), "fsdp": ("fsdp", (1, 8, 1), 1),
          "dp_fsdp": ("fsdp", (2, 4, 1), 1), "tp": ("tp", (2, 1, 4), 1),

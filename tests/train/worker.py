@@ -28,6 +28,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mmar import schema  # noqa: E402
 from mmar.model.transformer import Decoder  # noqa: E402
 from mmar.parallel import distributed  # noqa: E402
 from mmar.parallel import mesh as mesh_lib  # noqa: E402
@@ -65,9 +66,9 @@ def main():
         coordinator_address=f"127.0.0.1:{port}" if port else None,
         num_processes=args.num_processes, process_id=args.process_id)
     data = grain.MapDataset.range(10_000).map(local_part).to_iter_dataset()
-    cfg = ml_collections.ConfigDict(dict(
+    cfg = schema.complete(dict(
         steps=args.steps, lr=1e-2, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1,
-        weight_decay=0.1, grad_clip=1.0, log_every=1))
+        weight_decay=0.1, grad_clip=1.0, log_every=1), section="train")
 
     def loss_fn(model, batch):
         logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])

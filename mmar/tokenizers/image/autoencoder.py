@@ -13,13 +13,13 @@ shortcut when the width changes, and the second conv zero-initialised so each bl
 the identity (stable with no warm-up on small nets). GroupNorm uses ``min(8, channels)`` groups
 (the usual 32 would leave 1-2 channels per group at widths 32-64, and costs speed).
 
-Config (the ``image_tokenizer`` section; read by attribute):
-``downsample`` (4, 8 or 16), ``channels``, ``channel_mult`` (one per stride-2 stage),
-``num_res_blocks``, ``quantizer``, ``levels`` (and whatever else the quantizer reads);
-optional ``disc_weight`` (> 0 adds a PatchGAN discriminator, discriminator.py) with
-``disc_start`` and ``disc_channels``;
-optional ``norm``: "group" (default) or "none" (about 10-20% faster on CPU, no normalisation;
-the zero-initialised residual convs keep it stable on small nets).
+Config (the ``image_tokenizer`` section, completed with the schema's defaults, so a
+hand-built partial section works; mmar/schema.py): ``arch``, ``downsample`` (4, 8 or 16),
+``channels``, ``channel_mult`` (one per stride-2 stage), ``num_res_blocks``, ``quantizer`` and
+its sub-section (``fsq.levels``, ``vq.*``, ...: quantizers.py); ``disc.weight`` (> 0 adds a
+PatchGAN discriminator, discriminator.py) with ``disc.start`` and ``disc.channels``; ``norm``:
+"group" or "none" (about 10-20% faster on CPU, no normalisation; the zero-initialised
+residual convs keep it stable on small nets).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmar.derived import autoencoder_shape, field
+from mmar import schema
+from mmar.derived import autoencoder_shape
 from mmar.tokenizers.image.codebooks import Buffer
 from mmar.tokenizers.image.discriminator import PatchDiscriminator
 from mmar.tokenizers.image.quantizers import make_quantizer
@@ -215,13 +216,14 @@ class Autoencoder(nnx.Module):
     """Conv encoder -> quantizer -> conv decoder. See the module docstring."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        cfg = schema.complete(cfg, section="image_tokenizer")
         # The shape rules live with validation (mmar/derived.py): a bad shape stops a job
         # before any work.
         downsample, channels, channel_mult, num_res_blocks, norm = autoencoder_shape(cfg)
         self.downsample = downsample
         self.quantizer = make_quantizer(cfg, rngs)
         dim = self.quantizer.dim
-        arch = getattr(cfg, "arch", "conv")
+        arch = cfg.arch
         if arch not in ARCHS:
             raise ValueError(f"image_tokenizer.arch: must be one of {ARCHS}, got {arch!r}")
         if arch == "patch":
@@ -235,9 +237,8 @@ class Autoencoder(nnx.Module):
             self.decoder = Decoder(
                 channels, channel_mult, num_res_blocks, dim, norm=norm, rngs=rngs
             )
-        if float(field(cfg, "disc_weight", 0.0)) > 0:
-            self.discriminator = PatchDiscriminator(int(field(cfg, "disc_channels", 32)),
-                                                    rngs=rngs)
+        if float(cfg.disc.weight) > 0:
+            self.discriminator = PatchDiscriminator(int(cfg.disc.channels), rngs=rngs)
             self.step = Buffer(jnp.zeros((), jnp.float32))  # train steps, for the warm-up
         else:
             self.discriminator, self.step = None, None

@@ -6,9 +6,9 @@ time). Pixel losses, the quantizer's aux loss, its buffer updates (``aux["assign
 zero-valued: codebooks.py) and, when the model has a discriminator, the adversarial terms
 (discriminator.py). There is no perceptual loss: it would need downloaded weights.
 
-Config fields (``image_tokenizer`` section): ``loss`` in ``LOSSES``; optional
-``aux_loss_weight`` (default 1.0), the weight of the quantizer's aux loss (0 for FSQ);
-``disc_weight`` and ``disc_start`` (steps before the adversarial terms switch on).
+Config fields (the ``image_tokenizer`` section, completed with the schema's defaults):
+``loss`` in ``LOSSES``; ``aux_loss_weight``, the weight of the quantizer's aux loss (0 for
+FSQ); ``disc.weight`` and ``disc.start`` (steps before the adversarial terms switch on).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mmar import schema
 from mmar.tokenizers.image import discriminator as disc_lib
 from mmar.tokenizers.image.codebooks import assign
 from mmar.tokenizers.image.quantizers import codebook_usage
@@ -42,10 +43,11 @@ def reconstruction_loss(model, images: jax.Array, cfg: Any) -> tuple[jax.Array, 
       ``(loss, metrics)``; metrics: ``loss, recon_loss, l1, mse, psnr, aux_loss,
       usage_fraction, perplexity`` (all scalars; codebook stats are of this batch).
     """
-    kind = getattr(cfg, "loss", None)
+    cfg = schema.complete(cfg, section="image_tokenizer")
+    kind = cfg.loss
     if kind not in LOSSES:
         raise ValueError(f"image_tokenizer.loss: unknown loss {kind!r}; allowed values: {LOSSES}")
-    aux_weight = float(getattr(cfg, "aux_loss_weight", 1.0))
+    aux_weight = float(cfg.aux_loss_weight)
 
     images = images.astype(jnp.float32)
     recon, codes, aux = model(images)
@@ -79,8 +81,8 @@ def reconstruction_loss(model, images: jax.Array, cfg: Any) -> tuple[jax.Array, 
 def _adversarial(model, images, recon, cfg) -> tuple[jax.Array, dict]:
     """Generator + discriminator hinge terms, gated by the warm-up (discriminator.py)."""
     step = model.step[...]
-    gate = (step >= float(getattr(cfg, "disc_start", 0))).astype(jnp.float32)
-    weight = float(getattr(cfg, "disc_weight", 0.0))
+    gate = (step >= float(cfg.disc.start)).astype(jnp.float32)
+    weight = float(cfg.disc.weight)
     g_loss = disc_lib.hinge_g(disc_lib.frozen(model.discriminator)(recon))
     real = model.discriminator(images)
     fake = model.discriminator(jax.lax.stop_gradient(recon))

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmar.derived import QUANTIZERS, field
+from mmar import schema
+from mmar.derived import QUANTIZERS
 from mmar.tokenizers.image import codebooks
 
 
@@ -64,13 +65,11 @@ class FSQ(nnx.Module):
     def __init__(self, levels: Sequence[int], eps: float = 1e-3):
         levels = tuple(int(l) for l in levels)
         if not levels or any(l < 2 for l in levels):
-            raise ValueError(
-                f"image_tokenizer.levels: every FSQ level must be an integer >= 2, got {levels}"
-            )
+            raise ValueError(f"image_tokenizer.fsq.levels: every FSQ level must be an integer "
+                             f">= 2, got {levels}")
         if math.prod(levels) > np.iinfo(np.int32).max:
-            raise ValueError(
-                f"image_tokenizer.levels: prod(levels) = {math.prod(levels)} does not fit int32"
-            )
+            raise ValueError(f"image_tokenizer.fsq.levels: prod(levels) = {math.prod(levels)} "
+                             "does not fit int32")
         self.levels = levels
         self.eps = float(eps)
         self.depth = 1
@@ -155,34 +154,29 @@ def codebook_usage(codes: jax.Array, num_codes: int) -> dict[str, jax.Array]:
 
 
 def make_quantizer(cfg: Any, rngs: nnx.Rngs | None = None) -> nnx.Module:
-    """Build the quantizer named by the ``image_tokenizer`` config section.
-
-    Fields (defaults in brackets): fsq: ``levels``; vq: ``codebook_size`` [256],
-    ``codebook_dim`` [8], ``l2_norm`` [True], ``commitment`` [0.25], ``ema`` [False],
-    ``ema_decay`` [0.99], ``dead_code_restart`` [False]; lfq: ``lfq_bits`` [8],
-    ``entropy_weight`` [0.1], ``entropy_gamma`` [1.0], ``entropy_temperature`` [0.1],
-    ``commitment``; rq: ``rq_depth`` [2], ``rq_shared`` [False], ``codebook_size``,
-    ``codebook_dim``, ``commitment``.
-    """
-    name = field(cfg, "quantizer", None)
+    """Build the quantizer named by the ``image_tokenizer`` config section (completed with
+    the schema's defaults, so a hand-built partial section works): ``quantizer`` picks one,
+    its options are the sub-section of that name (``fsq.levels``, ``vq.*``, ``lfq.*``,
+    ``rq.*``; mmar/schema.py)."""
+    cfg = schema.complete(cfg, section="image_tokenizer")
+    name = cfg.quantizer
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    g = lambda k, d: field(cfg, k, d)
     if name == "fsq":
-        return FSQ(cfg.levels)
+        return FSQ(cfg.fsq.levels)
     if name == "vq":
-        return codebooks.VQ(
-            g("codebook_size", 256), g("codebook_dim", 8), l2_norm=g("l2_norm", True),
-            commitment=g("commitment", 0.25), ema=g("ema", False),
-            ema_decay=g("ema_decay", 0.99), restart=g("dead_code_restart", False), rngs=rngs)
+        vq = cfg.vq
+        return codebooks.VQ(vq.codebook_size, vq.codebook_dim, l2_norm=vq.l2_norm,
+                            commitment=vq.commitment, ema=vq.ema, ema_decay=vq.ema_decay,
+                            restart=vq.dead_code_restart, rngs=rngs)
     if name == "lfq":
-        return codebooks.LFQ(
-            g("lfq_bits", 8), entropy_weight=g("entropy_weight", 0.1),
-            gamma=g("entropy_gamma", 1.0), temperature=g("entropy_temperature", 0.1),
-            commitment=g("commitment", 0.25))
+        lfq = cfg.lfq
+        return codebooks.LFQ(lfq.bits, entropy_weight=lfq.entropy_weight,
+                             gamma=lfq.entropy_gamma, temperature=lfq.entropy_temperature,
+                             commitment=lfq.commitment)
     if name == "rq":
-        return codebooks.RQ(g("codebook_size", 256), g("codebook_dim", 8), g("rq_depth", 2),
-                            shared=g("rq_shared", False), commitment=g("commitment", 0.25),
-                            rngs=rngs)
+        rq = cfg.rq
+        return codebooks.RQ(rq.codebook_size, rq.codebook_dim, rq.depth, shared=rq.shared,
+                            commitment=rq.commitment, rngs=rngs)
     raise ValueError(
         f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
     )
