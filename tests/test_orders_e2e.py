@@ -16,8 +16,16 @@ FAST = {"train.steps": 4, "checkpoint.every_steps": 4, "eval.num_examples": 4,
 ORDERS = {  # the overrides a user passes on the command line (docs/decoding.md)
     "rar": {"data.image_order": "rar"},
     "randar": {"data.image_order": "randar", "data.seq_len": 80,
-               "sample.randar_tokens_per_step": 4},
+               "sample.randar.tokens_per_step": 4},
 }
+
+
+def set_field(cfg, dotted: str, value) -> None:
+    """`--config.a.b.c=value` on a ConfigDict (unlocked)."""
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cfg = cfg[section]
+    cfg[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,7 @@ def order_config(test_config, order: str):
     with cfg.unlocked():
         cfg.model.vocab_size = 0
         for field, value in {**FAST, **ORDERS[order]}.items():
-            section, name = field.split(".")
-            cfg[section][name] = value
+            set_field(cfg, field, value)
     return config_lib.validate(cfg)
 
 
@@ -56,8 +63,9 @@ def test_train_sample_eval(order, test_config, tokenizer_run):
     saved = json.loads((workdir / "decoder" / "checkpoints" / str(cfg.train.steps) / "config"
                         / "metadata").read_text())
     assert saved["data"]["image_order"] == order
-    if order == "randar":
+    if order == "randar":   # the decoder's options, nested as in the config
         assert any("forward passes" in line for line in logs)
+        assert all(r["settings"]["randar"]["tokens_per_step"] == 4 for r in t2i)
 
 
 def test_docs_commands_name_real_presets_and_fields():
@@ -78,12 +86,11 @@ def test_docs_commands_name_real_presets_and_fields():
             for arg in args:
                 if arg.startswith("--config."):
                     field, value = arg[len("--config."):].split("=", 1)
-                    section, name = field.split(".")
                     try:
                         value = ast.literal_eval(value)
                     except (ValueError, SyntaxError):
                         pass
-                    cfg[section][name] = value
+                    set_field(cfg, field, value)
         config_lib.validate(cfg)
 
 

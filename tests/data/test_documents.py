@@ -78,11 +78,10 @@ def test_split_document_gives_up_on_an_image_longer_than_a_row():
 
 
 def test_pair_rows_dropout_off_unchanged_and_on_drops_t2i_captions():
-    import ml_collections
-
+    from mmar import schema
     from mmar.data.pipeline import PairToRow
-    cfg = ml_collections.ConfigDict(dict(seq_len=40, i2t_fraction=0.5, caption_dropout=0.0,
-                                         loss_weight_text=1.0, loss_weight_image=1.0))
+    cfg = schema.complete(dict(seq_len=40, i2t_fraction=0.5, caption_dropout=0.0,
+                               loss_weight_text=1.0, loss_weight_image=1.0), section="data")
     rec = {"caption": "a red circle", "codes": np.array([1, 2, 3, 4])}
     for seed in range(20):  # same draw as the single-document rows the demo was tuned on
         row = PairToRow(V, cfg).random_map(rec, np.random.default_rng(seed))

@@ -1,8 +1,8 @@
 """Image orders (mmar/data/orders.py): RAR permutations, its anneal, resume; RandAR rows."""
-import ml_collections
 import numpy as np
 import pytest
 
+from mmar import schema
 from mmar.data import orders, pipeline, sequences
 from mmar.vocab import Vocab
 
@@ -81,10 +81,10 @@ def test_randar_row_layout_weights_and_positions():
 
 
 def _cfg(order="rar"):
-    return ml_collections.ConfigDict(dict(
+    return schema.complete(dict(
         seq_len=32, i2t_fraction=0.5, caption_dropout=0.0, loss_weight_text=1.0,
         loss_weight_image=1.0, pack=False, num_workers=0, image_order=order,
-        rar_anneal_start=0.25, rar_anneal_end=0.5))
+        rar=dict(anneal_start=0.25, anneal_end=0.5)), section="data")
 
 
 def _source(n=12):

@@ -1,5 +1,6 @@
 """`mmar pretokenize`: token shards that resume exactly, split per process, feed the same
 batches as codes in memory, and refuse to train with another tokenizer."""
+import json
 import os
 import pathlib
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmar import config as config_lib
-from mmar import rundir
+from mmar import rundir, schema
 from mmar.data import pipeline, pretokenize, sources, tokens
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -170,18 +171,52 @@ def test_another_tokenizer_is_a_clear_error(shapes, test_config, tmp_path):
 
     cfg = test_config.copy_and_resolve_references()
     with cfg.unlocked():
-        cfg.image_tokenizer.levels = (8, 5, 5)
+        cfg.image_tokenizer.fsq.levels = (8, 5, 5)
         cfg.model.vocab_size = 0
     cfg = config_lib.validate(cfg)
-    with pytest.raises(tokens.TokensError, match=r"image_tokenizer.levels=\[5, 5, 5\], this "
-                                                 r"run has image_tokenizer.levels=\[8, 5, 5\]"):
+    with pytest.raises(tokens.TokensError, match=r"image_tokenizer.fsq.levels=\[5, 5, 5\], "
+                                                 r"this run has image_tokenizer.fsq.levels="
+                                                 r"\[8, 5, 5\]"):
         open_with(cfg)
     with cfg.unlocked():
-        cfg.image_tokenizer.levels = (5, 5, 5)
+        cfg.image_tokenizer.fsq.levels = (5, 5, 5)
         cfg.data.num_train = 512
     with pytest.raises(tokens.TokensError, match="data.num_train=256, this run has "
                                                  "data.num_train=512"):
         open_with(cfg)
+
+
+def test_shards_recorded_with_flat_tokenizer_names(shapes, test_config, tmp_path):
+    """Metadata written with the older flat names (image_tokenizer.levels, codebook_size,
+    rq_depth, ...) is read by the schema's names: the same settings match, another names the
+    field by its place now, and a config no schema reads is one clear error."""
+    workdir = fake_tokenizer(tmp_path)
+    write(shapes, test_config, workdir)
+    meta_path = tmp_path / "tokens" / "shapes" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    tok = meta["tokenizer"]["config"]
+    flat = {k: v for k, v in tok.items() if not isinstance(v, dict)}
+    for old, new in schema.RENAMED.items():
+        if old.startswith("image_tokenizer."):
+            section, key = new[0].split(".")[1:]
+            flat[old.split(".", 1)[1]] = tok[section][key]
+
+    def open_with(config):
+        meta["tokenizer"]["config"] = config
+        meta_path.write_text(json.dumps(meta))
+        return tokens.open_split(rundir.tokens_dir(workdir), "shapes", "train",
+                                 data_cfg=test_config.data,
+                                 identity=rundir.tokenizer_identity(test_config, workdir))
+
+    assert "levels" in flat and "rq_depth" in flat
+    assert len(open_with(flat)) == 256
+    with pytest.raises(tokens.TokensError, match=r"made with image_tokenizer.fsq.levels="
+                                                 r"\[8, 5, 5\], this run has "
+                                                 r"image_tokenizer.fsq.levels=\[5, 5, 5\]"):
+        open_with({**flat, "levels": [8, 5, 5]})
+    with pytest.raises(tokens.TokensError, match=r"tokenizer config is not one this mmar "
+                                                 r"reads .*image_tokenizer.wobble"):
+        open_with({**flat, "wobble": 1})
 
 
 def test_documented_pretokenize_commands(tmp_path, data_dir):
@@ -193,7 +228,7 @@ def test_documented_pretokenize_commands(tmp_path, data_dir):
                                      ["mmar", "train"]]
     env = dict(os.environ, MMAR_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT),
                TF_CPP_MIN_LOG_LEVEL="2")
-    fast = {"tokenizer-train": ["--config.image_tokenizer.steps=2"],
+    fast = {"tokenizer-train": ["--config.image_tokenizer.train.steps=2"],
             "train": ["--config.train.steps=2", "--config.checkpoint.every_steps=2"]}
 
     def mmar(cmd, *extra, ok=True):
@@ -210,11 +245,12 @@ def test_documented_pretokenize_commands(tmp_path, data_dir):
     assert "[data] token shards: shapes (256 documents)" in out
     assert "[tokenize]" not in out and "[decoder] step 2/2" in out
     assert len(list((tmp_path / "tokens/shapes/train").glob("*.done"))) == 4
-    proc = mmar(cmds[2], "--config.image_tokenizer.levels=8,5,5", "--config.train.steps=4",
+    proc = mmar(cmds[2], "--config.image_tokenizer.fsq.levels=8,5,5", "--config.train.steps=4",
                 ok=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: {tmp_path}/tokens/shapes/metadata.json: made with image_tokenizer.levels=")
+        f"error: {tmp_path}/tokens/shapes/metadata.json: made with "
+        "image_tokenizer.fsq.levels=")
 
 
 def test_interleaved_documents_round_trip(test_config, tmp_path):

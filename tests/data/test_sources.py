@@ -80,7 +80,8 @@ def test_documented_mixture_command_trains(tmp_path, data_dir):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
-    mmar("tokenizer-train", args[0], f"--workdir={tmp_path}", "--config.image_tokenizer.steps=2")
+    mmar("tokenizer-train", args[0], f"--workdir={tmp_path}",
+         "--config.image_tokenizer.train.steps=2")
     out = mmar("train", *args, "--config.train.steps=4", "--config.checkpoint.every_steps=4")
     assert "[data] mixture: stories" in out and "[data] mixture: digits" in out
     assert "[decoder] step 4/4" in out

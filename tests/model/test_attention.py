@@ -122,7 +122,7 @@ def test_one_call_for_every_setting(name):
     """`impl(q, k, v, visible)`: the packed rows' segment ids go to the configured kernel, an
     explicit mask always to `attend` (the KV cache's path); both give `attend`'s values."""
     q, k, v, segments = packed_qkv()
-    impl = attention.implementation({"attention": name, "attention_block": 5})
+    impl = attention.implementation(_model(attention=name, attention_block=5))
     want = np.asarray(attend(q, k, v, attention_mask(segments, segments)))
     real = np.asarray(segments > 0)
     packed = impl.packed(segments)

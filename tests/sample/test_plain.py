@@ -177,7 +177,8 @@ def test_mot_sampler_routes_codes_as_image_tokens(test_config):
     (image codes 1, everything else 0, as the training data marks them); greedy codes must
     equal a full forward pass given that modality array."""
     cfg = ml_collections.ConfigDict(test_config.to_dict())
-    cfg.model.update(init_std=0.5, mot=True, mot_tile=4)
+    cfg.model.init_std = 0.5
+    cfg.model.mot.update(enabled=True, tile=4)
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     model_state, params = state.create(lambda r: Decoder(cfg.model, rngs=r), mesh, seed=3)
     vocab = config_lib.make_vocab(cfg)

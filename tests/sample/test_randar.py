@@ -9,7 +9,7 @@ from flax import nnx
 from mmar import config as config_lib
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
-from mmar.sample import randar
+from mmar.sample import core, randar
 from mmar.train import state
 
 N = 6  # codes per test image (grid indices 0..5 of the 16 position ids)
@@ -30,8 +30,7 @@ def setup(test_config):
 
 def _sampler(setup, **sample):
     cfg, model_state, _, vocab = setup
-    sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(),
-                                                **{"temperature_image": 0.0, **sample}))
+    sample_cfg = core.section(cfg.sample, **{"temperature_image": 0.0, **sample})
     return randar.RandarSampler(model_state, vocab, cfg.model.vocab_size, sample_cfg)
 
 
@@ -142,7 +141,7 @@ def test_inpainting_keeps_known_codes_and_conditions_on_them(setup):
     _, model_state, params, vocab = setup
     mask = np.array([True, False, False, True, False, False])
     known = np.array([[11, 0, 0, 42, 0, 0], [3, 0, 0, 99, 0, 0]])
-    res = _sampler(setup, cfg_scale_image=1.0, randar_tokens_per_step=2).generate(
+    res = _sampler(setup, cfg_scale_image=1.0, randar=dict(tokens_per_step=2)).generate(
         params, CAPTIONS, N, jax.random.key(1), order="raster", known=known, known_mask=mask)
     np.testing.assert_array_equal(res.codes[:, mask], known[:, mask])
     assert res.forward_passes == 2     # 4 unknown codes, 2 per pass
@@ -165,12 +164,12 @@ def test_random_orders_differ_per_row_and_cover_the_grid(setup):
 
 
 def test_group_sizes():
-    assert randar.group_sizes(7, tokens_per_step=3) == (3, 3, 1)
-    cos = randar.group_sizes(256, schedule="cosine", num_steps=88)
+    assert randar.group_sizes(7, schedule="constant", tokens_per_step=3, steps=8) == (3, 3, 1)
+    cos = randar.group_sizes(256, schedule="cosine", tokens_per_step=1, steps=88)
     assert sum(cos) == 256 and cos[0] == 1 and 80 <= len(cos) <= 92
     assert list(cos[:10]) == sorted(cos[:10])  # grows (RandAR: few first, more later)
-    with pytest.raises(ValueError, match="sample.randar_schedule"):
-        randar.group_sizes(4, schedule="linear")
+    with pytest.raises(ValueError, match="sample.randar.schedule"):
+        randar.group_sizes(4, schedule="linear", tokens_per_step=1, steps=8)
     # steps after the first, as scanned runs of equal (previous m, m)
     assert randar.runs((3, 3, 3, 1)) == [(3, 3, 2), (3, 1, 1)]
     assert randar.runs((1, 2, 2, 2)) == [(1, 2, 1), (2, 2, 2)]

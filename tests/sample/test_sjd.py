@@ -22,7 +22,7 @@ def _setup(test_config, levels=None):
     cfg = ml_collections.ConfigDict(test_config.to_dict())
     cfg.model.init_std = 0.5   # a random model with peaked, varied predictions
     if levels is not None:
-        cfg.image_tokenizer.levels, cfg.model.vocab_size = levels, 0
+        cfg.image_tokenizer.fsq.levels, cfg.model.vocab_size = levels, 0
         cfg = config_lib.validate(cfg)
     mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     model_state, params = state.create(lambda r: Decoder(cfg.model, rngs=r), mesh, seed=3)
@@ -40,16 +40,16 @@ def _sampler(setup, method="plain", **fields):
     return dispatch.image_sampler(
         "raster", model_state, vocab, cfg.model.vocab_size,
         ml_collections.ConfigDict(dict(cfg.sample.to_dict(), **fields)),
-        code_vectors=np.asarray(FSQ(cfg.image_tokenizer.levels).implicit_codebook()),
+        code_vectors=np.asarray(FSQ(cfg.image_tokenizer.fsq.levels).implicit_codebook()),
         method=method)
 
 
 @pytest.mark.parametrize("scale,options", [
-    (1.0, dict(sjd_acceptance="greedy", sjd_window=3)),
-    (2.0, dict(sjd_acceptance="greedy", sjd_window=3)),
-    (2.0, dict(sjd_acceptance="greedy", sjd_window=16)),     # window longer than the image
-    (2.0, dict(sjd_acceptance="greedy", sjd_window=4, lantern_k=6, lantern_delta=0.0)),
-    (2.0, dict(sjd_acceptance="probabilistic", sjd_window=5, temperature_image=0.0)),
+    (1.0, dict(sjd=dict(acceptance="greedy", window=3))),
+    (2.0, dict(sjd=dict(acceptance="greedy", window=3))),
+    (2.0, dict(sjd=dict(acceptance="greedy", window=16))),     # window longer than the image
+    (2.0, dict(sjd=dict(acceptance="greedy", window=4, lantern_k=6, lantern_delta=0.0))),
+    (2.0, dict(sjd=dict(acceptance="probabilistic", window=5), temperature_image=0.0)),
 ])
 def test_greedy_sjd_is_plain_greedy(setup, scale, options):
     """Keeping only drafts that equal the argmax gives plain greedy decoding, token for
@@ -79,16 +79,16 @@ def test_accepted_windows_are_committed_exactly(setup, scale, monkeypatch):
         jnp.asarray(want[:, 1:1 + L]), jax.nn.one_hot(want[:, 1:1 + L], num)))
     sampler = _sampler(setup, "sjd", temperature_image=0.0, cfg_scale_image=scale)
     got, passes, rows = sampler.images_rows(params, CAPTIONS, n, jax.random.key(7),
-                                            sjd_window=L)
+                                            sjd=dict(window=L))
     np.testing.assert_array_equal(got, want)
     assert passes <= n - L
     assert passes == rows.max()
 
 
 @pytest.mark.parametrize("method,options", [
-    ("plain", {}), ("sjd", dict(sjd_window=4)), ("sjd", dict(sjd_window=3, lantern_k=30,
-                                                             lantern_delta=0.5)),
-    ("zipar", dict(zipar_window=1)), ("zipar", dict(zipar_window=3))])
+    ("plain", {}), ("sjd", dict(sjd=dict(window=4))),
+    ("sjd", dict(sjd=dict(window=3, lantern_k=30, lantern_delta=0.5))),
+    ("zipar", dict(zipar=dict(window=1))), ("zipar", dict(zipar=dict(window=3)))])
 def test_forward_passes_are_the_model_calls(setup, method, options, monkeypatch):
     """The reported count equals the model calls that ran (a callback in every
     `Decoder.decode` execution, inside the jitted loops), prefill included."""
@@ -158,7 +158,7 @@ def test_probabilistic_sjd_keeps_the_distribution(small, window, broken, monkeyp
     sampler = _sampler(small, "sjd", temperature_image=1.0, cfg_scale_image=2.0)
     caption, n, draws = [97, 98], 3, 8000
     codes, passes = sampler.images(params, [caption] * draws, n, jax.random.key(11),
-                                   sjd_window=window)
+                                   sjd=dict(window=window))
     assert passes <= n
     joint = _exact_joint(model_state, params, vocab, caption, n, 2.0)
     np.testing.assert_allclose(sum(joint.values()), 1.0, atol=1e-5)
@@ -174,7 +174,7 @@ def test_neighbour_table_matches_brute_force():
     for i, v in enumerate(vectors):
         d = [(float(((v - w) ** 2).sum()), j) for j, w in enumerate(vectors) if j != i]
         np.testing.assert_array_equal(table[i], [j for _, j in sorted(d)[:k]])
-    with pytest.raises(config_lib.ConfigError, match="sample.lantern_k"):
+    with pytest.raises(config_lib.ConfigError, match="sample.sjd.lantern_k"):
         sjd.neighbour_table(vectors, len(vectors))
 
 
@@ -197,34 +197,51 @@ def test_lantern_accepts_more_than_sjd(setup):
     params = setup[2]
     sampler = _sampler(setup, "sjd", temperature_image=1.0, cfg_scale_image=1.0)
     caps = CAPTIONS * 4
-    _, exact = sampler.images(params, caps, 16, jax.random.key(2), sjd_window=6)
-    codes, relaxed = sampler.images(params, caps, 16, jax.random.key(2), sjd_window=6,
-                                    lantern_k=20, lantern_delta=0.5)
+    _, exact = sampler.images(params, caps, 16, jax.random.key(2), sjd=dict(window=6))
+    codes, relaxed = sampler.images(params, caps, 16, jax.random.key(2),
+                                    sjd=dict(window=6, lantern_k=20, lantern_delta=0.5))
     assert codes.min() >= 0 and codes.max() < setup[3].num_image_codes
     assert relaxed < exact   # seen: 16 -> 10 passes (row mean 14.5 -> 4.9)
 
 
-@pytest.mark.parametrize("field,value", [("image_decoder", "beam"), ("sjd_window", 0),
-                                         ("sjd_acceptance", "exact"), ("lantern_k", -1),
-                                         ("lantern_delta", -0.1), ("zipar_window", 0)])
+@pytest.mark.parametrize("field,value", [("image_decoder", "beam"), ("sjd.window", 0),
+                                         ("sjd.acceptance", "exact"), ("sjd.lantern_k", -1),
+                                         ("sjd.lantern_delta", -0.1), ("zipar.window", 0)])
 def test_bad_options_name_the_field(setup, test_config, field, value):
-    with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
-        dispatch.decoder_options(setup[0].sample, **{"image_decoder": "sjd", field: value})
-    method = "zipar" if field.startswith("zipar") else "sjd"
-    if field != "image_decoder":   # each decoder checks its own options per call
-        with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
-            _sampler(setup, method).images(setup[2], CAPTIONS, 4, jax.random.key(0),
-                                           **{field: value})
+    """A bad decoder option stops with its field named: in the config, in a section given
+    to a sampler, and as a per-call override."""
+    match = f"sample.{field}="
+    section, _, name = field.rpartition(".")
+    override = {section: {name: value}} if section else {name: value}
+    if not section:
+        with pytest.raises(config_lib.ConfigError, match=match):
+            _sampler(setup, value)
+    else:   # each decoder checks its options, from its section and per call
+        with pytest.raises(config_lib.ConfigError, match=match):
+            _sampler(setup, section, **override).images(setup[2], CAPTIONS, 4,
+                                                        jax.random.key(0))
+        with pytest.raises(config_lib.ConfigError, match=match):
+            _sampler(setup, section).images(setup[2], CAPTIONS, 4, jax.random.key(0),
+                                            **override)
     cfg = ml_collections.ConfigDict(test_config.to_dict())
-    cfg.sample[field] = value
-    with pytest.raises(config_lib.ConfigError, match=f"sample.{field}="):
+    (cfg.sample[section] if section else cfg.sample)[name] = value
+    with pytest.raises(config_lib.ConfigError, match=match):
         config_lib.validate(cfg)
+
+
+def test_unknown_override_names_the_field(setup):
+    """An older flat name (or a typo) as a per-call override is refused, not ignored."""
+    with pytest.raises(config_lib.ConfigError, match="sample.sjd_window: not a config field"):
+        _sampler(setup, "sjd").images(setup[2], CAPTIONS, 4, jax.random.key(0), sjd_window=4)
+    with pytest.raises(config_lib.ConfigError, match="sample.sjd.windows: not a config field"):
+        _sampler(setup, "sjd").images(setup[2], CAPTIONS, 4, jax.random.key(0),
+                                      sjd=dict(windows=4))
 
 
 @pytest.mark.parametrize("method,options", [
     ("plain", {}),
-    ("sjd", dict(sjd_window=3)),
-    ("zipar", dict(zipar_window=2)),
+    ("sjd", dict(sjd=dict(window=3))),
+    ("zipar", dict(zipar=dict(window=2))),
 ])
 def test_new_caption_lengths_reuse_the_compiled_decoder(setup, method, options):
     """Prompts are left-padded to a bucket: a batch whose longest caption differs, but stays

@@ -57,7 +57,7 @@ def test_window_at_least_width_is_plain_decoding(setup, scale, temperature):
     sampler = _sampler(setup, "zipar", **fields)
     for window in (4, 9):
         got, passes = sampler.images(params, CAPTIONS, 16, jax.random.key(4),
-                                     zipar_window=window)
+                                     zipar=dict(window=window))
         np.testing.assert_array_equal(got, want)
         assert passes == plain_passes == 16
 
@@ -71,7 +71,7 @@ def test_each_code_is_the_greedy_code_of_what_it_sees(setup, window):
     n, side, scale = 16, 4, 2.0
     sampler = _sampler(setup, "zipar", temperature_image=0.0, cfg_scale_image=scale)
     codes, passes = sampler.images(params, CAPTIONS, n, jax.random.key(0),
-                                   zipar_window=window)
+                                   zipar=dict(window=window))
     assert passes == zipar.forward_passes(side, side, window) < n
     p = zipar.plan(side, side, window)
     drawn = {0: 0}

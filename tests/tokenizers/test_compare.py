@@ -68,8 +68,8 @@ def test_metrics_on_known_inputs():
 
 def test_decoder_trains_on_rq_codes(tmp_path, data_dir):
     config = f"--config={ROOT / 'configs/t2i_shapes.py'}:test"
-    over = ["--config.image_tokenizer.quantizer=rq", "--config.image_tokenizer.steps=2",
-            "--config.image_tokenizer.codebook_size=8", "--config.train.steps=4",
+    over = ["--config.image_tokenizer.quantizer=rq", "--config.image_tokenizer.train.steps=2",
+            "--config.image_tokenizer.rq.codebook_size=8", "--config.train.steps=4",
             "--config.data.seq_len=96"]
     outs = {command: _run(["-m", "mmar", command, config, f"--workdir={tmp_path}", *over],
                           data_dir)

@@ -1,10 +1,10 @@
 """A PatchGAN discriminator and the hinge losses, for the optional adversarial loss.
 
-Enabled by ``image_tokenizer.disc_weight > 0`` (the Autoencoder then owns a
+Enabled by ``image_tokenizer.disc.weight > 0`` (the Autoencoder then owns a
 ``PatchDiscriminator`` and a ``Buffer`` step counter). Generator and discriminator are
 trained by *one* loss and one backward pass through the one trainer:
 
-    loss = recon + aux + gate * disc_weight * G_hinge(D_frozen(x_hat))
+    loss = recon + aux + gate * disc.weight * G_hinge(D_frozen(x_hat))
                  + gate * D_hinge(D(x), D(stop_gradient(x_hat)))
 
 ``D_frozen`` is the discriminator with its parameters behind ``stop_gradient``, so the
@@ -12,7 +12,7 @@ generator term moves only the autoencoder and the discriminator term only the
 discriminator: the gradient of the sum is the two players' gradients side by side. The
 discriminator's parameters form their own group in the tokenizer's optimizer (its own Adam
 moments and clipping; ``tokenizer_optimizer`` in train.py), which is all a "second
-optimizer" means here. ``gate`` is 0 before ``disc_start`` steps (the warm-up: the
+optimizer" means here. ``gate`` is 0 before ``disc.start`` steps (the warm-up: the
 autoencoder first learns to reconstruct) and 1 after.
 """
 
