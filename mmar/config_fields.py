@@ -1,0 +1,364 @@
+"""Every field of an experiment config, once: its default, its own rule (type, range,
+allowed values) and one line of help, in `SCHEMA`; older flat names and their places now, in
+`RENAMED`. mmar/schema.py fills, migrates, checks and prints configs from these tables.
+
+Options that belong to one alternative sit under it (`image_tokenizer.vq.codebook_size`,
+`sample.sjd.window`, `model.mot.tile`), so a preset shows only the alternative it uses.
+This module imports nothing from mmar: it is the bottom of the package graph.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message starts with the field's dotted path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    default: Any
+    help: str
+    check: Callable[[Any], bool] | None = None
+    want: str = ""                 # what a good value looks like, for the error message
+
+
+# ---- predicates ---------------------------------------------------------------------------
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(v):
+    return _int(v) and v > 0
+
+
+def _nonneg_int(v):
+    return _int(v) and v >= 0
+
+
+def _nonneg(v):
+    return _num(v) and v >= 0
+
+
+def _fraction(v):
+    return _num(v) and 0.0 <= v <= 1.0
+
+
+def _bool(v):
+    return isinstance(v, bool)
+
+
+def _one_of(*choices):
+    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+POSITIVE = dict(check=positive_int, want="a positive int")
+NONNEG_INT = dict(check=_nonneg_int, want="an int >= 0")
+NONNEG = dict(check=_nonneg, want="a number >= 0")
+FRACTION = dict(check=_fraction, want="a number in [0, 1]")
+BOOL = dict(check=_bool, want="True or False")
+POSITIVE_FLOAT = dict(check=lambda v: isinstance(v, float) and v > 0, want="a float > 0")
+
+
+def choice(*choices) -> dict:
+    check, want = _one_of(*choices)
+    return dict(check=check, want=want)
+
+
+def _mesh_axis(v):
+    return _int(v) and (v == -1 or v > 0)
+
+
+# ---- the sections -------------------------------------------------------------------------
+
+def _train_section(**defaults) -> dict:
+    """The optimisation settings of one trained model (the decoder's `train`, the image
+    tokenizer's `image_tokenizer.train`): the same fields, each model its own defaults."""
+    d = dict(steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, schedule="cosine",
+             min_lr_ratio=0.1, weight_decay=0.05, b1=0.9, b2=0.95, grad_clip=1.0, z_loss=1e-4,
+             log_every=50)
+    d.update(defaults)
+    return {
+        "steps": Field(d["steps"], "optimizer steps", **POSITIVE),
+        "batch_size": Field(d["batch_size"], "global batch (examples per step, all devices)",
+                            **POSITIVE),
+        "lr": Field(d["lr"], "peak learning rate", **POSITIVE_FLOAT),
+        "warmup_steps": Field(d["warmup_steps"], "linear warmup from 0", **NONNEG_INT),
+        "schedule": Field(d["schedule"], "after warmup", **choice("cosine", "constant")),
+        "min_lr_ratio": Field(d["min_lr_ratio"], "cosine: final lr / peak lr", **FRACTION),
+        "weight_decay": Field(d["weight_decay"], "AdamW decay on matrices (not norms/biases)",
+                              **NONNEG),
+        "b1": Field(d["b1"], "Adam beta1", **FRACTION),
+        "b2": Field(d["b2"], "Adam beta2", **FRACTION),
+        "grad_clip": Field(d["grad_clip"], "global-norm clip (0 = off)", **NONNEG),
+        "z_loss": Field(d["z_loss"], "decoder: weight of log(Z)^2 (PaLM)", **NONNEG),
+        "log_every": Field(d["log_every"], "steps between metric lines", **POSITIVE),
+        "grad_accum": Field(1, "microbatches per step; batch_size is the global batch",
+                            check=positive_int, want="a positive int (microbatches per step)"),
+        "on_nonfinite": Field("stop", "a NaN/inf loss: stop, or skip the step",
+                              **choice("stop", "skip")),
+        "max_skipped_steps": Field(100, "with on_nonfinite='skip': stop after this many",
+                                   **NONNEG_INT),
+        "profile_steps": Field((), "(first, last): a profiler trace of those steps -> "
+                               "WORKDIR/profile",
+                               check=lambda v: len(v) == 0 or (len(v) == 2 and 0 < v[0] <= v[1]),
+                               want="() or (first, last) with 0 < first <= last"),
+    }
+
+
+SCHEMA: dict[str, Any] = {
+    "preset": Field("", "the preset's name (set by the config file)"),
+    "seed": Field(0, "initialisation and data order", **NONNEG_INT),
+    "data": {
+        "name": Field("shapes", "the built-in data set the single-source jobs read"),
+        "image_size": Field(32, "pixels per side", **POSITIVE),
+        "grid": Field(4, "shapes: cells per side", **POSITIVE),
+        "max_objects": Field(3, "shapes: objects per scene", **POSITIVE),
+        "jitter": Field(0, "shapes: pixels of random offset", **NONNEG_INT),
+        "seed": Field(0, "shapes: generator seed", **NONNEG_INT),
+        "colors": Field(("red", "green", "blue", "yellow", "purple", "orange"), "shapes"),
+        "shapes": Field(("circle", "square", "triangle"), "shapes"),
+        "heldout_combos": Field(("green triangle", "blue circle", "red square"),
+                                "shapes: colour-shape pairs kept out of training"),
+        "num_train": Field(20000, "shapes: training scenes", **POSITIVE),
+        "num_test": Field(200, "shapes: held-out scenes", **POSITIVE),
+        "num_unseen": Field(200, "shapes: scenes with held-out pairs", **POSITIVE),
+        "data_dir": Field("", "prepared data sets ('' = $MMAR_DATA_DIR or "
+                          "~/.cache/mmar/datasets)"),
+        "i2t_fraction": Field(0.7, "share of training pairs that put the image first",
+                              **FRACTION),
+        "seq_len": Field(64, "tokens per row", **POSITIVE),
+        "num_workers": Field(0, "Grain worker processes (0 = in the main process)",
+                             **NONNEG_INT),
+        "loss_weight_text": Field(1.0, "loss weight of text tokens", **NONNEG),
+        "loss_weight_image": Field(1.0, "loss weight of image tokens", **NONNEG),
+        "caption_dropout": Field(0.0, "P(drop a caption before its image): CFG training",
+                                 **FRACTION),
+        "pack": Field(False, "several documents per row (segment ids keep them apart)",
+                      **BOOL),
+        "pack_bins": Field(16, "rows filled at a time by first-fit packing", **POSITIVE),
+        "oversize": Field("split", "a document longer than seq_len: split (never inside an "
+                          "image) or drop", **choice("split", "drop")),
+        "max_bad_fraction": Field(0.01, "stop past this share of bad records / drops",
+                                  **FRACTION),
+        "mixture": Field("", "'' = the shapes pairs; or 'name[:weight],...' over shapes, "
+                         "stories, digits or a prepared folder (docs/data.md)"),
+        "pretokenized": Field(False, "train reads WORKDIR/tokens from `mmar pretokenize`",
+                              **BOOL),
+        "shard_records": Field(1024, "records per token shard", **POSITIVE),
+        "image_order": Field("raster", "order of an image's codes (docs/decoding.md)",
+                             **choice("raster", "rar", "randar")),
+        "rar": {
+            "anneal_start": Field(0.25, "permute every row until this fraction of "
+                                  "train.steps", **FRACTION),
+            "anneal_end": Field(0.75, "then P(permute) decays linearly to 0 here",
+                                **FRACTION),
+        },
+    },
+    "vocab": {
+        "text_tokenizer": Field("bytes", "the text tokenizer", **choice("bytes")),
+    },
+    "image_tokenizer": {
+        "quantizer": Field("fsq", "docs/tokenizers.md", **choice("fsq", "vq", "lfq", "rq")),
+        "arch": Field("patch", "'patch': one code per downsample x downsample cell; 'conv'",
+                      **choice("patch", "conv")),
+        "downsample": Field(8, "pixels per code side", **POSITIVE),
+        "channels": Field(32, "conv: base channels", **POSITIVE),
+        "channel_mult": Field((1, 2, 4), "conv: channel multiplier per stride-2 stage"),
+        "num_res_blocks": Field(0, "conv: residual blocks per stage", **NONNEG_INT),
+        "norm": Field("group", "conv: normalisation", **choice("group", "none")),
+        "loss": Field("l2", "reconstruction loss", **choice("l2", "l1", "l1+l2")),
+        "aux_loss_weight": Field(1.0, "weight of the quantizer's aux loss", **NONNEG),
+        "train": _train_section(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100,
+                                log_every=200, min_lr_ratio=0.0, weight_decay=0.0,
+                                grad_clip=0.0, z_loss=0.0),
+        "fsq": {
+            "levels": Field((5, 5, 5), "levels per channel; codes = their product",
+                            check=lambda v: len(v) > 0 and all(positive_int(x) and x >= 2
+                                                               for x in v),
+                            want="a non-empty tuple of ints >= 2"),
+        },
+        "vq": {
+            "codebook_size": Field(256, "codes", check=lambda v: positive_int(v) and v >= 2,
+                                   want="an int >= 2"),
+            "codebook_dim": Field(8, "code vector size", **POSITIVE),
+            "l2_norm": Field(True, "LlamaGen's l2-normalised codes", **BOOL),
+            "commitment": Field(0.25, "commitment loss weight", **NONNEG),
+            "ema": Field(False, "codebook by EMA instead of gradient", **BOOL),
+            "ema_decay": Field(0.99, "EMA decay", check=lambda v: _fraction(v) and v < 1,
+                               want="a number in [0, 1)"),
+            "dead_code_restart": Field(False, "re-seed unused codes from the batch", **BOOL),
+        },
+        "lfq": {
+            "bits": Field(8, "codes = 2^bits", check=lambda v: positive_int(v) and v <= 30,
+                          want="an int in [1, 30]"),
+            "entropy_weight": Field(0.1, "entropy penalty weight", **NONNEG),
+            "entropy_gamma": Field(1.0, "weight of the batch-entropy term", **NONNEG),
+            "entropy_temperature": Field(0.1, "softmax temperature of the entropy terms",
+                                         check=lambda v: _num(v) and v > 0,
+                                         want="a number > 0"),
+            "commitment": Field(0.25, "commitment loss weight", **NONNEG),
+        },
+        "rq": {
+            "depth": Field(2, "codes per position; depth d gets ids offset by "
+                           "d * codebook_size", **POSITIVE),
+            "shared": Field(False, "one codebook for every depth", **BOOL),
+            "codebook_size": Field(256, "codes per depth",
+                                   check=lambda v: positive_int(v) and v >= 2,
+                                   want="an int >= 2"),
+            "codebook_dim": Field(8, "code vector size", **POSITIVE),
+            "commitment": Field(0.25, "commitment loss weight", **NONNEG),
+        },
+        "disc": {
+            "weight": Field(0.0, "PatchGAN adversarial loss weight (0 = no discriminator)",
+                            **NONNEG),
+            "start": Field(500, "step at which the adversarial loss starts", **NONNEG_INT),
+            "channels": Field(32, "discriminator base channels", **POSITIVE),
+        },
+    },
+    "model": {
+        "vocab_size": Field(0, "0 = derived from the text tokenizer and the image codes",
+                            **NONNEG_INT),
+        "d_model": Field(128, "residual width", **POSITIVE),
+        "n_layers": Field(4, "blocks", **POSITIVE),
+        "n_heads": Field(4, "query heads", **POSITIVE),
+        "n_kv_heads": Field(2, "key/value heads (GQA); divides n_heads", **POSITIVE),
+        "head_dim": Field(32, "per head", **POSITIVE),
+        "mlp_dim": Field(256, "SwiGLU hidden width", **POSITIVE),
+        "rope_theta": Field(10000.0, "RoPE base", check=lambda v: _num(v) and v > 0,
+                            want="a number > 0"),
+        "qk_norm": Field(True, "RMSNorm on queries and keys", **BOOL),
+        "tie_embeddings": Field(False, "output head = embedding matrix", **BOOL),
+        "norm_eps": Field(1e-5, "RMSNorm epsilon", check=lambda v: _num(v) and v > 0,
+                          want="a number > 0"),
+        "dtype": Field("float32", "activations", **choice("float32", "bfloat16")),
+        "param_dtype": Field("float32", "parameters", **choice("float32", "bfloat16")),
+        "remat": Field("none", "rematerialise each block", **choice("none", "full", "dots")),
+        "init_std": Field(0.02, "normal init of matrices", **NONNEG),
+        "scan_layers": Field(True, "False: unroll the layer scan (faster step, longer "
+                             "compile)", **BOOL),
+        "attention": Field("xla", "kernel: 'blockwise' (no S x S scores), 'cudnn' (GPU), "
+                           "'splash' (TPU)", **choice("xla", "blockwise", "cudnn", "splash")),
+        "attention_block": Field(512, "blockwise: queries per block", **POSITIVE),
+        "num_targets": Field(0, "derived: RAR target-position embeddings (set by validate)",
+                             **NONNEG_INT),
+        "mot": {
+            "enabled": Field(False, "Mixture-of-Transformers: per-modality block weights",
+                             **BOOL),
+            "num_modalities": Field(2, "text, image", **POSITIVE),
+            "matmul": Field("auto", "grouped matmul ('auto': ragged on TPU, else tiled)",
+                            **choice("auto", "tiled", "ragged")),
+            "tile": Field(128, "tiled: rows per window", **POSITIVE),
+        },
+    },
+    "train": _train_section(),
+    "mesh": {
+        **{axis: Field(-1 if axis == "data" else 1, "devices on this mesh axis (-1 = the "
+                       "rest)", check=_mesh_axis, want="a positive int or -1 (the rest)")
+           for axis in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")},
+        "strategy": Field("fsdp_tp", "which axes shard what (docs/training.md)",
+                          **choice("dp", "fsdp", "tp", "fsdp_tp")),
+    },
+    "checkpoint": {
+        "every_steps": Field(1000, "steps between checkpoints", **POSITIVE),
+        "max_to_keep": Field(2, "checkpoints kept", **POSITIVE),
+    },
+    "sample": {
+        "temperature_text": Field(0.0, "0 = greedy", **NONNEG),
+        "temperature_image": Field(1.0, "0 = greedy", **NONNEG),
+        "top_k_text": Field(0, "0 = off", **NONNEG_INT),
+        "top_k_image": Field(0, "0 = off", **NONNEG_INT),
+        "top_p_text": Field(1.0, "nucleus (1 = off)", check=lambda v: _num(v) and 0 < v <= 1,
+                            want="a number in (0, 1] (1 = off)"),
+        "top_p_image": Field(1.0, "nucleus (1 = off)",
+                             check=lambda v: _num(v) and 0 < v <= 1,
+                             want="a number in (0, 1] (1 = off)"),
+        "cfg_scale_image": Field(2.0, "classifier-free guidance (1 = off, 0 = unconditional)",
+                                 **NONNEG),
+        "cfg_interval_image": Field((0.0, 1.0), "guide codes whose raster fraction is in "
+                                    "[a, b)",
+                                    check=lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 1,
+                                    want="(a, b) with 0 <= a < b <= 1"),
+        "interleaved_tokens": Field(64, "new tokens per continued story", **POSITIVE),
+        "max_text_len": Field(48, "longest generated caption", **POSITIVE),
+        "batch_size": Field(50, "prompts per sampling batch", **POSITIVE),
+        "seed": Field(0, "sampling key", **NONNEG_INT),
+        "image_decoder": Field("plain", "raster models: 'sjd' (speculative Jacobi, LANTERN) "
+                               "or 'zipar' parallel decoding", **choice("plain", "sjd",
+                                                                       "zipar")),
+        "sjd": {
+            "window": Field(8, "draft codes per pass", **POSITIVE),
+            "acceptance": Field("probabilistic", "draft acceptance",
+                                **choice("probabilistic", "greedy")),
+            "lantern_k": Field(6, "LANTERN: latent neighbours per code", **NONNEG_INT),
+            "lantern_delta": Field(0.0, "LANTERN: relaxation (0 = exact SJD)", **NONNEG),
+        },
+        "zipar": {
+            "window": Field(2, "codes a row leads the next by", **POSITIVE),
+        },
+        "randar": {
+            "schedule": Field("constant", "codes per pass: constant tokens_per_step, or "
+                              "RandAR's cosine in `steps` passes",
+                              **choice("constant", "cosine")),
+            "tokens_per_step": Field(1, "constant schedule: codes per pass", **POSITIVE),
+            "steps": Field(8, "cosine schedule: passes per image", **POSITIVE),
+        },
+    },
+    "eval": {
+        "num_examples": Field(200, "held-out examples per split", **POSITIVE),
+        "grid_columns": Field(10, "columns of the sample grids", **POSITIVE),
+        "tasks": Field(("frechet",), "beside t2i / i2t (docs/evaluation.md)",
+                       check=lambda v: not isinstance(v, str) and set(v) <= {
+                           "stories", "digits", "frechet"},
+                       want="a tuple of 'stories', 'digits', 'frechet'"),
+        "inception_weights": Field("", "a Keras InceptionV3 .weights.h5 for fid_inception "
+                                   "('' = off)", check=lambda v: isinstance(v, str),
+                                   want="a path or ''"),
+    },
+}
+# Sections only some configs have (checked by their own job: mmar/scaling/sweep.py).
+OPTIONAL_SECTIONS = ("sweep",)
+
+# Older flat names -> their place now. A name with several places (one value shared by
+# every quantizer that had the option) is copied to each.
+RENAMED: dict[str, tuple[str, ...]] = {
+    "image_tokenizer.levels": ("image_tokenizer.fsq.levels",),
+    "image_tokenizer.codebook_size": ("image_tokenizer.vq.codebook_size",
+                                      "image_tokenizer.rq.codebook_size"),
+    "image_tokenizer.codebook_dim": ("image_tokenizer.vq.codebook_dim",
+                                     "image_tokenizer.rq.codebook_dim"),
+    "image_tokenizer.commitment": ("image_tokenizer.vq.commitment",
+                                   "image_tokenizer.lfq.commitment",
+                                   "image_tokenizer.rq.commitment"),
+    **{f"image_tokenizer.{k}": (f"image_tokenizer.vq.{k}",)
+       for k in ("l2_norm", "ema", "ema_decay", "dead_code_restart")},
+    "image_tokenizer.lfq_bits": ("image_tokenizer.lfq.bits",),
+    **{f"image_tokenizer.{k}": (f"image_tokenizer.lfq.{k}",)
+       for k in ("entropy_weight", "entropy_gamma", "entropy_temperature")},
+    "image_tokenizer.rq_depth": ("image_tokenizer.rq.depth",),
+    "image_tokenizer.rq_shared": ("image_tokenizer.rq.shared",),
+    **{f"image_tokenizer.disc_{k}": (f"image_tokenizer.disc.{k}",)
+       for k in ("weight", "start", "channels")},
+    **{f"image_tokenizer.{k}": (f"image_tokenizer.train.{k}",)
+       for k in ("steps", "batch_size", "lr", "warmup_steps", "log_every")},
+    "model.mot": ("model.mot.enabled",),          # a bool before it was a section
+    "model.mot_matmul": ("model.mot.matmul",),
+    "model.mot_tile": ("model.mot.tile",),
+    "model.num_modalities": ("model.mot.num_modalities",),
+    "data.rar_anneal_start": ("data.rar.anneal_start",),
+    "data.rar_anneal_end": ("data.rar.anneal_end",),
+    "sample.sjd_window": ("sample.sjd.window",),
+    "sample.sjd_acceptance": ("sample.sjd.acceptance",),
+    "sample.lantern_k": ("sample.sjd.lantern_k",),
+    "sample.lantern_delta": ("sample.sjd.lantern_delta",),
+    "sample.zipar_window": ("sample.zipar.window",),
+    "sample.randar_schedule": ("sample.randar.schedule",),
+    "sample.randar_tokens_per_step": ("sample.randar.tokens_per_step",),
+    "sample.randar_steps": ("sample.randar.steps",),
+}
