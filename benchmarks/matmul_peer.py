@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.train_mfu import interleaved_seconds
+from mmar import schema
 from mmar.model import attention
 
 # (d_model, n_layers, n_heads, head_dim, mlp_dim, vocab): train_mfu.py's presets, MHA.
@@ -55,7 +56,8 @@ def attention_case(batch, seq, heads, head_dim, rng):
     q, k, v, do = (rng.standard_normal((batch, seq, heads, head_dim), dtype=np.float32)
                    for _ in range(4))
     segments = jnp.ones((batch, seq), jnp.int32)
-    impl = attention.implementation({"attention": "blockwise", "attention_block": 256})
+    impl = attention.implementation(schema.complete(
+        {"attention": "blockwise", "attention_block": 256}, section="model"))
     attn = functools.partial(impl, visible=impl.packed(segments))
     grad = jax.jit(lambda q, k, v, do: jax.vjp(attn, q, k, v)[1](do))
     jq, jk, jv, jdo = map(jnp.asarray, (q, k, v, do))

@@ -54,12 +54,14 @@ def test_docs_show_every_stage():
     assert list(doc_commands()) == ["tokenizer-train", "train", "sample", "eval"]
 
 
+@pytest.mark.e2e
 def test_help_lists_commands(data_dir):
     out = mmar("--help", data_dir=data_dir).stdout
     for command in ("tokenizer-train", "train", "sample", "eval", "demo"):
         assert command in out
 
 
+@pytest.mark.e2e
 def test_bad_config_field_is_named(data_dir, tmp_path):
     proc = mmar("train", CONFIG, f"--workdir={tmp_path}", "--config.train.steps=-3",
                 data_dir=data_dir, check=False)
@@ -71,6 +73,8 @@ def _has_events(path):
     return any(p.name.startswith("events.out.tfevents") for p in path.iterdir())
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_tokenizer_train(run_dir, data_dir):
     out = mmar(*doc_args("tokenizer-train", run_dir), data_dir=data_dir).stdout
     assert "[tokenizer] step 20/20" in out
@@ -81,6 +85,8 @@ def test_tokenizer_train(run_dir, data_dir):
     assert _has_events(tok)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_train(run_dir, data_dir):
     out = mmar(*doc_args("train", run_dir), data_dir=data_dir).stdout
     assert "[decoder] step 12/12" in out and "tok/s" in out and "MFU" in out
@@ -95,6 +101,8 @@ def test_train(run_dir, data_dir):
     assert saved["train"]["steps"] == 12 and saved["preset"] == "test"
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_train_again_keeps_the_finished_run(run_dir, data_dir):
     summary = run_dir / "decoder" / "summary.json"
     before = summary.read_text()
@@ -103,6 +111,8 @@ def test_train_again_keeps_the_finished_run(run_dir, data_dir):
     assert summary.read_text() == before
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_sample(run_dir, data_dir):
     mmar(*doc_args("sample", run_dir), data_dir=data_dir)
     samples = run_dir / "samples"
@@ -123,6 +133,8 @@ def test_sample(run_dir, data_dir):
     assert (samples / "interleaved_test.png").exists() and (samples / "digits_test.png").exists()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_eval_writes_report(run_dir, data_dir):
     mmar(*doc_args("eval", run_dir), data_dir=data_dir)
     report = json.loads((run_dir / "report.json").read_text())
@@ -140,6 +152,7 @@ def test_eval_writes_report(run_dir, data_dir):
     assert abs(report["perplexity_image"] - math.exp(report["loss_image"])) < 1e-3
 
 
+@pytest.mark.e2e
 def test_distributed_flags_go_together(data_dir, tmp_path):
     proc = mmar("train", CONFIG, f"--workdir={tmp_path}", "--num_processes=2",
                 data_dir=data_dir, check=False)
@@ -147,6 +160,8 @@ def test_distributed_flags_go_together(data_dir, tmp_path):
         "--process_id go together" in proc.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_train_on_two_processes(run_dir, data_dir, tmp_path):
     """`mmar train` as two processes of 4 CPU devices each, started by `mmar launch local`
     (docs/pods.md, docs/training.md): each process's lines come prefixed with its index."""

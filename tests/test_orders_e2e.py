@@ -46,6 +46,8 @@ def order_config(test_config, order: str):
 
 
 @pytest.mark.parametrize("order", list(ORDERS))
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_train_sample_eval(order, test_config, tokenizer_run):
     cfg = order_config(test_config, order)
     workdir = tokenizer_run / order
@@ -94,6 +96,8 @@ def test_docs_commands_name_real_presets_and_fields():
         config_lib.validate(cfg)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_decoding_benchmark_on_the_trained_runs(tokenizer_run):
     """benchmarks/decoding.py on the two runs trained above (their saved configs): every
     method of each order gives one judged image per caption and its forward passes; RandAR's
@@ -119,6 +123,8 @@ def test_decoding_benchmark_on_the_trained_runs(tokenizer_run):
         assert r["images"] == 4 and 0 <= r["judge_accuracy"] <= 1 and r["images_per_s"] > 0
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_docs_inpainting_snippet_runs(tokenizer_run, test_config):
     """The Python block of docs/decoding.md, on the RandAR run trained above (its config and
     directory swapped in for the tiny_randar preset's): it asserts what it shows."""

@@ -219,6 +219,8 @@ def test_shards_recorded_with_flat_tokenizer_names(shapes, test_config, tmp_path
         open_with({**flat, "wobble": 1})
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_documented_pretokenize_commands(tmp_path, data_dir):
     """docs/data.md's Pretokenize block runs (test preset), then a mismatched run stops."""
     text = (ROOT / "docs/data.md").read_text()

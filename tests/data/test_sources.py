@@ -57,6 +57,8 @@ def test_mixture_of_built_in_and_user_data_by_config(test_config, tmp_path):
     assert any("skipped captions.jsonl:5" in m for m in logs)  # the folder's bad lines
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_documented_mixture_command_trains(tmp_path, data_dir):
     """docs/data.md's `mmar train ... --config.data.mixture=...` runs end to end (test preset)."""
     import os

@@ -22,6 +22,7 @@ def doc_commands():
     return [line.split() for line in block.split("```")[0].strip().splitlines()]
 
 
+@pytest.mark.e2e
 def test_walkthrough_commands_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     outs = []

@@ -63,6 +63,7 @@ def test_judge_scene_on_stories():
     assert np.mean(ok) >= 0.99 and not any(stale)
 
 
+@pytest.mark.slow
 def test_digits_classifier_scores():
     clf = digits.classifier(32)
     assert clf.accuracy >= 0.9
@@ -96,6 +97,7 @@ def test_builtin_frechet_ranks_distortions(shapes):
     assert frechet.builtin_features(test[:3]).shape == (3, 112)
 
 
+@pytest.mark.slow
 def test_inception_weights_file(tmp_path):
     """A `.weights.h5` file (HDF5, no pickle) round-trips into the same features."""
     keras = pytest.importorskip("keras")

@@ -19,6 +19,8 @@ def doc_block(marker: str, lang: str) -> str:
     return text.split(marker)[1].split(f"```{lang}")[1].split("```")[0]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_docs_export_commands_and_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(helpers.ROOT / "configs")

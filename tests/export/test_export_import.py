@@ -39,6 +39,7 @@ def test_import_text_llm_extends_vocab(tmp_path, qwen3, tied):
     assert diff < 1e-4
 
 
+@pytest.mark.e2e
 def test_import_cli_writes_a_checkpoint_mmar_can_export(tmp_path):
     helpers.save_llm(tmp_path / "llm", qwen3=False)
     env = dict(os.environ, PYTHONPATH=str(helpers.ROOT))

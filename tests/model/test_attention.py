@@ -82,6 +82,7 @@ def test_attend_padding_rows_are_finite():
 
 @pytest.mark.parametrize("per_kv_head", [False, True])
 @pytest.mark.parametrize("block", [4, 5, 16])
+@pytest.mark.slow
 def test_blockwise_attention_matches_plain_in_value_and_gradient(block, per_kv_head):
     """Packed rows (two documents and padding), GQA: the blockwise path (causal blocks, the
     hand-written backward pass), batched or one (row, KV head) at a time, gives `attend`'s

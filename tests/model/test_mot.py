@@ -110,6 +110,7 @@ def model_cfg(model):
 
 @pytest.mark.parametrize("matmul,remat", [("tiled", "none"), ("ragged", "none"),
                                           ("tiled", "full")])
+@pytest.mark.slow
 def test_gradients_match_reference(matmul, remat):
     model = make(matmul=matmul, remat=remat)
     args = inputs("boundary", seed=1)
@@ -182,6 +183,7 @@ def test_decode_with_cache_matches_forward():
                                                (3, 3, 11, 1), (3, 4, 10, 2), (2, 4, 9, 0),
                                                (2, 2, 29, None), (3, 1, 23, None)])
 @pytest.mark.parametrize("impl", ["tiled", "ragged"])
+@pytest.mark.slow
 def test_grouped_matmul_value_and_gradient(num, tile, n, empty, impl):
     rng = np.random.default_rng(n * num + tile)
     groups = rng.integers(0, num, n)
@@ -272,6 +274,7 @@ def _sharded_step(mesh_shape, strategy="fsdp_tp"):
     return float(metrics["loss"]), jax.device_get(params)
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_one_device():
     """fsdp x tensor x data on 8 devices: same loss and update as one device (each of the
     4 batch shards sorts its own rows; the weights' `tensor` axis stays automatic)."""
@@ -284,6 +287,7 @@ def test_sharded_step_matches_one_device():
                  params, ref_params)
 
 
+@pytest.mark.slow
 def test_batch_shards_sort_their_own_rows():
     """Under data parallelism each device sorts and multiplies its own rows, so the compiled
     step needs about dense's temporaries per device. A sort over the global batch made XLA

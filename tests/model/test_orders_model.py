@@ -37,6 +37,7 @@ def _summed_loss(model, row):
     return float(summed(params, {k: jnp.asarray(v)[None] for k, v in row.items()}))
 
 
+@pytest.mark.slow
 def test_randar_likelihood_does_not_depend_on_the_order_for_a_blind_model(test_config):
     """Attention output zeroed and all P embeddings equal: the prediction at every P slot is
     the same distribution f, so the summed loss is sum_c -log f(c) whatever the order, iff
@@ -81,6 +82,7 @@ def test_rar_decoder_needs_targets_and_uses_them(test_config):
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.slow
 def test_rar_sampler_feeds_raster_targets(test_config, scale):
     """Greedy RAR raster sampling = full forwards with raster targets on every token."""
     cfg = _cfg(test_config, "rar", init_std=0.5)

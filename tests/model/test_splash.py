@@ -19,6 +19,7 @@ def packed_qkv(b=2, s=256, h=4, kvh=2, d=8, seed=0):
     return q, k, v, segments
 
 
+@pytest.mark.slow
 def test_splash_matches_plain_attention_in_value_and_gradient():
     """Three packed documents (one crossing a block edge) / one plus padding, GQA (2 query
     heads per KV head), blocks of 128 in a 256-token row: outputs and gradients of every

@@ -41,6 +41,7 @@ def _greedy_reference(model, prompt, allowed, steps, uncond_prompt=None, scale=1
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.slow
 def test_greedy_images_match_full_forward(setup, scale):
     cfg, model_state, params, vocab = setup
     sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=0.0,
@@ -57,6 +58,7 @@ def test_greedy_images_match_full_forward(setup, scale):
         np.testing.assert_array_equal(vocab.image_ids(got), ref)
 
 
+@pytest.mark.slow
 def test_sampled_tokens_respect_modality(setup):
     cfg, model_state, params, vocab = setup
     sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=1.0,
@@ -93,6 +95,7 @@ def _sampler(setup, num_codes=None, **fields):
 
 @pytest.mark.parametrize("scale,interval", [(0.0, (0.0, 1.0)), (3.0, (0.0, 0.5)),
                                             (2.0, (0.5, 1.0))])
+@pytest.mark.slow
 def test_guidance_scale_and_interval(setup, scale, interval):
     """Scale 0 is the unconditional model (`<bos> <boi>`); an interval guides only those
     codes (raster fraction in [a, b)), the rest come from the conditional logits."""
@@ -153,6 +156,7 @@ def test_interleaved_images_are_always_whole(setup):
 
 
 @pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (fake) devices")
+@pytest.mark.slow
 def test_sharded_params_decode_like_one_device(setup):
     """Parameters sharded FSDP x tensor on a mesh (a model larger than one device) decode the
     same greedy images and captions as on one device: jit follows the params' shardings."""
@@ -172,6 +176,7 @@ def test_sharded_params_decode_like_one_device(setup):
                                                                       jax.random.key(1))
 
 
+@pytest.mark.slow
 def test_mot_sampler_routes_codes_as_image_tokens(test_config):
     """Mixture-of-Transformers: the sampler derives each new token's modality from its id
     (image codes 1, everything else 0, as the training data marks them); greedy codes must

@@ -4,9 +4,13 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_documented_benchmark_runs(tmp_path):
     doc = (ROOT / "docs/performance.md").read_text()
     assert "PYTHONPATH=. python benchmarks/sample_speed.py\n" in doc

@@ -51,6 +51,7 @@ def _sampler(setup, method="plain", **fields):
     (2.0, dict(sjd=dict(acceptance="greedy", window=4, lantern_k=6, lantern_delta=0.0))),
     (2.0, dict(sjd=dict(acceptance="probabilistic", window=5), temperature_image=0.0)),
 ])
+@pytest.mark.slow
 def test_greedy_sjd_is_plain_greedy(setup, scale, options):
     """Keeping only drafts that equal the argmax gives plain greedy decoding, token for
     token, in fewer passes than codes only when drafts were right (never more)."""
@@ -66,6 +67,7 @@ def test_greedy_sjd_is_plain_greedy(setup, scale, options):
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
+@pytest.mark.slow
 def test_accepted_windows_are_committed_exactly(setup, scale, monkeypatch):
     """Random models seldom accept a draft, so the first window is given the right codes
     (q: a point mass on them): all L are accepted plus a bonus code in one pass, their
@@ -89,6 +91,7 @@ def test_accepted_windows_are_committed_exactly(setup, scale, monkeypatch):
     ("plain", {}), ("sjd", dict(sjd=dict(window=4))),
     ("sjd", dict(sjd=dict(window=3, lantern_k=30, lantern_delta=0.5))),
     ("zipar", dict(zipar=dict(window=1))), ("zipar", dict(zipar=dict(window=3)))])
+@pytest.mark.slow
 def test_forward_passes_are_the_model_calls(setup, method, options, monkeypatch):
     """The reported count equals the model calls that ran (a callback in every
     `Decoder.decode` execution, inside the jitted loops), prefill included."""
@@ -147,6 +150,7 @@ def small(test_config):
 
 
 @pytest.mark.parametrize("window,broken", [(1, False), (2, False), (2, True)])
+@pytest.mark.slow
 def test_probabilistic_sjd_keeps_the_distribution(small, window, broken, monkeypatch):
     """8,000 guided images of 3 codes at temperature 1 in one batch: the empirical joint law
     matches the exact one (chi-square p > 1e-3). Window 1 and 2 both take drafts from the
@@ -191,6 +195,7 @@ def test_relaxed_mass_follows_the_tv_budget():
     np.testing.assert_allclose(got, [0.35], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_lantern_accepts_more_than_sjd(setup):
     """On a random model with spread-out predictions, relaxing acceptance takes fewer passes
     (same keys), and every code is still an image code."""
@@ -243,6 +248,7 @@ def test_unknown_override_names_the_field(setup):
     ("sjd", dict(sjd=dict(window=3))),
     ("zipar", dict(zipar=dict(window=2))),
 ])
+@pytest.mark.slow
 def test_new_caption_lengths_reuse_the_compiled_decoder(setup, method, options):
     """Prompts are left-padded to a bucket: a batch whose longest caption differs, but stays
     inside the bucket, runs the program already compiled, with the same codes a batch of

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -40,6 +42,8 @@ def _checkpoints(run_dir: pathlib.Path):
     return [p for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_dry_run_prints_one_command_per_run(data_dir, tmp_path):
     text = (ROOT / "docs/scaling.md").read_text()
     shown = text.split("runs this block")[1].split("```bash")[1].split("```")[0].strip()
@@ -63,6 +67,8 @@ def test_dry_run_prints_one_command_per_run(data_dir, tmp_path):
     assert f"[dry-run] {plan['params']:,} parameters" in proc.stdout
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_micro_sweep_killed_resumes_and_reports(data_dir, tmp_path):
     workdir = tmp_path / "sweep"
     first, second = "C1e10_d32", "C1e10_d16"     # the longest run goes last
@@ -98,12 +104,14 @@ def test_micro_sweep_killed_resumes_and_reports(data_dir, tmp_path):
         assert (workdir / "scaling" / png).stat().st_size > 1000
 
 
+@pytest.mark.e2e
 def test_help_lists_sweep(data_dir):
     out = subprocess.run([sys.executable, "-m", "mmar", "--help"], cwd=ROOT, env=_env(data_dir),
                          capture_output=True, text=True, timeout=120).stdout
     assert "sweep" in out and "IsoFLOP" in out
 
 
+@pytest.mark.e2e
 def test_sweep_without_its_section_is_refused(data_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmar", "sweep",
                            f"--config={ROOT}/configs/t2i_shapes.py:test", f"--workdir={tmp_path}"],

@@ -207,6 +207,7 @@ def _disc_cfg(**kw):
         disc=dict(weight=0.5, start=2, channels=8), **kw))
 
 
+@pytest.mark.slow
 def test_discriminator_warm_up_and_step_counter():
     cfg = _disc_cfg()
     make = lambda rngs: Autoencoder(cfg, rngs=rngs)

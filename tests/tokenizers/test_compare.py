@@ -29,6 +29,8 @@ def _run(args, data_dir):
     return proc.stdout
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_doc_command_writes_the_table(tmp_path, data_dir):
     args = []
     for a in doc_command()[1:]:   # drop "python"
@@ -66,6 +68,8 @@ def test_metrics_on_known_inputs():
     assert crops.shape == (10, 32, 32, 3) and crops.dtype == np.uint8 and crops.std() > 10
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_decoder_trains_on_rq_codes(tmp_path, data_dir):
     config = f"--config={ROOT / 'configs/t2i_shapes.py'}:test"
     over = ["--config.image_tokenizer.quantizer=rq", "--config.image_tokenizer.train.steps=2",

@@ -6,12 +6,16 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from mmar import config as config_lib
 from mmar.model import flops
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_dry_run_of_the_100m_config_on_8_fake_devices(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # it sets its own
     out = subprocess.run(

@@ -57,6 +57,8 @@ def straight(tmp_path_factory):
     return losses
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_two_processes_train_like_one(straight, tmp_path):
     """Started and watched by the local launcher's supervisor (mmar/launch/local.py)."""
     import io
@@ -90,6 +92,8 @@ def _kill_when(proc, marker: str) -> None:
     raise AssertionError(f"the run ended before printing {marker!r}")
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_kill_9_and_resume_is_bit_exact(straight, tmp_path):
     # Killed between checkpoints (every 5 steps): resumes at 10, redoes 11-13.
     _kill_when(_start(tmp_path), "step 13/")

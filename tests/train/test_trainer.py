@@ -43,6 +43,7 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows}
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_is_exact(test_config, tmp_path):
     cfg, batches = _setup(test_config)
     straight = _train(cfg, batches, tmp_path / "straight")
@@ -65,6 +66,7 @@ def test_resume_after_sigterm_is_exact(test_config, tmp_path):
                  jax.device_get(resumed.params), jax.device_get(straight.params))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_is_not_checkpointed(test_config, tmp_path):
     cfg, batches = _setup(test_config)
     task = decoder_task(cfg)
@@ -105,6 +107,7 @@ class _PoisonStep:
         pass
 
 
+@pytest.mark.slow
 def test_nonfinite_skip_policy_drops_the_step_and_goes_on(test_config, tmp_path):
     cfg, batches = _setup(test_config)
     cfg.train.on_nonfinite = "skip"
@@ -122,6 +125,7 @@ def test_nonfinite_skip_policy_drops_the_step_and_goes_on(test_config, tmp_path)
         _train(cfg2, _PoisonStep(batches, 2), tmp_path / "strict")
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(test_config, tmp_path):
     cfg, batches = _setup(test_config, steps=4)
     mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -139,6 +143,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(test_config, tmp
     assert result.start_step == 2 and result.step == 5
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh_continues_the_same_run(test_config, tmp_path):
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices")
@@ -160,6 +165,7 @@ def test_restore_onto_a_different_mesh_continues_the_same_run(test_config, tmp_p
     assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(moved.params))
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace(test_config, tmp_path):
     cfg, batches = _setup(test_config, steps=3)
     cfg.train.profile_steps = (2, 3)
@@ -171,6 +177,7 @@ def test_profile_steps_write_a_trace(test_config, tmp_path):
     assert "blocks/attn/q" in table and "total:" in table
 
 
+@pytest.mark.slow
 def test_params_only_checkpoint_starts_a_fresh_run_from_those_params(test_config, tmp_path):
     """What `mmar import` writes (params, no optimizer or data state) initialises a run."""
     from mmar.train import checkpoint as checkpoint_lib

@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -15,6 +17,8 @@ def _block() -> list[list[str]]:
     return [shlex.split(line) for line in block.strip().splitlines()]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_dry_run_commands_in_the_doc_run():
     commands = _block()
     assert len(commands) == 3 and all(c[:3] == ["mmar", "train", "--config=configs/pretrain.py:1b"]
