@@ -24,6 +24,7 @@ def documented_args(script: str) -> list[str]:
     return [a.strip("[]") for a in line.split(f"benchmarks/{script}")[1].split()]
 
 
+@pytest.mark.slow
 def test_train_mfu_reports_mmar_and_peer():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -35,6 +36,7 @@ def test_train_mfu_reports_mmar_and_peer():
             "ratio_vs_transformers"} <= set(result)
 
 
+@pytest.mark.slow
 def test_mot_step_reports_ratios_for_each_grouped_matmul():
     spec = importlib.util.spec_from_file_location("mot_step", ROOT / "benchmarks/mot_step.py")
     module = importlib.util.module_from_spec(spec)

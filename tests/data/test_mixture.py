@@ -4,6 +4,7 @@ import collections
 import grain
 import ml_collections
 import numpy as np
+import pytest
 
 from mmar.data import mixture, packing, sequences
 from mmar.vocab import Vocab
@@ -61,6 +62,7 @@ def test_two_processes_read_disjoint_data_that_covers_the_source():
     assert seen[0] | seen[1] == {f"c{i}" for i in range(101)}
 
 
+@pytest.mark.slow
 def test_document_batches_resume_exactly_with_worker_processes():
     cfg = CFG.copy_and_resolve_references()
     cfg.num_workers = 2

@@ -27,7 +27,6 @@ def _config(order):
     return config_lib.validate(cfg)
 
 
-@pytest.mark.slow
 def test_rar_export_is_refused_naming_the_order(tmp_path):
     cfg = _config("rar")
     helpers.write_run(tmp_path / "run", cfg)
@@ -37,7 +36,6 @@ def test_rar_export_is_refused_naming_the_order(tmp_path):
     assert (tmp_path / "native" / "mmar_config.json").exists()
 
 
-@pytest.mark.slow
 def test_randar_export_matches_transformers_on_a_randar_row(tmp_path):
     cfg = _config("randar")
     vocab = config_lib.make_vocab(cfg)

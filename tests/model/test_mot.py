@@ -287,7 +287,6 @@ def test_sharded_step_matches_one_device():
                  params, ref_params)
 
 
-@pytest.mark.slow
 def test_batch_shards_sort_their_own_rows():
     """Under data parallelism each device sorts and multiplies its own rows, so the compiled
     step needs about dense's temporaries per device. A sort over the global batch made XLA

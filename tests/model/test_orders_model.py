@@ -37,7 +37,6 @@ def _summed_loss(model, row):
     return float(summed(params, {k: jnp.asarray(v)[None] for k, v in row.items()}))
 
 
-@pytest.mark.slow
 def test_randar_likelihood_does_not_depend_on_the_order_for_a_blind_model(test_config):
     """Attention output zeroed and all P embeddings equal: the prediction at every P slot is
     the same distribution f, so the summed loss is sum_c -log f(c) whatever the order, iff

@@ -58,7 +58,6 @@ def test_greedy_images_match_full_forward(setup, scale):
         np.testing.assert_array_equal(vocab.image_ids(got), ref)
 
 
-@pytest.mark.slow
 def test_sampled_tokens_respect_modality(setup):
     cfg, model_state, params, vocab = setup
     sample_cfg = ml_collections.ConfigDict(dict(cfg.sample.to_dict(), temperature_image=1.0,
@@ -156,7 +155,6 @@ def test_interleaved_images_are_always_whole(setup):
 
 
 @pytest.mark.skipif(len(jax.devices()) < 4, reason="needs 4 (fake) devices")
-@pytest.mark.slow
 def test_sharded_params_decode_like_one_device(setup):
     """Parameters sharded FSDP x tensor on a mesh (a model larger than one device) decode the
     same greedy images and captions as on one device: jit follows the params' shardings."""

@@ -101,7 +101,6 @@ def test_one_per_step_raster_equals_sequential_full_forward(setup):
 
 
 @pytest.mark.parametrize("sizes,scale", [((2, 2, 2), 1.0), ((1, 3, 2), 3.0)])
-@pytest.mark.slow
 def test_parallel_queries_equal_single_query_forwards(setup, sizes, scale):
     """m queries per pass = m single-query forwards on the committed prefix (greedy, also
     with guidance); random orders, different per row."""

@@ -67,7 +67,6 @@ def test_greedy_sjd_is_plain_greedy(setup, scale, options):
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
-@pytest.mark.slow
 def test_accepted_windows_are_committed_exactly(setup, scale, monkeypatch):
     """Random models seldom accept a draft, so the first window is given the right codes
     (q: a point mass on them): all L are accepted plus a bonus code in one pass, their
@@ -195,7 +194,6 @@ def test_relaxed_mass_follows_the_tv_budget():
     np.testing.assert_allclose(got, [0.35], rtol=1e-6)
 
 
-@pytest.mark.slow
 def test_lantern_accepts_more_than_sjd(setup):
     """On a random model with spread-out predictions, relaxing acceptance takes fewer passes
     (same keys), and every code is still an image code."""

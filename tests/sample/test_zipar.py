@@ -48,7 +48,6 @@ def test_plan_counts_and_rules(height, width):
 
 
 @pytest.mark.parametrize("scale,temperature", [(1.0, 0.0), (2.0, 0.0), (2.0, 1.0)])
-@pytest.mark.slow
 def test_window_at_least_width_is_plain_decoding(setup, scale, temperature):
     """Same keys -> the same codes as plain decoding, greedy and sampled, guided or not."""
     params = setup[2]
@@ -64,7 +63,6 @@ def test_window_at_least_width_is_plain_decoding(setup, scale, temperature):
 
 
 @pytest.mark.parametrize("window", [1, 2])
-@pytest.mark.slow
 def test_each_code_is_the_greedy_code_of_what_it_sees(setup, window):
     """Greedy, guided ZipAR on a 4x4 grid: every code equals the argmax of a full forward
     pass over the prompt and the codes its query could see (drawn earlier, raster position

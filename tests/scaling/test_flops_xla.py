@@ -47,7 +47,6 @@ def xla_training_flops(cfg, batch: int, seq: int) -> float:
                                         head_dim=32, mlp_dim=768),
                                    dict(d_model=192, n_layers=1, n_heads=6, n_kv_heads=6,
                                         head_dim=32, mlp_dim=512)])
-@pytest.mark.slow
 def test_flops_per_token_matches_xla_cost_analysis(shape):
     cfg = tiny_cfg(vocab_size=384, **shape)
     batch, seq = 4, 64

@@ -6,7 +6,6 @@ import json
 import pathlib
 
 import numpy as np
-import pytest
 
 from mmar import config as config_lib
 from mmar.scaling import fit, report, sweep
@@ -28,7 +27,6 @@ def fake_results(cfg):
     return out
 
 
-@pytest.mark.slow
 def test_report_writes_fits_plots_and_markdown(tmp_path):
     cfg = config_lib.load(f"{ROOT / 'configs/sweep_shapes.py'}:mini")
     with cfg.unlocked():
