@@ -21,7 +21,7 @@ from mmar.config_fields import (OPTIONAL_SECTIONS, RENAMED, SCHEMA, ConfigError,
                                 positive_int)
 
 __all__ = ["OPTIONAL_SECTIONS", "RENAMED", "SCHEMA", "ConfigError", "Field", "positive_int",
-           "check", "check_fields", "closest", "complete", "describe", "is_field", "migrate",
+           "check", "closest", "complete", "is_field", "migrate",
            "render", "unknown_field_error"]
 
 
@@ -152,36 +152,6 @@ def _check(tree: dict, spec: dict, where: str) -> None:
             good = False
         if not good:
             raise ConfigError(f"{where}{name}={value!r}: must be {sub.want}")
-
-
-def check_fields(section: str, values) -> None:
-    """Checks only the fields present in `values` (a partial, possibly nested mapping of the
-    section, e.g. sampler overrides {"sjd": {"window": 4}}); unknown names raise."""
-    spec, where = _lookup(section), f"{section}."
-
-    def walk(tree, spec, where):
-        for name, value in tree.items():
-            if name not in spec:
-                raise unknown_field_error(where + name)
-            if isinstance(spec[name], dict):
-                walk(value, spec[name], f"{where}{name}.")
-            else:
-                _check({name: value}, {name: spec[name]}, where)
-    walk(_as_plain(values), spec, where)
-
-
-def describe(section: str = "") -> list[str]:
-    """One line per field: dotted name, default, help (for --help and the docs)."""
-    lines = []
-
-    def walk(spec, prefix):
-        for name, sub in spec.items():
-            if isinstance(sub, dict):
-                walk(sub, f"{prefix}{name}.")
-            else:
-                lines.append(f"{prefix}{name}={sub.default!r}  {sub.help}")
-    walk(_lookup(section), f"{section}." if section else "")
-    return lines
 
 
 def render(cfg) -> str:
