@@ -10,29 +10,14 @@ import math
 import os
 import sys
 import time
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmar import config as config_lib
-from mmar import schema
-
-COMMANDS = {
-    "tokenizer-train": "train the image tokenizer (autoencoder + quantizer) -> WORKDIR/tokenizer",
-    "pretokenize": "encode the train images once -> WORKDIR/tokens (token shards, "
-                   "docs/data.md)",
-    "train": "train the decoder on tokenized data -> WORKDIR/decoder",
-    "sample": "text-to-image and image-to-text samples -> WORKDIR/samples",
-    "eval": "judge samples, held-out loss, tokenizer reconstruction -> WORKDIR/report.json",
-    "demo": "tokenizer-train, train and eval in one go (what `make demo` runs)",
-    "sweep": "IsoFLOP grid of train + eval runs, fits and plots -> WORKDIR/scaling "
-             "(--dry-run: print one command per run; docs/scaling.md)",
-    "export": "CHECKPOINT --format hf --out DIR: transformers/safetensors (docs/export.md)",
-    "import": "HF_DIR --out DIR: a transformers Llama/Qwen3 checkpoint -> mmar params",
-    "launch": "{tpu,gke,slurm,local} [--dry-run] -- train --config=... --workdir=...: "
-              "on a TPU pod, GKE, SLURM or N local processes (docs/pods.md)",
-}
-PATH_COMMANDS = ("export", "import")  # take paths (argparse), not --config/--workdir
+from mmar import errors, schema
+from mmar.commands import COMMANDS, PATH_COMMANDS, command_help, usage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config, e.g. configs/t2i_shapes.py:tiny", lock_config=True)
@@ -53,14 +38,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0, for hand-started processes")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the group")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
-
-
-def usage() -> str:
-    lines = ["usage: mmar <command> --config=configs/FILE.py:PRESET --workdir=DIR "
-             "[--config.section.field=value ...]", "", "commands:"]
-    lines += [f"  {name:<16} {text}" for name, text in COMMANDS.items()]
-    lines += ["", "`mmar <command> --help` lists every flag."]
-    return "\n".join(lines)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "print tracebacks for anticipated errors too "
+                             "(also MMAR_VERBOSE=1); unanticipated ones always have one")
 
 
 def _log(msg: str) -> None:
@@ -91,14 +70,39 @@ def _job(command: str):
 
 
 def _run(command: str, quiet_libraries: bool) -> None:
+    """The command, with an anticipated error (mmar/errors.py) as one line on stderr and
+    exit status 1; its traceback only with --verbose. Any other exception keeps its
+    traceback: it is a bug."""
+    try:
+        _run_command(command, quiet_libraries)
+    except errors.UserError as e:
+        if _VERBOSE.value or os.environ.get("MMAR_VERBOSE", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"mmar {command}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _check_workdir(workdir: str) -> None:
+    """A local run directory must be writable before hours of work go into it."""
+    if "://" in workdir:
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".mmar-write-check-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise errors.WorkdirError(f"--workdir={workdir} cannot be written ({e.strerror or e}); "
+                                  "give a writable directory") from e
+
+
+def _run_command(command: str, quiet_libraries: bool) -> None:
     if quiet_libraries:  # Orbax and TFDS log every file they touch at INFO
         logging.set_verbosity(logging.ERROR)
     if _CONFIG.value is None or not (_WORKDIR.value or _DRY_RUN.value or _PRINT_CONFIG.value):
         raise app.UsageError("--config and --workdir are required")
-    try:
-        cfg = config_lib.validate(_CONFIG.value)
-    except config_lib.ConfigError as e:
-        raise app.UsageError(f"bad config: {e}") from None
+    cfg = config_lib.validate(_CONFIG.value)   # ConfigError: one line naming the field
     if _PRINT_CONFIG.value:
         print(schema.render(cfg), end="")
         return
@@ -116,9 +120,10 @@ def _run(command: str, quiet_libraries: bool) -> None:
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     workdir = _WORKDIR.value
+    _check_workdir(workdir)
     run = _job(command)
     t0 = time.perf_counter()
-    common.or_exit(lambda: run(cfg, workdir, log=_log))
+    run(cfg, workdir, log=_log)
     _log(f"[{command}] done in {time.perf_counter() - t0:.0f}s; outputs in {workdir}")
 
 
@@ -175,6 +180,10 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"mmar: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if command not in PATH_COMMANDS + ("launch",) and any(
+            a in ("-h", "--help", "--helpfull", "help") for a in argv[2:]):
+        print(command_help(command))
+        return 0
     if command in PATH_COMMANDS:
         from mmar.jobs import export
         return export.main(command, argv[2:])

@@ -4,15 +4,17 @@ allowed values) and one line of help, in `SCHEMA`; older flat names and their pl
 
 Options that belong to one alternative sit under it (`image_tokenizer.vq.codebook_size`,
 `sample.sjd.window`, `model.mot.tile`), so a preset shows only the alternative it uses.
-This module imports nothing from mmar: it is the bottom of the package graph.
+This module imports only mmar.errors: it is the bottom of the package graph.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
+from mmar.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config field has a bad value; the message starts with the field's dotted path."""
 
 

@@ -24,6 +24,7 @@ from etils import epath
 
 from mmar import config as config_lib
 from mmar.data import pretokenize, tokens
+from mmar.errors import MissingStageError
 from mmar.parallel import mesh as mesh_lib
 from mmar.tokenizers.image.runtime import ImageTokenizer
 from mmar.tokenizers.image.train import tokenizer_task
@@ -37,6 +38,29 @@ DECODER = "decoder"
 SAMPLES = "samples"
 REPORT = "report.json"
 SUMMARY = "summary.json"     # in TOKENIZER/ and DECODER/: the trainer's final figures
+MAKES = {TOKENIZER: "tokenizer-train", DECODER: "train", TOKENS: "pretokenize"}
+
+
+# ---- stages --------------------------------------------------------------------------------
+
+def checkpoint_steps(workdir, stage: str) -> list[int]:
+    """The checkpoint steps of `WORKDIR/<stage>/checkpoints` (TOKENIZER or DECODER)."""
+    ckpts = epath.Path(workdir) / stage / "checkpoints"
+    if not ckpts.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+
+
+def require(workdir, stage: str) -> list[int]:
+    """The stage's checkpoint steps; MissingStageError naming the command that makes them
+    when there are none (a stage run before the one it needs)."""
+    steps = checkpoint_steps(workdir, stage)
+    if not steps:
+        what = {TOKENIZER: "image tokenizer", DECODER: "decoder"}[stage]
+        raise MissingStageError(
+            f"no trained {what} in {epath.Path(workdir) / stage}: run `mmar {MAKES[stage]}` "
+            "with the same --config and --workdir first")
+    return steps
 
 
 # ---- trained stages ------------------------------------------------------------------------
@@ -45,6 +69,7 @@ def load_tokenizer(cfg, workdir, devices=None) -> ImageTokenizer:
     """The image tokenizer of `WORKDIR/tokenizer`, newest checkpoint. `devices`: the mesh's
     devices (default all; `mmar pretokenize` gives each process its local ones, so that
     every host encodes its own images alone)."""
+    require(workdir, TOKENIZER)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh, devices)
     model_state, params, step = trainer.load_params(
         tokenizer_task(cfg), mesh, epath.Path(workdir) / TOKENIZER, rule_table=rule_table)
@@ -65,6 +90,7 @@ class Run:
 
 def load(cfg, workdir) -> Run:
     """The tokenizer and the decoder of `workdir` (newest checkpoints) on the config's mesh."""
+    require(workdir, DECODER)
     tokenizer = load_tokenizer(cfg, workdir)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh)
     model_state, params, step = trainer.load_params(
@@ -98,13 +124,8 @@ def tokens_dir(workdir) -> str:
 
 
 def latest_tokenizer_step(workdir) -> int:
-    """The newest tokenizer checkpoint step; TokensError when there is none."""
-    ckpts = os.path.join(os.fspath(workdir), TOKENIZER, "checkpoints")
-    steps = [int(d) for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else []) if d.isdigit()]
-    if not steps:
-        raise tokens.TokensError(f"no tokenizer checkpoint in {ckpts}; run `mmar "
-                                 "tokenizer-train` with this --workdir first")
-    return max(steps)
+    """The newest tokenizer checkpoint step; MissingStageError when there is none."""
+    return require(workdir, TOKENIZER)[-1]
 
 
 def tokenizer_identity(cfg, workdir, step: int | None = None) -> dict:

@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first. A module may import modules of its own package or of a lower layer; packages
 # in one layer may import each other as long as no cycle forms (test_package_graph_is_acyclic).
 LAYERS = (
+    ("mmar.errors",),
     ("mmar", "mmar.vocab", "mmar.derived", "mmar.config_fields"),
     ("mmar.schema", "mmar.config"),
     ("mmar.parallel",),
@@ -36,10 +37,11 @@ LAYERS = (
     ("mmar.sample", "mmar.scaling", "mmar.export", "mmar.launch"),
     ("mmar.rundir",),
     ("mmar.jobs",),
+    ("mmar.commands",),
     ("mmar.cli", "mmar.__main__"),
 )
-CONFIG_LEVEL = {"mmar.vocab", "mmar.derived", "mmar.config_fields", "mmar.schema",
-                "mmar.config"}
+CONFIG_LEVEL = {"mmar.errors", "mmar.vocab", "mmar.derived", "mmar.config_fields",
+                "mmar.schema", "mmar.config"}
 # Optional or heavy third-party packages that may be imported where they are used.
 HEAVY = {"torch", "transformers", "tensorflow", "tensorflow_datasets", "keras", "matplotlib",
          "sklearn", "skimage", "safetensors", "tokenizers"}

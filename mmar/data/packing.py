@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from mmar.data import sequences
+from mmar.errors import UserError
 from mmar.vocab import Vocab
 
 OVERSIZE = ("split", "drop")
@@ -32,7 +33,7 @@ MIN_DOCUMENTS_FOR_FRACTION = 100  # below this many documents, the drop fraction
 MAX_LOGGED = 20                   # drops logged one by one; the counters keep counting
 
 
-class BadDataError(RuntimeError):
+class BadDataError(UserError, RuntimeError):
     """Too many records or documents were unusable: past `data.max_bad_fraction`."""
 
 

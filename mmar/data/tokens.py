@@ -37,6 +37,7 @@ import numpy as np
 
 from mmar import config as config_lib
 from mmar import derived, schema
+from mmar.errors import UserError
 
 MAGIC = b"MMTK"
 FORMAT = "mmar-tokens/1"
@@ -53,7 +54,7 @@ SOURCE_FIELDS = ("image_size", "grid", "max_objects", "jitter", "seed", "colors"
                  "heldout_combos", "num_train", "num_test", "num_unseen")
 
 
-class TokensError(ValueError):
+class TokensError(UserError, ValueError):
     """Token shards that do not fit this run (other tokenizer, incomplete, missing)."""
 
 

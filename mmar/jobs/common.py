@@ -1,10 +1,7 @@
-"""What every job's start and end share: joining the process group, and the one-line exit on
-token shards that do not fit the run."""
+"""What every job's start shares: joining the process group. (Errors the user can fix are
+`mmar.errors.UserError`s; the command line prints them as one line, mmar/cli.py.)"""
 from __future__ import annotations
 
-import sys
-
-from mmar.data.tokens import TokensError
 from mmar.parallel import distributed
 
 
@@ -13,12 +10,3 @@ def join_process_group(*, auto: bool, coordinator_address, num_processes, proces
     ValueError for a bad combination of the flags."""
     distributed.initialize(auto=auto, coordinator_address=coordinator_address,
                            num_processes=num_processes, process_id=process_id)
-
-
-def or_exit(job) -> None:
-    """Runs `job()`; token shards that do not fit the run: one line on stderr, exit status 1."""
-    try:
-        job()
-    except TokensError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)

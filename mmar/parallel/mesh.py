@@ -22,6 +22,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from mmar import schema
+from mmar.errors import MeshError
 from mmar.parallel import rules
 
 AXES = ("data", "fsdp", "tensor")
@@ -31,14 +32,14 @@ DCN_FIELDS = tuple(f"dcn_{a}" for a in AXES)
 def _resolve(sizes: list[int], total: int, what: str) -> list[int]:
     known = math.prod(s for s in sizes if s != -1)
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one {what} axis may be -1, got {sizes}")
+        raise MeshError(f"mesh: at most one {what} axis may be -1, got {sizes}")
     if -1 in sizes:
         if total % known:
-            raise ValueError(f"mesh: {total} {what} devices do not divide by the fixed axes "
+            raise MeshError(f"mesh: {total} {what} devices do not divide by the fixed axes "
                              f"{dict(zip(AXES, sizes))}")
         sizes[sizes.index(-1)] = total // known
     if math.prod(sizes) != total:
-        raise ValueError(f"mesh: {what} axes {dict(zip(AXES, sizes))} need {math.prod(sizes)}"
+        raise MeshError(f"mesh: {what} axes {dict(zip(AXES, sizes))} need {math.prod(sizes)}"
                          f" devices, {total} are present (set one axis to -1 to take the rest)")
     return sizes
 
@@ -49,7 +50,7 @@ def axis_sizes(mesh_cfg, num_devices: int, num_slices: int = 1):
     dcn = [int(mesh_cfg[f]) for f in DCN_FIELDS]
     dcn = _resolve(dcn, num_slices, "slice (dcn_*)")
     if num_devices % num_slices:
-        raise ValueError(f"mesh: {num_devices} devices do not split into {num_slices} slices")
+        raise MeshError(f"mesh: {num_devices} devices do not split into {num_slices} slices")
     ici = _resolve([int(mesh_cfg[a]) for a in AXES], num_devices // num_slices, "per-slice")
     return tuple(ici), tuple(dcn)
 
@@ -72,7 +73,7 @@ def validate_strategy(mesh: Mesh, strategy: str) -> None:
     used = rules.STRATEGY_AXES[strategy]
     for axis, size in mesh.shape.items():
         if size > 1 and axis not in used:
-            raise ValueError(f"mesh.{axis}={size}: mesh.strategy={strategy!r} shards nothing "
+            raise MeshError(f"mesh.{axis}={size}: mesh.strategy={strategy!r} shards nothing "
                              f"over `{axis}` (it uses {used}); set mesh.{axis}=1 or change "
                              "the strategy")
 

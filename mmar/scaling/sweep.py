@@ -19,6 +19,7 @@ import dataclasses
 import math
 import shlex
 
+from mmar.errors import UserError
 from mmar.model import flops
 
 # Fields of the `sweep` section and what a good value looks like (checked here, not in
@@ -43,7 +44,7 @@ _CHECKS = (
 )
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(UserError, ValueError):
     """A `sweep` field has a bad value; the message starts with `sweep.<field>`."""
 
 

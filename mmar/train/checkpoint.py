@@ -8,7 +8,7 @@ wrote it, in shape and device count).
 A save is atomic (Orbax writes a temporary directory and renames it when every process is
 done), so a `kill -9` mid-save leaves the previous checkpoint as the newest one; leftover
 temporary directories are removed at start. A checkpoint that is complete but unreadable
-(a lost or truncated file) is skipped with a warning by `restore_newest_good`, which falls
+(a lost or truncated file) is moved aside with a warning by `restore_newest_good`, which falls
 back to the one before.
 No pickle anywhere: arrays go through Orbax/TensorStore, the config and the iterator state
 are JSON.
@@ -21,6 +21,14 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from mmar.errors import CheckpointError
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else "")[:limit]
 
 
 def _abstract(tree, shardings):
@@ -70,28 +78,55 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return {"step": step, **{k: restored[k] for k in items}}
 
-    def restore_newest_good(self, *, log=print, **targets):
+    def restore_newest_good(self, *, log=print, move_aside: bool = True, **targets):
         """`restore` of the newest checkpoint that reads back, or None when there is none.
 
-        Steps that fail to restore are reported and skipped, newest first; if every one
-        fails, the error of the newest is raised (a run must not silently start over).
+        Steps that fail to restore are reported, moved aside to `<directory>.unreadable/`
+        (kept for a person to look at, never deleted) and skipped, newest first: the run then
+        goes on from the one before and can save its own checkpoint at the same step again.
+        Jobs that only read (sample, eval, export) pass `move_aside=False`: they skip.
+        If every one fails, nothing is moved and `CheckpointError` says so in one line (a run
+        must not silently start over).
         """
         errors = []
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
             try:
                 result = self.restore(step, **targets)
             except Exception as e:  # Orbax/TensorStore raise many types for a bad file
-                errors.append(e)
+                errors.append((step, e))
                 log(f"WARNING: checkpoint step {step} in {self.directory} is unreadable "
-                    f"({type(e).__name__}: {str(e)[:200]}); trying the one before")
+                    f"({type(e).__name__}: {_first_line(e)}); trying the one before")
                 continue
-            if errors:
+            if errors and move_aside:
+                self._move_aside([s for s, _ in errors], log)
                 log(f"WARNING: restored step {step}; newer checkpoints were unreadable")
             return result
         if errors:
-            raise RuntimeError(f"no checkpoint in {self.directory} could be restored") \
-                from errors[0]
+            step, e = errors[0]
+            raise CheckpointError(
+                f"none of the {len(steps)} checkpoints in {self.directory} (steps "
+                f"{', '.join(map(str, steps))}) can be restored; the newest failed with "
+                f"{type(e).__name__}: {_first_line(e)}. Restore the files, or move the "
+                f"directory aside to start this run over") from e
         return None
+
+    def _move_aside(self, steps, log) -> None:
+        """Unreadable step directories -> `<directory>.unreadable/<step>` (process 0 moves,
+        every process then waits for it and re-reads the step list)."""
+        aside = self.directory.parent / (self.directory.name + ".unreadable")
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target = aside / str(step)
+                n = 1
+                while target.exists():  # an earlier failure at the same step: keep both
+                    target, n = aside / f"{step}.{n}", n + 1
+                (self.directory / str(step)).rename(target)
+                log(f"WARNING: moved unreadable checkpoint step {step} to {target}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("mmar_checkpoint_move_aside")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

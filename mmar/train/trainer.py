@@ -20,6 +20,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
+from mmar.errors import UserError
 from mmar.parallel import rules
 from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import metrics as metrics_lib
@@ -28,7 +29,7 @@ from mmar.train import state as state_lib
 from mmar.train import step as step_lib
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     pass
 
 
@@ -179,12 +180,18 @@ def write_summary(path, result: Result, log=print) -> None:
 
 
 def load_params(task: step_lib.Task, mesh: Mesh, workdir, step: int | None = None,
-                rule_table=rules.DEFAULT_RULES):
-    """The trained params of `task` from `<workdir>/checkpoints` onto `mesh`."""
+                rule_table=rules.DEFAULT_RULES, log=print):
+    """The trained params of `task` from `<workdir>/checkpoints` onto `mesh`: checkpoint
+    `step`, or the newest that reads back (an unreadable newer one is skipped with a warning
+    and left in place: reading never moves files)."""
     model_state, params = state_lib.create_abstract(task.make_module, mesh, rule_table)
     ckpt = checkpoint_lib.Checkpointer(epath.Path(workdir) / "checkpoints", async_save=False)
+    targets = dict(params=params, param_shardings=model_state.shardings)
     try:
-        restored = ckpt.restore(step, params=params, param_shardings=model_state.shardings)
+        restored = (ckpt.restore(step, **targets) if step is not None else
+                    ckpt.restore_newest_good(move_aside=False, log=log, **targets))
     finally:
         ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
     return model_state, restored["params"], restored["step"]

@@ -64,6 +64,7 @@ def test_record_round_trip():
         tokens.decode_record(b"\x80\x04pickle")
 
 
+@pytest.mark.faults
 def test_resume_after_interruption_gives_identical_shards(shapes, test_config, tmp_path):
     whole = fake_tokenizer(tmp_path / "whole")
     write(shapes, test_config, whole)
@@ -251,7 +252,7 @@ def test_documented_pretokenize_commands(tmp_path, data_dir):
                 ok=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"error: {tmp_path}/tokens/shapes/metadata.json: made with "
+        f"mmar {cmds[2][1]}: error: {tmp_path}/tokens/shapes/metadata.json: made with "
         "image_tokenizer.fsq.levels=")
 
 

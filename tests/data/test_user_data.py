@@ -47,6 +47,7 @@ def test_walkthrough_commands_run(tmp_path):
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").rglob("*.array_record*"))
 
 
+@pytest.mark.faults
 def test_each_kind_of_bad_record_is_skipped_and_counted(tmp_path):
     root = user_example.write(tmp_path / "my_data")
     logs = []

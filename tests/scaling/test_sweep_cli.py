@@ -69,6 +69,7 @@ def test_dry_run_prints_one_command_per_run(data_dir, tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.faults
 def test_micro_sweep_killed_resumes_and_reports(data_dir, tmp_path):
     workdir = tmp_path / "sweep"
     first, second = "C1e10_d32", "C1e10_d16"     # the longest run goes last

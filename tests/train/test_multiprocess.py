@@ -94,6 +94,7 @@ def _kill_when(proc, marker: str) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.faults
 def test_kill_9_and_resume_is_bit_exact(straight, tmp_path):
     # Killed between checkpoints (every 5 steps): resumes at 10, redoes 11-13.
     _kill_when(_start(tmp_path), "step 13/")

@@ -1,6 +1,6 @@
 """The one loop: exact resume after SIGTERM (params, optimizer, data iterator), the
-non-finite policies (stop, skip), falling back from a corrupt checkpoint, and restoring onto
-a different mesh."""
+non-finite policies (stop, skip), and restoring onto a different mesh (an unreadable
+checkpoint: tests/faults/test_faults_checkpoints.py)."""
 import json
 import os
 import signal
@@ -44,6 +44,7 @@ def _losses(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_resume_after_sigterm_is_exact(test_config, tmp_path):
     cfg, batches = _setup(test_config)
     straight = _train(cfg, batches, tmp_path / "straight")
@@ -123,24 +124,6 @@ def test_nonfinite_skip_policy_drops_the_step_and_goes_on(test_config, tmp_path)
     cfg2.train.update(on_nonfinite="skip", max_skipped_steps=0)
     with pytest.raises(trainer.NonFiniteLossError, match="max_skipped_steps=0"):
         _train(cfg2, _PoisonStep(batches, 2), tmp_path / "strict")
-
-
-@pytest.mark.slow
-def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(test_config, tmp_path):
-    cfg, batches = _setup(test_config, steps=4)
-    mesh = mesh_lib.make_mesh(cfg.mesh)
-    trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, data_iter=batches,
-                  workdir=tmp_path, checkpoint_every=2, max_to_keep=3, log=lambda m: None)
-    for f in (tmp_path / "checkpoints" / "4" / "params").rglob("*"):
-        if f.is_file():                       # every params file of step 4 garbled
-            f.write_bytes(b"\0garbage")
-    cfg, batches = _setup(test_config, steps=5)
-    messages = []
-    result = trainer.train(decoder_task(cfg), cfg=cfg.train, mesh=mesh, data_iter=batches,
-                           workdir=tmp_path, checkpoint_every=100, max_to_keep=3,
-                           log=messages.append)
-    assert any("checkpoint step 4" in m and "unreadable" in m for m in messages)
-    assert result.start_step == 2 and result.step == 5
 
 
 @pytest.mark.slow

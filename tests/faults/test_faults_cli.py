@@ -1,0 +1,128 @@
+"""Faults at the command line: a stage run before the one it needs, a mesh that does not fit
+the devices, a run directory that cannot be written, unreadable checkpoints. Each ends with one
+line on stderr (`mmar <command>: error: ...`) and exit status 1, a traceback only with
+--verbose; an error mmar did not anticipate keeps its traceback."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mmar import errors, rundir
+from mmar.jobs import eval as eval_job
+from mmar.jobs import pretokenize as pretokenize_job
+from mmar.jobs import sample as sample_job
+from mmar.jobs import train as train_job
+from tests.helpers import export_runs
+
+pytestmark = pytest.mark.faults
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = f"--config={ROOT / 'configs/t2i_shapes.py'}:test"
+
+
+def mmar(*args, data_dir, env=None):
+    env = dict(os.environ, MMAR_DATA_DIR=str(data_dir), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "mmar", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_line(proc, command: str) -> str:
+    """The error line of a failed command; asserts it is the only one and has no traceback."""
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if f"mmar {command}: error:" in l]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.e2e
+def test_train_before_tokenizer_train_names_the_missing_stage(data_dir, tmp_path):
+    proc = mmar("train", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir)
+    line = one_line(proc, "train")
+    # Before: a FileNotFoundError traceback, then Orbax's "cannot schedule new futures".
+    assert "no trained image tokenizer" in line and "mmar tokenizer-train" in line
+    assert "cannot schedule new futures" not in proc.stderr
+
+
+@pytest.mark.e2e
+def test_verbose_adds_the_traceback(data_dir, tmp_path):
+    proc = mmar("train", CONFIG, f"--workdir={tmp_path}", "--verbose", data_dir=data_dir)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "MissingStageError" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("mmar train: error: no trained")
+
+
+@pytest.mark.e2e
+def test_an_unanticipated_error_keeps_its_traceback(data_dir, tmp_path):
+    code = ("import sys; from mmar import cli\n"
+            "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
+            "cli._job = lambda command: boom\n"
+            f"sys.exit(cli.main(['mmar', 'sample', {CONFIG!r}, '--workdir={tmp_path}']))")
+    env = dict(os.environ, MMAR_DATA_DIR=str(data_dir))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ZeroDivisionError: a bug" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_a_mesh_that_does_not_divide_the_devices_is_one_line(data_dir, tmp_path):
+    # 8 fake devices (make test's XLA_FLAGS); tensor=3 cannot divide them.
+    proc = mmar("tokenizer-train", CONFIG, f"--workdir={tmp_path}", "--config.mesh.tensor=3",
+                data_dir=data_dir)
+    line = one_line(proc, "tokenizer-train")   # before: the right message inside a traceback
+    assert "mesh:" in line and "'tensor': 3" in line
+
+
+@pytest.mark.e2e
+def test_a_workdir_that_cannot_be_written_is_one_line(data_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = mmar("train", CONFIG, f"--workdir={blocker / 'run'}", data_dir=data_dir)
+    line = one_line(proc, "train")
+    assert f"--workdir={blocker / 'run'} cannot be written" in line
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.e2e
+def test_unreadable_tokenizer_checkpoints_are_one_line(data_dir, tmp_path):
+    cfg = export_runs.make_config()
+    export_runs.write_run(tmp_path, cfg)
+    params = tmp_path / "tokenizer/checkpoints/3/params"
+    for f in params.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\0garbage")
+    proc = mmar("sample", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir)
+    line = one_line(proc, "sample")
+    assert "none of the 1 checkpoints" in line and "tokenizer/checkpoints" in line
+    assert (tmp_path / "tokenizer/checkpoints/3").is_dir()        # reading moves nothing
+
+
+@pytest.mark.parametrize("job, needs", [(sample_job, "mmar train"), (eval_job, "mmar train"),
+                                        (pretokenize_job, "mmar tokenizer-train"),
+                                        (train_job, "mmar tokenizer-train")])
+def test_each_stage_names_the_one_it_needs(test_config, tmp_path, job, needs):
+    with pytest.raises(errors.MissingStageError) as e:
+        job.run(test_config, tmp_path, log=lambda m: None)
+    assert f"run `{needs}` with the same --config and --workdir first" in str(e.value)
+    assert not (tmp_path / rundir.DECODER).exists()
+
+
+@pytest.mark.parametrize("command, args, says", [
+    ("export", ["--out", "OUT"], "no mmar decoder checkpoint"),
+    ("import", ["--out", "OUT"], "config.json"),
+])
+def test_export_and_import_of_a_directory_without_a_model_are_one_line(
+        tmp_path, capsys, command, args, says):
+    from mmar import cli
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status = cli.main(["mmar", command, str(empty),
+                       *[str(tmp_path / a) if a == "OUT" else a for a in args]])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.startswith(f"mmar {command}: error:")]
+    assert len(lines) == 1 and says in lines[0], err
+    assert not (tmp_path / "OUT").exists()
