@@ -26,6 +26,7 @@ setup(
         "numpy>=2",
         "pillow",
         "scipy",
+        "tokenizers>=0.21",   # text tokenizers: BPE / unigram, tokenizer.json files
     ],
     extras_require={"test": ["pytest"],
                     # loading exports in transformers (exact pins: requirements-export.txt)

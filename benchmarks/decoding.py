@@ -44,7 +44,6 @@ from mmar.eval import judge  # noqa: E402
 from mmar.export import orbax_reader  # noqa: E402
 from mmar.jobs import sample as sample_job  # noqa: E402
 from mmar.sample import dispatch  # noqa: E402
-from mmar.vocab import ByteTokenizer  # noqa: E402
 
 
 def plain(models, caption_ids, key):
@@ -118,7 +117,7 @@ def methods_for(order: str) -> list[tuple[str, object]]:
 
 def run_method(models, draw, captions: list[str], seed: int) -> dict:
     """Draws and judges one image per caption, batch by batch; times the second pass."""
-    text, spec = ByteTokenizer(), synthetic.ShapesSpec.from_config(models.cfg.data)
+    text, spec = models.text, synthetic.ShapesSpec.from_config(models.cfg.data)
     size = models.cfg.sample.batch_size
     batches = [captions[i:i + size] for i in range(0, len(captions), size)]
     key = jax.random.key(seed)

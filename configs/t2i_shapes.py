@@ -3,7 +3,8 @@ r"""Text-to-image and image-to-text on the built-in shapes data set.
 Presets by argument: `tiny` (the demo: a 0.7M-parameter decoder and a patch FSQ tokenizer,
 trained and judged in about 15 minutes on 2 CPU cores), `tiny_rar` and `tiny_randar` (the
 same, trained in RAR's annealed random order or RandAR's random order with position
-instructions: docs/decoding.md) and `test` (seconds, for the tests).
+instructions: docs/decoding.md) and `test` (seconds, for the tests; its text tokenizer is a
+tiny BPE, so its stages start with `mmar text-tokenizer-train`).
 
     mmar demo --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
     mmar demo --config=configs/t2i_shapes.py:tiny_randar --workdir=runs/demo_randar
@@ -55,6 +56,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.update(image_order="randar", seq_len=80)  # 16 more tokens: the P tokens
     if arg == "test":
         c.data.update(num_train=256, num_test=16, num_unseen=16, shard_records=64)
+        # a tiny byte-level BPE (`mmar text-tokenizer-train`): 44 merges over the 256 bytes
+        c.vocab = dict(text_tokenizer="bpe", text_vocab_size=300)
         c.image_tokenizer.update(arch="conv", channels=8, channel_mult=(1, 1, 1))
         c.image_tokenizer.train.update(steps=20, batch_size=16, log_every=10)
         c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,

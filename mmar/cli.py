@@ -54,6 +54,8 @@ def _job(command: str):
     """The `run(cfg, workdir, log)` of a config command's job module (mmar/jobs/)."""
     if command == "tokenizer-train":
         from mmar.jobs import tokenizer_train as job
+    elif command == "text-tokenizer-train":
+        from mmar.jobs import text_tokenizer_train as job
     elif command == "pretokenize":
         from mmar.jobs import pretokenize as job
     elif command == "train":

@@ -28,10 +28,9 @@ def image_order(cfg) -> str:
 
 def make_vocab(cfg) -> vocab_lib.Vocab:
     """The run's token space; RandAR adds one position-instruction id per grid index."""
-    text = vocab_lib.make_text_tokenizer(cfg.vocab)
     positions = derived.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
-    return vocab_lib.Vocab(text.vocab_size, derived.num_image_codes(cfg.image_tokenizer),
-                           positions)
+    return vocab_lib.Vocab(vocab_lib.text_size(cfg.vocab),
+                           derived.num_image_codes(cfg.image_tokenizer), positions)
 
 
 def _validate_order(cfg) -> None:
@@ -82,7 +81,8 @@ def validate(cfg) -> ml_collections.ConfigDict:
             derived.parse_mixture(cfg.data.mixture)
         except ValueError as e:
             raise ConfigError(f"data.mixture={cfg.data.mixture!r}: {e} (want 'name[:weight],"
-                              "...' with names shapes, stories, digits or a folder)") from None
+                              "...' with names shapes, stories, digits, a folder, or webdataset:GLOB, "
+                              "parquet:GLOB, obelics:GLOB)") from None
     m = cfg.model
     if m.n_heads % m.n_kv_heads:
         raise ConfigError(f"model.n_kv_heads={m.n_kv_heads}: must divide model.n_heads="

@@ -150,7 +150,19 @@ SCHEMA: dict[str, Any] = {
         "max_bad_fraction": Field(0.01, "stop past this share of bad records / drops",
                                   **FRACTION),
         "mixture": Field("", "'' = the shapes pairs; or 'name[:weight],...' over shapes, "
-                         "stories, digits or a prepared folder (docs/data.md)"),
+                         "stories, digits, a prepared folder, or webdataset:GLOB, "
+                         "parquet:GLOB, obelics:GLOB (docs/data.md)"),
+        "ingest": {  # the streamed sources webdataset:, parquet:, obelics: (mmar/data/ingest)
+            "caption_field": Field("caption", "webdataset: caption in {key}.json if no .txt"),
+            "image_column": Field("image", "parquet: image column (bytes or {bytes, path})"),
+            "text_column": Field("text", "parquet: caption column"),
+            "texts_column": Field("texts", "obelics: list of texts, None where an image is"),
+            "images_column": Field("images", "obelics: list of images, None where a text is"),
+            "max_images": Field(32, "images per document; more: skipped", **POSITIVE),
+            "max_text_bytes": Field(65536, "text bytes per document; more: skipped", **POSITIVE),
+            "batch_size": Field(256, "images per image-tokenizer call", **POSITIVE),
+            "decode_threads": Field(2, "threads decoding beside the encoder", **POSITIVE),
+        },
         "pretokenized": Field(False, "train reads WORKDIR/tokens from `mmar pretokenize`",
                               **BOOL),
         "shard_records": Field(1024, "records per token shard", **POSITIVE),
@@ -164,7 +176,16 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "vocab": {
-        "text_tokenizer": Field("bytes", "the text tokenizer", **choice("bytes")),
+        "text_tokenizer": Field(
+            "bytes", "'bytes'; 'bpe' or 'unigram' (trained by `mmar text-tokenizer-train` into "
+            "WORKDIR/text_tokenizer); or the path of a tokenizer.json (docs/tokenizers.md)",
+            check=lambda v: isinstance(v, str) and v.strip() != "",
+            want="'bytes', 'bpe', 'unigram' or the path of a tokenizer.json"),
+        "text_vocab_size": Field(
+            0, "bpe / unigram: text ids to train (0 = 32000); a tokenizer.json: 0 = its own "
+            "ids, more keeps the rest unused. The special ids come after the text ids",
+            check=lambda v: _int(v) and (v == 0 or v >= 256),
+            want="0 or an int >= 256 (a byte-level tokenizer starts from the 256 bytes)"),
     },
     "image_tokenizer": {
         "quantizer": Field("fsq", "docs/tokenizers.md", **choice("fsq", "vq", "lfq", "rq")),

@@ -12,6 +12,7 @@ Every function reads a complete config section (mmar/schema.py fills the default
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 from typing import Any
@@ -21,6 +22,7 @@ IMAGE_ORDERS = ("raster", "rar", "randar")
 DOWNSAMPLES = (4, 8, 16)
 NORMS = ("group", "none")
 BUILT_IN_SOURCES = ("shapes", "stories", "digits")
+STREAM_KINDS = ("webdataset", "parquet", "obelics")  # `kind:GLOB`, streamed (mmar/data/ingest)
 
 
 def quantizer_depth(tok_cfg: Any) -> int:
@@ -91,7 +93,9 @@ def parse_mixture(text: str) -> list[tuple[str, float]]:
     """'shapes:0.6,my_data:0.4' -> [('shapes', 0.6), ('my_data', 0.4)]; ValueError if bad.
 
     Entries are `name[:weight]` (weight 1 if left out), comma-separated; a name is one of
-    BUILT_IN_SOURCES or an existing folder."""
+    BUILT_IN_SOURCES, an existing folder, or `kind:GLOB` with a kind of STREAM_KINDS
+    ('webdataset:data/shard-*.tar:0.5'; a local GLOB must match a file, gs:// is checked
+    when read)."""
     out = []
     for entry in filter(None, (e.strip() for e in text.split(","))):
         name, weight = entry, 1.0
@@ -103,7 +107,21 @@ def parse_mixture(text: str) -> list[tuple[str, float]]:
                 pass
         if not weight > 0:
             raise ValueError(f"weight of {name!r} must be > 0, got {weight}")
-        if name not in BUILT_IN_SOURCES and not os.path.isdir(name):
-            raise ValueError(f"{name!r} is neither one of {BUILT_IN_SOURCES} nor a folder")
+        stream = stream_source(name)
+        if stream is not None:
+            kind, pattern = stream
+            if "://" not in pattern and not glob.glob(pattern, recursive=True):
+                raise ValueError(f"{name!r}: no file matches {pattern!r}")
+        elif name not in BUILT_IN_SOURCES and not os.path.isdir(name):
+            raise ValueError(f"{name!r} is neither one of {BUILT_IN_SOURCES}, nor a folder, "
+                             f"nor KIND:GLOB with KIND one of {STREAM_KINDS}")
         out.append((name, weight))
     return out
+
+
+def stream_source(name: str) -> tuple[str, str] | None:
+    """'webdataset:data/*.tar' -> ('webdataset', 'data/*.tar'); None for other names."""
+    kind, sep, pattern = name.partition(":")
+    if sep and kind in STREAM_KINDS and pattern:
+        return kind, pattern
+    return None

@@ -1,5 +1,7 @@
 """A run directory: where each job writes, and the one module that loads a trained run.
 
+    WORKDIR/text_tokenizer/  `mmar text-tokenizer-train` (vocab.text_tokenizer bpe /
+                           unigram): tokenizer.json, summary.json
     WORKDIR/tokenizer/     `mmar tokenizer-train`: checkpoints/<step>/, metrics.jsonl,
                            TensorBoard events, summary.json
     WORKDIR/tokens/        `mmar pretokenize`: token shards per source (mmar/data/tokens.py)
@@ -23,22 +25,27 @@ from typing import Any
 from etils import epath
 
 from mmar import config as config_lib
+from mmar import vocab as vocab_lib
 from mmar.data import pretokenize, tokens
 from mmar.errors import MissingStageError
 from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers import text as text_lib
 from mmar.tokenizers.image.runtime import ImageTokenizer
+from mmar.tokenizers.text import model as text_model
 from mmar.tokenizers.image.train import tokenizer_task
 from mmar.train import trainer
 from mmar.train.decoder import decoder_task
 from mmar.vocab import Vocab
 
 TOKENIZER = "tokenizer"
+TEXT_TOKENIZER = text_lib.RUN_SUBDIR   # "text_tokenizer"
 TOKENS = "tokens"
 DECODER = "decoder"
 SAMPLES = "samples"
 REPORT = "report.json"
 SUMMARY = "summary.json"     # in TOKENIZER/ and DECODER/: the trainer's final figures
-MAKES = {TOKENIZER: "tokenizer-train", DECODER: "train", TOKENS: "pretokenize"}
+MAKES = {TOKENIZER: "tokenizer-train", DECODER: "train", TOKENS: "pretokenize",
+         TEXT_TOKENIZER: "text-tokenizer-train"}
 
 
 # ---- stages --------------------------------------------------------------------------------
@@ -76,26 +83,54 @@ def load_tokenizer(cfg, workdir, devices=None) -> ImageTokenizer:
     return ImageTokenizer(model_state, params, step, cfg.image_tokenizer)
 
 
+def text_tokenizer_file(workdir) -> epath.Path:
+    """Where `mmar text-tokenizer-train` writes the run's trained text tokenizer."""
+    return epath.Path(workdir) / TEXT_TOKENIZER / text_lib.FILENAME
+
+
+def load_text_tokenizer(cfg, workdir=None):
+    """The run's text tokenizer (`vocab.text_tokenizer`): the byte tokenizer, the file a
+    path names, or the bpe / unigram trained into WORKDIR/text_tokenizer (MissingStageError
+    naming `mmar text-tokenizer-train` when it is not there). Its size is checked against
+    the config's vocabulary."""
+    kind = vocab_lib.text_kind(cfg.vocab)
+    if kind == "bytes":
+        return vocab_lib.ByteTokenizer()
+    size = vocab_lib.text_size(cfg.vocab)
+    if kind == "file":
+        return text_model.load(vocab_lib.tokenizer_file(cfg.vocab), kind=kind, vocab_size=size)
+    path = text_tokenizer_file(workdir) if workdir is not None else None
+    if path is None or not path.exists():
+        raise MissingStageError(
+            f"vocab.text_tokenizer={kind!r}: no trained text tokenizer in "
+            f"{epath.Path(workdir or 'WORKDIR') / TEXT_TOKENIZER}: run `mmar "
+            f"{MAKES[TEXT_TOKENIZER]}` with the same --config and --workdir first")
+    return text_model.load(path, kind=kind, vocab_size=size)
+
+
 @dataclasses.dataclass
 class Run:
     """A trained run, ready to sample or score: the validated config, its vocabulary, the
-    image tokenizer, and the decoder's graph (`model_state`), params and checkpoint step."""
+    image tokenizer, the decoder's graph (`model_state`), params and checkpoint step, and
+    the text tokenizer (`text.encode(caption)` -> text ids, `text.decode(ids)`)."""
     cfg: Any
     vocab: Vocab
     tokenizer: ImageTokenizer
     model_state: Any
     params: Any
     step: int
+    text: Any
 
 
 def load(cfg, workdir) -> Run:
     """The tokenizer and the decoder of `workdir` (newest checkpoints) on the config's mesh."""
     require(workdir, DECODER)
+    text = load_text_tokenizer(cfg, workdir)
     tokenizer = load_tokenizer(cfg, workdir)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh)
     model_state, params, step = trainer.load_params(
         decoder_task(cfg), mesh, pathlib.Path(workdir) / DECODER, rule_table=rule_table)
-    return Run(cfg, config_lib.make_vocab(cfg), tokenizer, model_state, params, step)
+    return Run(cfg, config_lib.make_vocab(cfg), tokenizer, model_state, params, step, text)
 
 
 def read_json(path) -> Any:
@@ -130,10 +165,13 @@ def latest_tokenizer_step(workdir) -> int:
 
 def tokenizer_identity(cfg, workdir, step: int | None = None) -> dict:
     """What made (or would make) the run's codes (`tokens.tokenizer_identity`): its config and
-    the hash of `WORKDIR/tokenizer`'s checkpoint `step` (default: the newest)."""
+    the hash of `WORKDIR/tokenizer`'s checkpoint `step` (default: the newest), and the text
+    tokenizer's identity (kind, size, sha256 of its tokenizer.json)."""
     step = latest_tokenizer_step(workdir) if step is None else int(step)
     params = os.path.join(os.fspath(workdir), TOKENIZER, "checkpoints", str(step), "params")
-    return tokens.tokenizer_identity(cfg, params, step)
+    identity = tokens.tokenizer_identity(cfg, params, step)
+    identity["text_tokenizer"] = load_text_tokenizer(cfg, workdir).identity()
+    return identity
 
 
 def open_tokens(cfg, workdir, split: str = "train") -> dict:

@@ -1,6 +1,9 @@
 """The unified token space: text ids, then special ids, then image code ids.
 
-    [0, V_text)                      text (bytes by default: V_text = 256)
+    [0, V_text)                      text: bytes (V_text = 256, the default), a BPE / unigram
+                                     tokenizer trained by `mmar text-tokenizer-train`
+                                     (V_text = vocab.text_vocab_size), or any tokenizer.json
+                                     (V_text = its ids; its own special tokens are text ids)
     [V_text, V_text + 5)             <pad> <bos> <eos> <boi> <eoi>   (append only, never reorder)
     [image_offset, + num_codes)      image codes: id = image_offset + code
     [position_offset, + num_positions)  RandAR position instructions: id = position_offset + k
@@ -19,6 +22,9 @@ mmar/data/orders.py). A text-to-image pair is
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import os
 
 import numpy as np
 
@@ -30,6 +36,11 @@ class ByteTokenizer:
     """UTF-8 bytes as text ids: no files to ship, every string round-trips."""
 
     vocab_size = 256
+    kind = "bytes"
+
+    def identity(self) -> dict:
+        """What makes its ids (recorded with token shards, compared by mmar/data/tokens.py)."""
+        return {"kind": self.kind, "size": self.vocab_size}
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -115,9 +126,93 @@ class Vocab:
         return (ids >= 0) & (ids < self.text_size)
 
 
-def make_text_tokenizer(cfg) -> ByteTokenizer:
-    """The `vocab.text_tokenizer` config field picks the tokenizer (SentencePiece comes later)."""
-    if cfg.text_tokenizer != "bytes":
-        raise ValueError(f"vocab.text_tokenizer={cfg.text_tokenizer!r}: only 'bytes' is "
-                         "available so far")
+def text_or_bytes(text, vocab: Vocab):
+    """`text` (the run's text tokenizer), or the byte tokenizer when none is given and
+    `vocab` has the byte tokenizer's 256 text ids (callers that build `Vocab(256, n)`
+    themselves). Any other vocabulary without its tokenizer is a ValueError: its ids would
+    silently mean something else."""
+    if text is not None:
+        return text
+    if vocab.text_size != ByteTokenizer.vocab_size:
+        raise ValueError(f"a vocabulary of {vocab.text_size} text ids needs its text "
+                         "tokenizer (mmar.rundir.load_text_tokenizer), none was given")
     return ByteTokenizer()
+
+
+# ---- which text tokenizer -------------------------------------------------------------------
+# `vocab.text_tokenizer`: "bytes" (ByteTokenizer), "bpe" / "unigram" (trained into the run
+# directory by `mmar text-tokenizer-train`, loaded by mmar/rundir.py) or the path of a
+# tokenizer.json (Hugging Face `tokenizers` format; a directory holding one). The vocabulary
+# layout needs only the number of text ids, so it is known from the config alone: validation
+# reads no tokenizer and loads no library (a path's file is read as plain JSON once).
+
+TRAINED_KINDS = ("bpe", "unigram")
+DEFAULT_TRAINED_SIZE = 32000   # vocab.text_vocab_size=0 with bpe / unigram
+FIELD = "vocab.text_tokenizer"
+
+
+def text_kind(vocab_cfg) -> str:
+    """"bytes", "bpe", "unigram", or "file" (a path to an existing tokenizer.json)."""
+    name = vocab_cfg.text_tokenizer
+    return name if name in ("bytes", *TRAINED_KINDS) else "file"
+
+
+def tokenizer_file(vocab_cfg) -> str:
+    """The tokenizer.json a "file" text tokenizer names (a directory: its tokenizer.json);
+    ValueError naming the field when there is none."""
+    path = os.path.expanduser(str(vocab_cfg.text_tokenizer))
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{FIELD}={vocab_cfg.text_tokenizer!r}: no such file; want 'bytes', "
+                         "'bpe', 'unigram' or the path of a tokenizer.json (or of a directory "
+                         "holding one)")
+    return path
+
+
+def tokenizer_json_size(path: str) -> int:
+    """Ids a tokenizer.json uses (its model's vocabulary and its added tokens): max id + 1.
+    ValueError naming the file when it is not a `tokenizers` tokenizer.json. Read once per
+    version of the file (a pretrained one can be ~10 MB; every make_vocab asks)."""
+    try:
+        stat = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"{FIELD}: {path} cannot be read ({e})") from None
+    return _json_size(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _json_size(path: str, mtime_ns: int, size: int) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ids_in_tokenizer_json(json.load(f))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{FIELD}: {path} is not a tokenizers tokenizer.json "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def ids_in_tokenizer_json(data: dict) -> int:
+    """max id + 1 over a parsed tokenizer.json's model vocabulary (a dict for BPE, WordPiece
+    and WordLevel, a list of pieces for Unigram) and its added tokens."""
+    vocab = data["model"]["vocab"]
+    ids = list(vocab.values()) if isinstance(vocab, dict) else [len(vocab) - 1]
+    ids += [t["id"] for t in data.get("added_tokens") or []]
+    return max(int(i) for i in ids) + 1
+
+
+def text_size(vocab_cfg) -> int:
+    """Text ids of the run (V_text): 256 for bytes; `vocab.text_vocab_size` (0: 32000) for a
+    trained bpe / unigram (padded to exactly that by unused ids when the text is too small
+    for it); a file's own ids, or `vocab.text_vocab_size` when that is larger (ids kept
+    unused, as a pretrained model's embedding may have more rows than its tokenizer)."""
+    kind, size = text_kind(vocab_cfg), int(vocab_cfg.text_vocab_size)
+    if kind == "bytes":
+        return ByteTokenizer.vocab_size
+    if kind in TRAINED_KINDS:
+        return size or DEFAULT_TRAINED_SIZE
+    path = tokenizer_file(vocab_cfg)
+    n = tokenizer_json_size(path)
+    if size and size < n:
+        raise ValueError(f"vocab.text_vocab_size={size}: {path} uses {n} ids; 0 takes them "
+                         "all, a larger value keeps the rest unused")
+    return max(n, size)

@@ -32,3 +32,14 @@ def test_config(data_dir):
     with cfg.unlocked():
         cfg.data.data_dir = str(data_dir)
     return config_lib.validate(cfg)
+
+
+@pytest.fixture(scope="session")
+def test_text_tokenizer(test_config, tmp_path_factory):
+    """The `test` preset's text tokenizer (a tiny BPE), trained once on its data as
+    `mmar text-tokenizer-train` trains it."""
+    from mmar import rundir
+    from tests.helpers import text_tokenizers
+    workdir = tmp_path_factory.mktemp("text_tokenizer")
+    text_tokenizers.install(workdir, test_config)
+    return rundir.load_text_tokenizer(test_config, workdir)

@@ -75,6 +75,34 @@ def _has_events(path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_missing_text_tokenizer_names_its_command(data_dir, tmp_path):
+    proc = mmar("train", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"mmar train: error: vocab.text_tokenizer='bpe': no trained text tokenizer in "
+        f"{tmp_path}/text_tokenizer: run `mmar text-tokenizer-train` with the same --config "
+        "and --workdir first")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_text_tokenizer_train(run_dir, data_dir):
+    """The `test` preset's text tokenizer is a tiny BPE (the demo's is bytes): its stage
+    comes first, and a rerun keeps it."""
+    out = mmar("text-tokenizer-train", CONFIG, f"--workdir={run_dir}", data_dir=data_dir).stdout
+    tok = run_dir / "text_tokenizer"
+    summary = json.loads((tok / "summary.json").read_text())
+    assert summary["kind"] == "bpe" and summary["vocab_size"] == 300
+    assert summary["filler_ids"] == 0 and summary["bytes_per_token"] > 2.0
+    assert "bytes per token" in out and (tok / "tokenizer.json").is_file()
+    before = (tok / "tokenizer.json").read_bytes()
+    again = mmar("text-tokenizer-train", CONFIG, f"--workdir={run_dir}", data_dir=data_dir)
+    assert "already trained" in again.stdout
+    assert (tok / "tokenizer.json").read_bytes() == before
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_tokenizer_train(run_dir, data_dir):
     out = mmar(*doc_args("tokenizer-train", run_dir), data_dir=data_dir).stdout
     assert "[tokenizer] step 20/20" in out
@@ -166,7 +194,8 @@ def test_train_on_two_processes(run_dir, data_dir, tmp_path):
     """`mmar train` as two processes of 4 CPU devices each, started by `mmar launch local`
     (docs/pods.md, docs/training.md): each process's lines come prefixed with its index."""
     import shutil
-    shutil.copytree(run_dir / "tokenizer", tmp_path / "tokenizer")
+    for stage in ("text_tokenizer", "tokenizer"):
+        shutil.copytree(run_dir / stage, tmp_path / stage)
     out = mmar("launch", "local", "--num_processes=2", "--devices_per_process=4", "--",
                "train", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir).stdout
     lines = out.splitlines()

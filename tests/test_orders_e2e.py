@@ -8,7 +8,7 @@ import pytest
 
 from mmar import config as config_lib
 from mmar.jobs import eval as eval_job
-from mmar.jobs import tokenizer_train
+from mmar.jobs import text_tokenizer_train, tokenizer_train
 from mmar.jobs import train as train_job
 
 FAST = {"train.steps": 4, "checkpoint.every_steps": 4, "eval.num_examples": 4,
@@ -31,6 +31,7 @@ def set_field(cfg, dotted: str, value) -> None:
 @pytest.fixture(scope="module")
 def tokenizer_run(test_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("orders")
+    text_tokenizer_train.run(test_config, root / "base", log=lambda _: None)
     tokenizer_train.run(test_config, root / "base", log=lambda _: None)
     return root
 
@@ -51,7 +52,8 @@ def order_config(test_config, order: str):
 def test_train_sample_eval(order, test_config, tokenizer_run):
     cfg = order_config(test_config, order)
     workdir = tokenizer_run / order
-    shutil.copytree(tokenizer_run / "base" / "tokenizer", workdir / "tokenizer")
+    for stage in ("text_tokenizer", "tokenizer"):
+        shutil.copytree(tokenizer_run / "base" / stage, workdir / stage)
     logs = []
     result = train_job.run(cfg, workdir, log=logs.append)
     assert result.step == cfg.train.steps

@@ -22,7 +22,7 @@ import numpy as np
 
 from mmar.data import packing, sequences
 from mmar.data.pipeline import with_workers
-from mmar.vocab import ByteTokenizer, Vocab
+from mmar.vocab import Vocab, text_or_bytes
 
 
 class DocumentCodeSource(grain.sources.RandomAccessDataSource):
@@ -65,10 +65,11 @@ def encode_documents(encode, source, *, log=print, batch_size: int = 512) -> Doc
 
 
 class ToDocument(grain.transforms.RandomMap):
-    """A record with codes -> {tokens, modality, loss_weights, source} (unpadded)."""
+    """A record with codes -> {tokens, modality, loss_weights, source} (unpadded); text
+    encoded by `text`, the run's text tokenizer (default: bytes, for a byte vocabulary)."""
 
-    def __init__(self, vocab: Vocab, data_cfg, source_index: int = 0):
-        self.vocab, self.text = vocab, ByteTokenizer()
+    def __init__(self, vocab: Vocab, data_cfg, source_index: int = 0, text=None):
+        self.vocab, self.text = vocab, text_or_bytes(text, vocab)
         self.i2t, self.caption_dropout = data_cfg.i2t_fraction, data_cfg.caption_dropout
         self.weights = dict(text_weight=data_cfg.loss_weight_text,
                             image_weight=data_cfg.loss_weight_image)
@@ -99,7 +100,7 @@ def process_slice(ds: grain.MapDataset, index: int | None = None,
 
 
 def mixture(sources, weights, vocab: Vocab, data_cfg, *, seed: int,
-            process_index: int | None = None, process_count: int | None = None):
+            process_index: int | None = None, process_count: int | None = None, text=None):
     """Endless mixed documents: each source sliced, shuffled, repeated, then mixed by weight."""
     if len(sources) != len(weights) or not sources:
         raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
@@ -107,17 +108,17 @@ def mixture(sources, weights, vocab: Vocab, data_cfg, *, seed: int,
     for i, src in enumerate(sources):
         ds = process_slice(grain.MapDataset.source(src), process_index, process_count)
         ds = ds.seed(seed + 1009 * i).shuffle().repeat()
-        parts.append(ds.random_map(ToDocument(vocab, data_cfg, i)))
+        parts.append(ds.random_map(ToDocument(vocab, data_cfg, i, text)))
     ds = grain.MapDataset.mix(parts, weights=[float(w) for w in weights])
     return ds
 
 
 def document_batches(sources, weights, vocab: Vocab, data_cfg, *, global_batch: int,
                      seed: int, process_index: int | None = None,
-                     process_count: int | None = None, log=print):
+                     process_count: int | None = None, log=print, text=None):
     """Endless batches of packed rows from a weighted mixture (a checkpointable iterator)."""
     ds = mixture(sources, weights, vocab, data_cfg, seed=seed, process_index=process_index,
-                 process_count=process_count).to_iter_dataset()
+                 process_count=process_count, text=text).to_iter_dataset()
     ds = packing.pack(ds, vocab, seq_len=data_cfg.seq_len, num_bins=data_cfg.pack_bins,
                       oversize=data_cfg.oversize, max_bad_fraction=data_cfg.max_bad_fraction,
                       log=log)

@@ -16,7 +16,7 @@ from absl import flags
 
 from mmar.data import orders, packing, sequences, synthetic
 from mmar.data.builders import shapes
-from mmar.vocab import ByteTokenizer, Vocab
+from mmar.vocab import Vocab, text_or_bytes
 
 
 class CaptionCodeSource(grain.sources.RandomAccessDataSource):
@@ -56,10 +56,11 @@ class ImageArraySource(grain.sources.RandomAccessDataSource):
 
 
 class PairToRow(grain.transforms.RandomMap):
-    """A caption+codes record -> a text-to-image or image-to-text row (by `i2t_fraction`)."""
+    """A caption+codes record -> a text-to-image or image-to-text row (by `i2t_fraction`);
+    `text`: the run's text tokenizer (default: bytes, for a byte vocabulary only)."""
 
-    def __init__(self, vocab: Vocab, data_cfg):
-        self.vocab, self.text = vocab, ByteTokenizer()
+    def __init__(self, vocab: Vocab, data_cfg, text=None):
+        self.vocab, self.text = vocab, text_or_bytes(text, vocab)
         self.seq_len, self.i2t = data_cfg.seq_len, data_cfg.i2t_fraction
         self.caption_dropout = data_cfg.caption_dropout
         self.order = data_cfg.image_order
@@ -150,8 +151,9 @@ def with_workers(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
 
 
 def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global_batch: int,
-                    seed: int, total_steps: int | None = None):
-    """Endless shuffled batches of rows for the decoder (a checkpointable iterator).
+                    seed: int, total_steps: int | None = None, text=None):
+    """Endless shuffled batches of rows for the decoder (a checkpointable iterator); captions
+    encoded by `text`, the run's text tokenizer (default: bytes, for a byte vocabulary).
 
     With `data.pack` several documents share a row (mmar/data/packing.py); without it each
     row holds one document, padded. `data.image_order` other than raster (orders.py):
@@ -160,12 +162,12 @@ def decoder_batches(source: CaptionCodeSource, vocab: Vocab, data_cfg, *, global
     """
     ds = _shard_shuffle_repeat(source, seed)
     if data_cfg.pack:
-        ds = ds.random_map(PairToDocument(vocab, data_cfg)).to_iter_dataset()
+        ds = ds.random_map(PairToDocument(vocab, data_cfg, text)).to_iter_dataset()
         ds = packing.pack(ds, vocab, seq_len=data_cfg.seq_len, num_bins=data_cfg.pack_bins,
                           oversize=data_cfg.oversize,
                           max_bad_fraction=data_cfg.max_bad_fraction)
     else:
-        ds = ds.random_map(PairToRow(vocab, data_cfg))
+        ds = ds.random_map(PairToRow(vocab, data_cfg, text))
         if data_cfg.image_order == "rar":
             if not total_steps:
                 raise ValueError("data.image_order='rar': decoder_batches needs total_steps "

@@ -83,7 +83,15 @@ def decode_record(data: bytes) -> dict:
 # ---- layout --------------------------------------------------------------------------------
 
 def source_key(name: str) -> str:
-    """The directory name of a mixture entry: built-in names as is, a folder by its name."""
+    """The directory name of a mixture entry: built-in names as is, a folder by its name,
+    a streamed `kind:GLOB` as kind-<last plain folder>-<hash of the GLOB>."""
+    stream = derived.stream_source(name)
+    if stream is not None:
+        kind, pattern = stream
+        folders = [p for p in pattern.split("/")[:-1]
+                   if p and p != ".." and not any(c in p for c in "*?[:")]
+        tag = hashlib.sha256(pattern.encode()).hexdigest()[:8]
+        return "-".join([kind, *folders[-1:], tag])
     return os.path.basename(os.path.normpath(name)) or name
 
 
@@ -160,6 +168,11 @@ def source_settings(name: str, data_cfg) -> dict:
     """The data fields that define a source's images (all of them for generated sources)."""
     if name in ("shapes", "stories"):
         return {k: _jsonable(data_cfg[k]) for k in SOURCE_FIELDS}
+    if derived.stream_source(name) is not None:   # streamed (mmar/data/ingest)
+        keep = ("caption_field", "image_column", "text_column", "texts_column",
+                "images_column", "max_images", "max_text_bytes")
+        return {"image_size": data_cfg.image_size,
+                **{f"ingest.{k}": _jsonable(data_cfg.ingest[k]) for k in keep}}
     return {"image_size": data_cfg.image_size}
 
 
@@ -181,6 +194,15 @@ def code_settings(tok_config: dict, where: str = "") -> dict:
     return out
 
 
+BYTES_IDENTITY = {"kind": "bytes", "size": 256}   # mmar.vocab.ByteTokenizer().identity()
+
+
+def _describe(text_identity: dict) -> str:
+    sha = text_identity.get("sha256")
+    return (f"{text_identity.get('kind')!r} ({text_identity.get('size')} ids"
+            + (f", tokenizer.json sha256 {sha[:12]}..)" if sha else ")"))
+
+
 def check_tokenizer(meta: dict, identity: dict, settings: dict, where: str) -> None:
     """One TokensError naming the first field where the shards and this run disagree."""
     made = meta["tokenizer"]
@@ -192,12 +214,19 @@ def check_tokenizer(meta: dict, identity: dict, settings: dict, where: str) -> N
         if a != b:
             raise TokensError(f"{where}: made with image_tokenizer.{key}={a!r}, this run has "
                               f"image_tokenizer.{key}={b!r}{hint}")
-    # Not the vocab layout (recorded for reference): shards hold raw codes and text, so a
-    # different text tokenizer or id layout reads them correctly.
+    # Not the vocab layout (recorded for reference): shards hold raw codes and text. The text
+    # tokenizer is compared all the same (below): shards are one run's prepared data, and
+    # a run whose text tokenizer differs is reading another run's (metadata from before
+    # text tokenizers were recorded: the byte tokenizer, the only one then).
     for key in ("num_codes", "depth", "image_size"):
         if made[key] != identity[key]:
             raise TokensError(f"{where}: made with {key}={made[key]!r}, this run has "
                               f"{identity[key]!r}{hint}")
+    text = identity.get("text_tokenizer")
+    text_made = made.get("text_tokenizer", BYTES_IDENTITY)
+    if text is not None and text != text_made:
+        raise TokensError(f"{where}: made for the text tokenizer {_describe(text_made)}, this "
+                          f"run's is {_describe(text)} (vocab.text_tokenizer){hint}")
     for key, value in settings.items():
         if meta["source_settings"].get(key) != value:
             raise TokensError(f"{where}: made from data.{key}="
@@ -238,9 +267,16 @@ class TokenShardSource(grain.sources.RandomAccessDataSource):
         self.paths = [os.path.join(self.split_dir, s["file"]) for s in shards]
         total = sum(s["records"] for s in shards)
         self.position = np.empty(total, np.int64)   # record index -> concatenated position
+        # Streamed shards (mmar/data/ingest) number their records from 0 in each shard:
+        # the header index of record i is i - base[i]; 0 for the index plan above.
+        self.base = None
         pos = 0
         for s in shards:
             self.position[np.asarray(shard_indices(s))] = np.arange(pos, pos + s["records"])
+            if s.get("local"):
+                if self.base is None:
+                    self.base = np.zeros(total, np.int64)
+                self.base[pos:pos + s["records"]] = s["first"]
             pos += s["records"]
         self._source = None
 
@@ -254,7 +290,7 @@ class TokenShardSource(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, i):
         rec = decode_record(self._open()[int(self.position[int(i)])])
-        if rec["index"] != int(i):
+        if rec["index"] != int(i) - (0 if self.base is None else int(self.base[int(i)])):
             raise TokensError(f"{self.split_dir}: record {i} holds index {rec['index']}")
         return rec
 
@@ -292,11 +328,28 @@ def open_split(tokens_dir, name: str, split: str, *, identity: dict | None = Non
         raise TokensError(f"{where}: no split {split!r} (has {sorted(meta['splits'])}); run "
                           "`mmar pretokenize`")
     layout = meta["splits"][split]
-    shards = plan(layout["num_records"], layout["process_count"], layout["shard_records"])
     split_dir = os.path.join(source_dir, split)
-    missing = [s["file"] for s in shards
-               if not os.path.isfile(os.path.join(split_dir, s["file"] + ".done"))]
+    if layout.get("streamed"):
+        files = sorted(layout["shards"])
+    else:
+        shards = plan(layout["num_records"], layout["process_count"], layout["shard_records"])
+        files = [s["file"] for s in shards]
+    missing = [f for f in files if not os.path.isfile(os.path.join(split_dir, f + ".done"))]
     if missing:
-        raise TokensError(f"{split_dir}: {len(missing)} of {len(shards)} shards unfinished "
+        raise TokensError(f"{split_dir}: {len(missing)} of {len(files)} shards unfinished "
                           f"(first: {missing[0]}); rerun `mmar pretokenize` to finish them")
+    if layout.get("streamed"):
+        shards, first = [], 0
+        for f in files:   # one per input file, in input order; empty ones left out
+            n = read_done(os.path.join(split_dir, f))["records"]
+            if n:
+                shards.append({"file": f, "first": first, "step": 1, "records": n,
+                               "local": True})
+            first += n
     return TokenShardSource(split_dir, shards)
+
+
+def read_done(shard_path: str) -> dict:
+    """A finished shard's `.done` marker (records, bytes, sha256; streamed: the tally)."""
+    with open(shard_path + ".done") as f:
+        return json.load(f)

@@ -1,9 +1,10 @@
 """The files around the exported weights, and the small API that turns codes into images.
 
-- `tokenizer.json` + `tokenizer_config.json`: mmar's byte-level text tokenizer as a
-  `tokenizers` BPE with no merges over GPT-2's byte-to-unicode alphabet, so id b is byte b
-  exactly as in mmar, plus the special tokens at their mmar ids. `AutoTokenizer` loads it
-  without custom code and prepends `<bos>` (mmar prompts start with it).
+- `tokenizer.json` + `tokenizer_config.json`: the run's text tokenizer (bytes as a
+  `tokenizers` BPE with no merges, id b = byte b; or its tokenizer.json) plus the special
+  tokens at their mmar ids (mmar/tokenizers/text/export.py). `AutoTokenizer` loads it
+  without custom code, prepends `<bos>` (mmar prompts start with it) and encodes captions
+  to exactly mmar's ids.
 - `generation_config.json`: bos/eos/pad ids.
 - `mmar.json`: the id layout (specials, image-code offset and count, codes per image) that
   a caller needs to build image prompts and constrain generation to image codes.
@@ -14,16 +15,21 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 from PIL import Image
 
 from mmar import derived, schema
+from mmar import vocab as vocab_lib
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
 from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers import text as text_lib
 from mmar.tokenizers.image import autoencoder
+from mmar.tokenizers.image.runtime import check_depths
+from mmar.tokenizers.text import export as text_export
 from mmar.train import state as state_lib
 from mmar.vocab import SPECIALS
 
@@ -31,55 +37,31 @@ IMAGE_DIR = "image_tokenizer"
 MMAR_JSON = "mmar.json"
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable unicode character table (what `tokenizers`'
-    ByteLevel pre-tokenizer and decoder use)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def write_text_tokenizer(out_dir, vocab, cfg) -> None:
-    if cfg.vocab.text_tokenizer != "bytes" or vocab.text_size != 256:
-        raise ValueError(f"vocab.text_tokenizer={cfg.vocab.text_tokenizer!r}: only the byte "
-                         "tokenizer can be written as tokenizer.json so far")
-    table = bytes_to_unicode()
-    specials = {name: vocab.text_size + i for i, name in enumerate(SPECIALS)}
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                  "use_regex": False}
-    tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}
-                         for name, i in specials.items()],
-        "normalizer": None, "pre_tokenizer": byte_level,
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<bos>": {"id": "<bos>", "ids": [vocab.bos],
-                                         "tokens": ["<bos>"]}}},
-        "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {table[b]: b for b in range(256)}, "merges": []},
-    }
+def write_text_tokenizer(out_dir, vocab, cfg, text=None) -> dict[str, str]:
+    """tokenizer.json + tokenizer_config.json for `AutoTokenizer` (mmar/tokenizers/text/
+    export.py); `text` is the run's text tokenizer (a `TextTokenizer`; None for bytes). A
+    tokenizer mmar trained is also kept as is in text_tokenizer/tokenizer.json, from which
+    `mmar import` restores the run's. Returns special name -> its string in the file."""
+    kind = vocab_lib.text_kind(cfg.vocab)
+    if kind == "bytes":
+        data = text_export.byte_level_json()
+    elif text is None:
+        raise ValueError(f"vocab.text_tokenizer={cfg.vocab.text_tokenizer!r}: the export "
+                         "needs the run's tokenizer.json")
+    else:
+        data = json.loads(text.json_text)
+    data, names = text_export.with_specials(data, vocab.text_size)
     out_dir = pathlib.Path(out_dir)
-    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
-        "eos_token": "<eos>", "pad_token": "<pad>", "add_bos_token": True,
-        "model_max_length": int(cfg.data.seq_len),
-        "clean_up_tokenization_spaces": False}, indent=1))
+    (out_dir / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(
+        text_export.tokenizer_config(names, cfg.data.seq_len), indent=1))
+    kept = out_dir / text_lib.RUN_SUBDIR
+    if kind in vocab_lib.TRAINED_KINDS:
+        kept.mkdir(exist_ok=True)
+        (kept / text_lib.FILENAME).write_text(text.json_text, encoding="utf-8")
+    elif kept.is_dir():
+        shutil.rmtree(kept)   # a re-export of another run must not leave a stale one
+    return names
 
 
 def write_generation_config(out_dir, vocab) -> None:
@@ -88,11 +70,14 @@ def write_generation_config(out_dir, vocab) -> None:
         "do_sample": False}, indent=1))
 
 
-def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape) -> None:
+def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape,
+                    special_tokens: dict | None = None) -> None:
     layout = {
         "format": fmt, "step": step, "text_tokenizer": cfg.vocab.text_tokenizer,
         "text_size": vocab.text_size,
         "special_ids": {name: vocab.text_size + i for i, name in enumerate(SPECIALS)},
+        # the strings of the specials in tokenizer.json (their names unless the file had them)
+        "special_tokens": special_tokens or {name: name for name in SPECIALS},
         "image_offset": vocab.image_offset, "num_image_codes": vocab.num_image_codes,
         # RandAR (mmar/data/orders.py): P_k = position_offset + k precedes the code at grid k
         "image_order": cfg.data.image_order,
@@ -184,13 +169,32 @@ class ImageDecoder:
         bos, boi = self.layout["special_ids"]["<bos>"], self.layout["special_ids"]["<boi>"]
         return ([] if ids[:1] == [bos] else [bos]) + ids + [boi]
 
+    @property
+    def depth(self) -> int:
+        """Codes per latent position (an RQ tokenizer's depth, else 1)."""
+        shape = self.layout["codes_shape"]
+        return int(shape[2]) if len(shape) == 3 else 1
+
     def generation_kwargs(self) -> dict:
-        """`generate` arguments that draw exactly one image: codes only, codes_per_image."""
+        """`generate` arguments that draw exactly one image: codes only, codes_per_image.
+        With RQ (`depth` codes per position, each depth in its own id range) a
+        `prefix_allowed_tokens_fn` allows at each step only the ids of that step's depth."""
         lo = self.layout["image_offset"]
         hi = lo + self.layout["num_image_codes"]
         suppress = [i for i in range(self.layout["vocab_size"]) if not lo <= i < hi]
         n = self.codes_per_image
-        return {"max_new_tokens": n, "min_new_tokens": n, "suppress_tokens": suppress}
+        kwargs = {"max_new_tokens": n, "min_new_tokens": n, "suppress_tokens": suppress}
+        if self.depth > 1:
+            boi, depth = self.layout["special_ids"]["<boi>"], self.depth
+            size = self.layout["num_image_codes"] // depth
+            ranges = [list(range(lo + d * size, lo + (d + 1) * size)) for d in range(depth)]
+
+            def allowed(batch_id, input_ids):   # codes drawn since the prompt's <boi>
+                ids = input_ids.tolist()
+                drawn = len(ids) - 1 - max(i for i, t in enumerate(ids) if t == boi)
+                return ranges[drawn % depth]
+            kwargs["prefix_allowed_tokens_fn"] = allowed
+        return kwargs
 
     def decode_ids(self, ids) -> np.ndarray:
         """Image-code ids [N, codes_per_image] (offset included) -> uint8 [N, H, W, 3]."""
@@ -202,6 +206,7 @@ class ImageDecoder:
             raise ValueError("ids outside the image-code range "
                              f"[{self.layout['image_offset']}, "
                              f"{self.layout['image_offset'] + self.layout['num_image_codes']})")
+        check_depths(codes, self.depth, self.layout["num_image_codes"] // self.depth)
         return self.decode_codes(codes)
 
     def decode_codes(self, codes) -> np.ndarray:

@@ -24,9 +24,12 @@ import shutil
 import numpy as np
 
 from mmar import config as config_lib
+from mmar import vocab as vocab_lib
 from mmar.export import assets
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
+from mmar.tokenizers import text as text_lib
+from mmar.tokenizers.text import model as text_model
 
 DEFAULT_MAX_SHARD = "5GB"
 FORMATS = ("hf", "mmar")
@@ -170,9 +173,11 @@ def _plan_mmar(reader, dtype) -> list[st.Planned]:
 
 
 def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
-           max_shard_size=DEFAULT_MAX_SHARD, image_tokenizer=None, log=print) -> pathlib.Path:
+           max_shard_size=DEFAULT_MAX_SHARD, image_tokenizer=None, text_tokenizer=None,
+           log=print) -> pathlib.Path:
     """Writes `out_dir` from an mmar decoder checkpoint (a run workdir, its decoder dir or a
-    step dir). The image tokenizer is taken from `image_tokenizer` or the run workdir."""
+    step dir). The image tokenizer is taken from `image_tokenizer` or the run workdir; a
+    trained text tokenizer from `text_tokenizer` (a tokenizer.json) or the run workdir."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: one of {FORMATS}")
     step_dir = orbax_reader.find_step_dir(checkpoint, "decoder")
@@ -198,7 +203,8 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
         (out_dir / "config.json").unlink()  # only a transformers export has one
     (out_dir / "mmar_config.json").write_text(cfg.to_json(indent=1))
     assets.write_generation_config(out_dir, vocab)
-    assets.write_text_tokenizer(out_dir, vocab, cfg)
+    text = _text_tokenizer(cfg, vocab, step_dir, text_tokenizer)
+    special_tokens = assets.write_text_tokenizer(out_dir, vocab, cfg, text)
     tok_dir = _tokenizer_step_dir(step_dir, image_tokenizer)
     codes_shape = None
     if tok_dir is not None:
@@ -208,11 +214,31 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
         log(f"[export] no image tokenizer checkpoint found near {step_dir}; exported the "
             "decoder only (pass --image_tokenizer=DIR)")
     assets.write_mmar_json(out_dir, cfg, vocab, fmt=fmt, step=int(step_dir.name)
-                           if step_dir.name.isdigit() else None, codes_shape=codes_shape)
+                           if step_dir.name.isdigit() else None, codes_shape=codes_shape,
+                           special_tokens=special_tokens)
     arch = architecture(cfg.model)[1] if fmt == "hf" else "mmar layout"
     log(f"[export] {step_dir} -> {out_dir} ({arch}, {dtype}, {len(plan)} tensors in "
         f"{len(files)} file(s))")
     return out_dir
+
+
+def _text_tokenizer(cfg, vocab, step_dir, path):
+    """The run's text tokenizer (None for bytes): `path`, the config's file, or the run
+    workdir's trained one (mmar/rundir.py's layout: text_tokenizer/tokenizer.json)."""
+    kind = vocab_lib.text_kind(cfg.vocab)
+    if kind == "bytes":
+        return None
+    if path is None and kind == "file":
+        path = vocab_lib.tokenizer_file(cfg.vocab)
+    if path is None:
+        run_dir = orbax_reader.run_dir_of(step_dir, "decoder")
+        path = run_dir / text_lib.RUN_SUBDIR / text_lib.FILENAME if run_dir else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(
+                f"vocab.text_tokenizer={kind!r}: no trained text tokenizer near {step_dir} "
+                f"(WORKDIR/{text_lib.RUN_SUBDIR}/{text_lib.FILENAME}, from `mmar "
+                "text-tokenizer-train`); pass --text_tokenizer=PATH")
+    return text_model.load(path, kind=kind, vocab_size=vocab.text_size)
 
 
 def _tokenizer_step_dir(decoder_step_dir, image_tokenizer):

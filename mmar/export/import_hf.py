@@ -5,11 +5,15 @@ text ids keep the LLM's rows; mmar's special ids (`<pad> <bos> <eos> <boi> <eoi>
 image-code ids are appended after them and the total is padded to a multiple of 128, the
 same layout as mmar's own vocabulary with the LLM's vocabulary as the text range. New rows
 start at the mean of the existing embedding (and head) rows plus N(0, init_std) noise, so
-the new tokens begin where the model's average token is rather than far outside it.
+the new tokens begin where the model's average token is rather than far outside it. A
+`tokenizer.json` beside the weights becomes the run's text tokenizer (`vocab.text_tokenizer`
+= its path, `vocab.text_vocab_size` = the model's vocab_size), so mmar encodes text to the
+model's own ids.
 
 An mmar export (it carries `mmar.json` and `mmar_config.json`) comes back unchanged: same
-config, same vocabulary, identical parameters (tested). A `--format mmar` export (mmar's own
-names, e.g. a Mixture-of-Transformers decoder) is read by name.
+config, same vocabulary, identical parameters (tested), and a trained bpe / unigram text
+tokenizer back in RUN_DIR/text_tokenizer. A `--format mmar` export (mmar's own names, e.g. a
+Mixture-of-Transformers decoder) is read by name.
 
 Everything the user points us at is read as JSON and safetensors only (never pickle);
 anything that cannot map exactly raises one error naming the file and the field.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import jax
 import ml_collections
@@ -25,10 +30,12 @@ import numpy as np
 
 from mmar import config as config_lib
 from mmar import derived, schema
+from mmar import vocab as vocab_lib
 from mmar.export import assets, hf
 from mmar.export import safetensors_io as st
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers import text as text_lib
 from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import state as state_lib
 from mmar.vocab import PAD_MULTIPLE, SPECIALS
@@ -97,6 +104,10 @@ def _config(hf_dir: pathlib.Path, base_cfg):
     if not isinstance(text_size, int) or text_size <= 0:
         raise ValueError(f"{hf_cfg_path}: vocab_size={text_size!r} must be a positive int")
     cfg = ml_collections.ConfigDict(base_cfg.to_dict())
+    tokenizer_json = hf_dir / text_lib.FILENAME
+    if tokenizer_json.is_file():   # the model's own text tokenizer, its rows the text ids
+        cfg.vocab.update(text_tokenizer=str(tokenizer_json.absolute()),
+                         text_vocab_size=text_size)
     num_codes = derived.num_image_codes(cfg.image_tokenizer)
     # RandAR position ids follow the codes (mmar/vocab.py)
     positions = derived.codes_per_image(cfg) if config_lib.image_order(cfg) == "randar" else 0
@@ -187,6 +198,11 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=p
               "num_image_codes": derived.num_image_codes(cfg.image_tokenizer),
               "vocab_size": cfg.model.vocab_size}
     (out / "vocab.json").write_text(json.dumps(layout, indent=1))
+    kept = pathlib.Path(hf_dir) / text_lib.RUN_SUBDIR / text_lib.FILENAME
+    if vocab_lib.text_kind(cfg.vocab) in vocab_lib.TRAINED_KINDS and kept.is_file():
+        # an mmar export of a bpe / unigram run: its trained text tokenizer, as it was
+        (out.parent / text_lib.RUN_SUBDIR).mkdir(exist_ok=True)
+        shutil.copyfile(kept, out.parent / text_lib.RUN_SUBDIR / text_lib.FILENAME)
     n = sum(x.size for x in jax.tree.leaves(params))
     log(f"[import] {hf_dir} -> {ckpt.directory}/{step} ({n:,} parameters, vocabulary "
         f"{cfg.model.vocab_size}: text {text}, specials at {text}, image codes at "

@@ -30,7 +30,6 @@ from mmar.jobs import sample as sample_job
 from mmar.jobs.sample import Models
 from mmar.tokenizers.image import losses, quantizers
 from mmar.train import loss as loss_lib
-from mmar.vocab import ByteTokenizer
 
 
 def reconstruction_accuracy(cfg, models: Models, split: str = "test") -> dict:
@@ -53,7 +52,7 @@ def heldout_loss(cfg, models: Models, split: str = "test") -> dict:
     """Per-modality NLL and accuracy on held-out pairs, each seen in both directions."""
     recs = models.records(split)
     codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
-    text = ByteTokenizer()
+    text = models.text
     rows = [sequences.pair_example(text.encode(r["caption"]), models.vocab.image_ids(c),
                                    models.vocab, cfg.data.seq_len, image_first=first)
             for r, c in zip(recs, codes) for first in (False, True)]

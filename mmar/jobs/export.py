@@ -25,9 +25,13 @@ def _export(argv) -> int:
     p.add_argument("--max_shard_size", default="5GB", help="split above this (e.g. 200MB)")
     p.add_argument("--image_tokenizer", default=None,
                    help="image tokenizer run dir (default: <workdir>/tokenizer)")
+    p.add_argument("--text_tokenizer", default=None,
+                   help="a trained bpe / unigram run's tokenizer.json (default: "
+                        "<workdir>/text_tokenizer/tokenizer.json)")
     a = p.parse_args(argv)
     hf.export(a.checkpoint, a.out, fmt=a.format, dtype=a.dtype,
-              max_shard_size=a.max_shard_size, image_tokenizer=a.image_tokenizer)
+              max_shard_size=a.max_shard_size, image_tokenizer=a.image_tokenizer,
+              text_tokenizer=a.text_tokenizer)
     return 0
 
 

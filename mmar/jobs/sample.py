@@ -35,7 +35,6 @@ from mmar.data import pipeline, stories, synthetic
 from mmar.eval import digits, geneval, judge
 from mmar.sample import dispatch, sjd
 from mmar.sample.plain import split_document
-from mmar.vocab import ByteTokenizer
 
 
 class Models:
@@ -45,6 +44,7 @@ class Models:
     def __init__(self, run: rundir.Run):
         cfg = run.cfg
         self.run, self.cfg, self.vocab, self.tokenizer = run, cfg, run.vocab, run.tokenizer
+        self.text = run.text   # the text tokenizer: captions <-> text ids
         self.model_state, self.params, self.step = run.model_state, run.params, run.step
         self.num_codes = derived.codes_per_image(cfg)   # the RQ depth included
         # `image_sampler` draws every image, as data.image_order and sample.image_decoder
@@ -102,7 +102,7 @@ def provenance(models: Models, seed: int, index: int) -> dict:
 
 def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np.ndarray:
     """uint8 images [N, H, W, 3] for captions, batch by batch from key(seed)."""
-    text, key, images, passes = ByteTokenizer(), jax.random.key(seed), [], []
+    text, key, images, passes = models.text, jax.random.key(seed), [], []
     for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
         ids = [text.encode(c) for c in chunk]
@@ -136,7 +136,7 @@ def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) 
 
 
 def image_to_text(models: Models, split: str, out_dir: pathlib.Path, log=print) -> list[dict]:
-    cfg, text = models.cfg, ByteTokenizer()
+    cfg, text = models.cfg, models.text
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     recs = models.records(split)
     n = len(recs)
@@ -202,7 +202,7 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
 def story_prompts(models, n: int):
     """(prompt ids, story) for the first n held-out stories: text0 <boi>img0<eoi> text1 <boi>."""
     spec = synthetic.ShapesSpec.from_config(models.cfg.data)
-    v, text = models.vocab, ByteTokenizer()
+    v, text = models.vocab, models.text
     out = []
     for story in stories.make_stories(spec, n, seed=1):
         t0, t1 = story["segments"][0]["text"], story["segments"][2]["text"]
@@ -214,7 +214,7 @@ def story_prompts(models, n: int):
 
 
 def continue_stories(models, out_dir: pathlib.Path, log=print) -> list[dict]:
-    cfg, v, text = models.cfg, models.vocab, ByteTokenizer()
+    cfg, v, text = models.cfg, models.vocab, models.text
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     items = story_prompts(models, cfg.eval.num_examples)
     steps = max(int(cfg.sample.interleaved_tokens), models.num_codes + 1)

@@ -4,8 +4,10 @@
 Layout of the sweep's workdir:
 
     WORKDIR/tokenizer/            the image tokenizer, trained once for every run
+    WORKDIR/text_tokenizer/       the text tokenizer (bpe / unigram only), trained once too
     WORKDIR/<run>/                an ordinary mmar workdir per run: tokenizer -> ../tokenizer
-                                  (a symlink; a copy where links are not possible),
+                                  (a symlink; a copy where links are not possible; the same
+                                  for text_tokenizer),
                                   decoder/ (checkpoints, metrics, summary.json),
                                   samples/, report.json, run.json (the run's plan)
     WORKDIR/results.json          one record per finished run: plan + evaluation
@@ -29,8 +31,9 @@ from absl import app
 
 from mmar import config as config_lib
 from mmar import rundir
+from mmar import vocab as vocab_lib
 from mmar.jobs import eval as eval_job
-from mmar.jobs import tokenizer_train
+from mmar.jobs import text_tokenizer_train, tokenizer_train
 from mmar.jobs import train as train_job
 from mmar.scaling import report as scaling_report
 from mmar.scaling import sweep
@@ -55,21 +58,30 @@ def main(cfg, workdir, *, dry_run: bool, config_spec: str, extra_args=(), log=pr
         f"{workdir}/scaling/report.md")
 
 
-def link_tokenizer(run_dir: pathlib.Path) -> None:
-    """run_dir/tokenizer -> ../tokenizer (relative, so the sweep directory can move)."""
+def shared(cfg) -> tuple[str, ...]:
+    """The sweep's shared stages: the image tokenizer, and the text tokenizer it trains."""
+    if vocab_lib.text_kind(cfg.vocab) in vocab_lib.TRAINED_KINDS:
+        return rundir.TEXT_TOKENIZER, rundir.TOKENIZER
+    return (rundir.TOKENIZER,)
+
+
+def link_tokenizer(run_dir: pathlib.Path, names=(rundir.TOKENIZER,)) -> None:
+    """run_dir/tokenizer -> ../tokenizer for each of `names` (relative, so the sweep
+    directory can move)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    link = run_dir / rundir.TOKENIZER
-    if link.is_symlink() or link.exists():
-        return
-    try:
-        os.symlink(os.path.join("..", rundir.TOKENIZER), link, target_is_directory=True)
-    except OSError:  # no symlinks here (some mounted file systems): copy
-        shutil.copytree(run_dir.parent / rundir.TOKENIZER, link)
+    for name in names:
+        link = run_dir / name
+        if link.is_symlink() or link.exists():
+            continue
+        try:
+            os.symlink(os.path.join("..", name), link, target_is_directory=True)
+        except OSError:  # no symlinks here (some mounted file systems): copy
+            shutil.copytree(run_dir.parent / name, link)
 
 
-def prepare(workdir: pathlib.Path, run: sweep.Run) -> pathlib.Path:
+def prepare(workdir: pathlib.Path, run: sweep.Run, names=(rundir.TOKENIZER,)) -> pathlib.Path:
     run_dir = workdir / run.name
-    link_tokenizer(run_dir)
+    link_tokenizer(run_dir, names)
     (run_dir / "run.json").write_text(json.dumps(run.record(), indent=1))
     return run_dir
 
@@ -106,13 +118,15 @@ def run_local(cfg, workdir, log=print) -> list[dict]:
         log(f"[sweep] {note}")
     log(f"[sweep] {len(runs)} runs, {len(cfg.sweep.budgets)} budgets, in {workdir}")
     workdir.mkdir(parents=True, exist_ok=True)
+    if rundir.TEXT_TOKENIZER in shared(cfg):
+        text_tokenizer_train.run(cfg, workdir, log=log)   # keeps a finished one
     if _tokenizer_done(cfg, workdir):
         log(f"[sweep] tokenizer already trained in {workdir / 'tokenizer'}")
     else:
         tokenizer_train.run(cfg, workdir, log=log)
     t_sweep = time.perf_counter()
     for i, run in enumerate(runs, 1):
-        run_dir = prepare(workdir, run)
+        run_dir = prepare(workdir, run, shared(cfg))
         status = state(run_dir, run)
         head = (f"[sweep] run {i}/{len(runs)} {run.name}: N={run.params:,} "
                 f"(non-embedding {run.non_embedding_params:,}), D={run.tokens:,} tokens, "
@@ -144,13 +158,15 @@ def emit(cfg, workdir, config_spec: str, extra_args=(), log=print) -> list[str]:
     submit `lines[1:]` (independent runs, in parallel); the lines stay plain `mmar`
     commands so any launcher can wrap them."""
     runs, notes = sweep.plan(cfg)
-    lines = sweep.command_lines(config_spec, str(workdir), runs, extra_args)
+    lines = sweep.command_lines(config_spec, str(workdir), runs, extra_args,
+                                text_tokenizer=rundir.TEXT_TOKENIZER in shared(cfg))
     if "://" not in str(workdir):
         for run in runs:
-            prepare(pathlib.Path(workdir), run)
+            prepare(pathlib.Path(workdir), run, shared(cfg))
     else:  # object stores have no links: each run needs a copy of WORKDIR/tokenizer
-        notes.append(f"{workdir} is remote: copy {workdir}/tokenizer into each run "
-                     "directory after tokenizer-train (no links on object stores)")
+        notes.append(f"{workdir} is remote: copy {workdir}/" + " and ".join(shared(cfg))
+                     + " into each run directory after they are trained (no links on "
+                     "object stores)")
     for note in notes:
         log(f"# {note}")
     for line in lines:

@@ -26,8 +26,10 @@ from mmar.train.decoder import decoder_task
 
 def train_batches(cfg, workdir, vocab, log=print):
     """The decoder's batches: from token shards (`data.pretokenized`, checked against this
-    run's tokenizer) or encoded in memory at start by the trained tokenizer."""
-    kw = dict(global_batch=cfg.train.batch_size, seed=cfg.seed)
+    run's tokenizers) or encoded in memory at start by the trained image tokenizer; text
+    by the run's text tokenizer."""
+    text = rundir.load_text_tokenizer(cfg, workdir)
+    kw = dict(global_batch=cfg.train.batch_size, seed=cfg.seed, text=text)
     pair_kw = dict(kw, total_steps=cfg.train.steps)  # RAR's anneal schedule (orders.py)
     if cfg.data.pretokenized:  # `mmar pretokenize` shards (mmar/jobs/pretokenize.py)
         shards = rundir.open_tokens(cfg, workdir)

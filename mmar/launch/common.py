@@ -17,7 +17,7 @@ import sys
 from typing import Iterable, Sequence
 
 # The stages that run on many hosts; export/import take paths and run on one machine.
-MULTI_HOST_COMMANDS = ("tokenizer-train", "train", "sample", "eval", "demo")
+MULTI_HOST_COMMANDS = ("tokenizer-train", "pretokenize", "train", "sample", "eval", "demo")
 # Set by the launcher, never by the user: each engine finds the process group its own way.
 PROCESS_FLAGS = ("--distributed", "--coordinator_address", "--num_processes", "--process_id")
 ROOT = pathlib.Path(__file__).resolve().parents[2]

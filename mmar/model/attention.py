@@ -97,14 +97,35 @@ def _rows_to_heads(x, s: int):
 
 def _scores(q, k, mask):
     """Masked float32 logits [B, KVH, G, S, T] of `attend`, and q as merged rows."""
+    return _scores_kv_major(q, k.transpose(0, 2, 1, 3), mask)
+
+
+def _scores_kv_major(q, k, mask):
+    """`_scores` of keys k [B, KVH, T, D] (KV heads before slots)."""
     b, s, h, d = q.shape
-    t, kvh = k.shape[1], k.shape[2]
+    kvh, t = k.shape[1], k.shape[2]
     rows = _heads_to_rows(q, kvh)
-    logits = jnp.einsum("bkxd,bktd->bkxt", rows * jnp.asarray(d ** -0.5, q.dtype),
-                        k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bkxd,bktd->bkxt", rows * jnp.asarray(d ** -0.5, q.dtype), k,
+                        preferred_element_type=jnp.float32)
     logits = jnp.where(mask[:, None, None], logits.reshape(b, kvh, h // kvh, s, t),
                        jnp.finfo(jnp.float32).min)
     return logits, rows
+
+
+def attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attend` over a KV cache: q [B, S, H, D], k/v [B, KVH, T, D], mask [B, S, T].
+
+    The cache keeps KV heads before slots, the layout of the (row, KV head)-batched matmuls,
+    so a decoding step reads it as it is: with k [B, T, KVH, D] every step would transpose
+    (copy) the whole cache of every layer first. k and v are cast to q's dtype (a cache may
+    be kept in another). Same arithmetic as `attend` (tests/model/test_attention.py)."""
+    s, t, kvh = q.shape[1], k.shape[2], k.shape[1]
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    logits, _ = _scores_kv_major(q, k, mask)
+    e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    probs = (e / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype).reshape(
+        q.shape[0], kvh, -1, t)
+    return _rows_to_heads(jnp.einsum("bkxt,bktd->bkxd", probs, v), s)
 
 
 @jax.custom_vjp

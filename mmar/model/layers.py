@@ -61,11 +61,20 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     "rotate half" layout of Hugging Face Llama, so exported q/k weights need no permutation.
     Positions are explicit (not 0..S-1) because packed documents restart them.
     """
-    half = x.shape[-1] // 2
+    return rotate(x, *rope_angles(positions, x.shape[-1], theta))
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float):
+    """(sin, cos) [B, S, 1, D/2] of RoPE at `positions` [B, S]: the same for every layer and
+    head, so the KV-cache step (model/kv_decode.py) computes them once per call."""
+    half = head_dim // 2
     inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
-    sin = jnp.sin(angles)[:, :, None, :]
-    cos = jnp.cos(angles)[:, :, None, :]
+    return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+
+
+def rotate(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+    """x [B, S, N, D] rotated by `rope_angles`' (sin, cos), in float32."""
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -126,10 +135,12 @@ class Attention(nnx.Module):
 
         `visible` says which keys each query sees (attention.Visible). Without a cache the
         keys are this call's own (T = S) and (k, v) are returned. With
-        `cache=(k_cache, v_cache, index)` (k_cache [B, T, KVH, D]) the new keys/values are
-        written at slots index..index+S-1, the queries attend over the whole cache with
-        `visible.mask` [B, S, T] (the plain XLA path, whatever `model.attention` says), and
-        (k, v) is the updated cache.
+        `cache=(k_cache, v_cache, index)` (k_cache [B, KVH, T, D], the layout of the
+        attention matmuls) the new keys/values are written at slots index..index+S-1, the
+        queries attend over the whole cache with `visible.mask` [B, S, T]
+        (`attention.attend_cache`, whatever `model.attention` says), and (k, v) is the
+        updated cache. (A dense decoder's KV-cache steps run model/kv_decode.py instead; the
+        Mixture-of-Transformers blocks come here.)
         """
         dt = self.dtype
         q = project(x, self.q[...].astype(dt))
@@ -157,8 +168,11 @@ class Attention(nnx.Module):
             if visible.mask is None:
                 raise ValueError("attention over a KV cache needs `visible.mask` [B, S, T]")
             k_cache, v_cache, index = cache
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            k, v = (jax.lax.dynamic_update_slice(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
+                                                 (0, 0, index, 0))
+                    for c, x in ((k_cache, k), (v_cache, v)))
+            out = attention.attend_cache(q, k, v, visible.mask)
+            return constrain(out, ("batch", "length", "act_heads", None)), (k, v)
         out = self.kernel(q, k, v, visible)
         return constrain(out, ("batch", "length", "act_heads", None)), (k, v)
 

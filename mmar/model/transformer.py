@@ -17,9 +17,12 @@ and slicing of every layer's saved activations (a faster CPU step, docs/performa
 residual stream between blocks.
 
 `__call__` is the training/eval forward over packed rows; `init_cache` and `decode` are the
-static-shape KV cache path used by the sampler (prefill and single steps alike). Each builds
-one `layers.Context` (positions, which keys each query sees, the MoT routing) that every
-block reads, and both share the embedding (`_embed`) and the output head (`_logits`).
+static-shape KV cache path used by the sampler (prefill and single steps alike). A dense
+decoder's `decode` runs model/kv_decode.py (fused projections, per-layer caches updated in
+place, weights prepared once per sampler call by `decode_weights`); a Mixture-of-Transformers
+decoder's runs its blocks. The blocks' paths build one `layers.Context` (positions, which
+keys each query sees, the MoT routing) that every block reads, and share the embedding
+(`_embed`) and the output head (`_logits`).
 """
 from __future__ import annotations
 
@@ -29,10 +32,11 @@ import ml_collections
 from flax import nnx
 
 from mmar import schema
-from mmar.model import attention
+from mmar.model import attention, kv_decode
 from mmar.model import mot as mot_lib
 from mmar.model.attention import Visible, attention_mask
-from mmar.model.layers import MLP, Attention, Context, Embed, RMSNorm, param, project
+from mmar.model.layers import (MLP, Attention, Context, Embed, RMSNorm, param, project,
+                               rope_angles)
 from mmar.parallel.rules import constrain
 
 # "full" keeps only the residual stream between blocks; "dots" also keeps every matmul output
@@ -114,6 +118,9 @@ class Decoder(nnx.Module):
         self.attention = attention.implementation(cfg)
         self.mot = cfg.mot.enabled
         self.num_modalities, self.mot_tile = cfg.mot.num_modalities, cfg.mot.tile
+        self.kv_spec = None if self.mot else kv_decode.Spec(
+            cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.norm_eps,
+            cfg.rope_theta, self.dtype, cfg.qk_norm)
 
     # ---- the two entry points ----
 
@@ -132,16 +139,26 @@ class Decoder(nnx.Module):
         return self._logits(x, ctx)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict:
-        """An empty KV cache: k/v [L, B, max_len, KVH, D], segment_ids [B, max_len] (0 =
-        empty slot) and index (the next slot to write, an int32 scalar)."""
-        shape = (self.n_layers, batch_size, max_len, self.n_kv_heads, self.head_dim)
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+        """An empty KV cache: k/v, one [B, KVH, max_len, D] array per layer (tuples of L;
+        model/kv_decode.py says why), segment_ids [B, max_len] (0 = empty slot) and index
+        (the next slot to write, an int32 scalar)."""
+        shape = (batch_size, self.n_kv_heads, max_len, self.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(self.n_layers))
+        return {"k": zeros, "v": zeros,
                 "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
                 "index": jnp.zeros((), jnp.int32)}
 
+    def decode_weights(self, logits_ids: tuple[int, int] | None = None):
+        """What `decode(weights=...)` reads, prepared once (kv_decode.prepare: fused and
+        cast weights, the head restricted to ids [start, stop) when `logits_ids` is given);
+        a sampler calls it before its loop. None for a Mixture-of-Transformers decoder,
+        whose `decode` runs its blocks."""
+        return None if self.mot else kv_decode.prepare(self, self.kv_spec, logits_ids)
+
     def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                cache: dict, modality: jax.Array | None = None,
-               visible: jax.Array | None = None, targets: jax.Array | None = None
+               visible: jax.Array | None = None, targets: jax.Array | None = None, *,
+               weights=None, logits_ids: tuple[int, int] | None = None
                ) -> tuple[jax.Array, dict]:
         """Runs T new tokens [B, T] against the cache -> (logits [B, T, vocab], new cache).
 
@@ -158,17 +175,32 @@ class Decoder(nnx.Module):
         segment rule still applies on top of it. The cache may also be rewound by setting
         `index` lower: slots at or past it are rewritten before any query can see them under
         the causal rule. `targets` [B, T]: as in `__call__` (RAR decoders only).
+
+        `weights`: `decode_weights(logits_ids)` prepared once outside a sampler's loop
+        (prepared here when not given); `logits_ids=(start, stop)` returns only the logits of
+        ids [start, stop) (column j is id start + j), and must match the weights' own.
         """
         index = cache["index"]
         cache_segments = jax.lax.dynamic_update_slice(
             cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
         mask = attention_mask(segment_ids, cache_segments, q_offset=index, visible=visible)
+        new_cache = {"segment_ids": cache_segments, "index": index + tokens.shape[1]}
+        if self.kv_spec is not None:
+            spec = self.kv_spec
+            w = self.decode_weights(logits_ids) if weights is None else weights
+            self._check_targets(targets)
+            sin, cos = rope_angles(positions, spec.head_dim, spec.rope_theta)
+            logits, new_cache["k"], new_cache["v"] = kv_decode.run(
+                spec, w, kv_decode.embed(spec, w, tokens, targets), sin, cos, mask,
+                cache["k"], cache["v"], index)
+            return logits, new_cache
         ctx = Context(positions, Visible(mask=mask), self._route(modality))
         x, k, v = self._run_blocks_cached(self._embed(tokens, targets, ctx), ctx,
-                                          cache["k"], cache["v"], index)
-        new_cache = {"k": k, "v": v, "segment_ids": cache_segments,
-                     "index": index + tokens.shape[1]}
-        return self._logits(x, ctx), new_cache
+                                          jnp.stack(cache["k"]), jnp.stack(cache["v"]), index)
+        new_cache["k"], new_cache["v"] = tuple(k), tuple(v)
+        logits = self._logits(x, ctx)
+        return (logits if logits_ids is None else
+                logits[..., logits_ids[0]:logits_ids[1]]), new_cache
 
     # ---- the steps both share ----
 
@@ -185,13 +217,16 @@ class Decoder(nnx.Module):
         """Token embeddings, plus the target embeddings of a RAR decoder (`targets` [B, S]);
         under MoT in modality order ([Np, E], `mot.sort_rows`)."""
         x = self.embed(tokens)
+        self._check_targets(targets)
         if self.target_embed is not None:
-            if targets is None:
-                raise ValueError(f"this decoder has model.num_targets={self.num_targets} (RAR, "
-                                 "data.image_order='rar'): it needs `targets` [B, S]")
             table = constrain(self.target_embed[...], (None, None))
             x = x + jnp.take(table, targets, axis=0).astype(x.dtype)
         return x if ctx.routing is None else mot_lib.sort_rows(x, ctx.routing)
+
+    def _check_targets(self, targets) -> None:
+        if self.target_embed is not None and targets is None:
+            raise ValueError(f"this decoder has model.num_targets={self.num_targets} (RAR, "
+                             "data.image_order='rar'): it needs `targets` [B, S]")
 
     def _run_blocks(self, x, ctx: Context) -> jax.Array:
         """Every block over packed rows: one scanned (or unrolled) block, rematerialised per
@@ -210,7 +245,8 @@ class Decoder(nnx.Module):
         return run(x, self.blocks)
 
     def _run_blocks_cached(self, x, ctx: Context, k, v, index):
-        """Every block against its layer of the KV cache k, v [L, B, T, KVH, D] -> (x, k, v)."""
+        """Every block against its layer of the KV cache k, v [L, B, KVH, T, D] -> (x, k, v)
+        (Mixture-of-Transformers decoders; dense ones run model/kv_decode.py)."""
         @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
                   transform_metadata=STACKED)
         def run(x, block, k, v):

@@ -203,14 +203,66 @@ def warp(logits, allowed, temperature, top_k, top_p) -> Warped:
                   probs=jnp.where((temperature == 0)[..., None], point, probs))
 
 
-def sample_logits(logits, allowed, key, temperature, top_k, top_p):
-    """One id per row of logits [..., V] under `warp`'s settings.
+# Gumbel noise of every step drawn before a decoding loop when it takes at most this many
+# bytes (`gumbel_ahead`); beyond it each step draws its own.
+NOISE_AHEAD_BYTES = 64 << 20
+
+
+def gumbel_ahead(keys, shape, span=None):
+    """The Gumbel noise [steps, *shape] that `sample_logits(key=keys[t])` would draw at step
+    t (`span=(offset, width)`: drawn at the full width, kept for the logits' columns), all
+    in one call before the loop, or None when it would exceed NOISE_AHEAD_BYTES.
+
+    Why: on CPU, JAX's threefry runs as a small loop of its own; inside a decoding loop it
+    cost about a third of a tiny model's step. The same keys give the same noise here
+    (tests/sample/test_warp.py), so the draws do not change."""
+    width = shape[-1] if span is None else span[1]
+    if keys.shape[0] * np.prod(shape[:-1]) * width * 4 > NOISE_AHEAD_BYTES:
+        return None
+    noise = jax.vmap(lambda k: jax.random.gumbel(k, (*shape[:-1], width)))(keys)
+    return noise if span is None else noise[..., span[0]:span[0] + shape[-1]]
+
+
+def sample_logits(logits, allowed, key, temperature, top_k, top_p, span=None, noise=None):
+    """One id per row of logits [..., V] under `warp`'s settings (`allowed` None: all).
 
     The draw is in id order (the kept set scattered back), so that with no filter the draws
-    are exactly those of a plain categorical over the logits (same keys, same ids)."""
-    w = warp(logits, allowed, temperature, top_k, top_p)
-    drawn = jax.random.categorical(key, jnp.where(w.keep, w.scaled, -jnp.inf)).astype(jnp.int32)
-    return jnp.where(jnp.asarray(temperature) == 0, w.greedy, drawn)
+    are exactly those of a plain categorical over the logits (same keys, same ids). When no
+    row filters (top-k 0 and top-p >= 1 everywhere, decided at run time) the sort that
+    top-k / top-p need is skipped (`lax.cond`): the same draws, without sorting the
+    vocabulary at every step.
+
+    `span=(offset, width)`: the logits are those of ids offset .. offset + V - 1 of a
+    `width`-id vocabulary whose other ids are not allowed (a decoder that computes only the
+    image codes' logits, `Decoder.decode(logits_ids=...)`); the Gumbel noise of the draw is
+    made at the full width and sliced, so the draws are exactly those over the whole
+    vocabulary, and the result is an index into the V logits. `noise`: this draw's noise
+    from `gumbel_ahead` (then `key` is not used)."""
+    temperature, top_k, top_p = (jnp.asarray(x) for x in (temperature, top_k, top_p))
+    if allowed is None:
+        allowed = jnp.ones(logits.shape[-1:], bool)
+    allowed = jnp.broadcast_to(allowed, logits.shape)
+    masked = jnp.where(allowed, logits.astype(jnp.float32), -jnp.inf)
+    greedy = jnp.argmax(masked, axis=-1).astype(jnp.int32)
+
+    def filtered(_):
+        w = warp(logits, allowed, temperature, top_k, top_p)
+        return jnp.where(w.keep, w.scaled, -jnp.inf)
+
+    def unfiltered(_):
+        return masked / jnp.maximum(temperature, 1e-6)[..., None]
+
+    scaled = jax.lax.cond(jnp.any(top_k > 0) | jnp.any(top_p < 1.0), filtered, unfiltered,
+                          None)
+    if noise is not None:
+        drawn = jnp.argmax(noise + scaled, axis=-1)
+    elif span is None:
+        drawn = jax.random.categorical(key, scaled)
+    else:
+        offset, width = span
+        noise = jax.random.gumbel(key, (*scaled.shape[:-1], width), scaled.dtype)
+        drawn = jnp.argmax(noise[..., offset:offset + scaled.shape[-1]] + scaled, axis=-1)
+    return jnp.where(temperature == 0, greedy, drawn.astype(jnp.int32))
 
 
 def warped_probs(logits, allowed, temperature, top_k, top_p):

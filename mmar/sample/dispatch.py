@@ -20,17 +20,26 @@ come from the plain sampler.
 from __future__ import annotations
 
 from mmar import config as config_lib
+from mmar import derived
 from mmar.sample import core, plain, randar, sjd, zipar
 from mmar.vocab import Vocab
 
 
 def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, sample_cfg, *,
-                  num_codes: int | None = None, code_vectors=None, method: str | None = None):
+                  num_codes: int | None = None, code_vectors=None, method: str | None = None,
+                  depth: int = 1):
     """The image sampler of a model trained in `image_order`. `method` (default:
     `sample.image_decoder`) picks among the raster-order decoders; `code_vectors` (the image
-    tokenizer's, `sjd.code_vectors`) are LANTERN's, `num_codes` plain decoding's documents."""
+    tokenizer's, `sjd.code_vectors`) are LANTERN's, `num_codes` plain decoding's documents;
+    `depth` the RQ depth (codes per latent position: plain decoding only)."""
     overrides = {} if method is None else {"image_decoder": method}
     method = core.section(sample_cfg, **overrides).image_decoder
+    if depth > 1 and (method != "plain" or image_order == "randar"):
+        raise ValueError(f"image_tokenizer.quantizer='rq' (depth {depth}): its codes are "
+                         f"{depth} per grid position, each depth in its own id range; "
+                         f"{'randar' if image_order == 'randar' else method!r} decodes one "
+                         "code per position: use sample.image_decoder='plain' with a raster "
+                         "or rar model")
     if method != "plain" and image_order != "raster":
         raise ValueError(f"sample.image_decoder={method!r} decodes raster-order models only; "
                          f"a {image_order!r} decoder (data.image_order) needs 'plain' (RAR "
@@ -45,7 +54,7 @@ def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, 
     if method == "zipar":
         return zipar.ZipARSampler(model_state, vocab, vocab_rows, sample_cfg)
     return plain.Sampler(model_state, vocab, vocab_rows, sample_cfg, num_codes=num_codes,
-                         target_aware=image_order == "rar")
+                         target_aware=image_order == "rar", depth=depth)
 
 
 def samplers(cfg, model_state, vocab: Vocab, num_codes: int, code_vectors=None):
@@ -53,9 +62,10 @@ def samplers(cfg, model_state, vocab: Vocab, num_codes: int, code_vectors=None):
     (RAR: with its target embeddings); the image sampler follows `data.image_order` and
     `sample.image_decoder` (the same object as the text sampler when that is plain)."""
     order = config_lib.image_order(cfg)
+    depth = derived.quantizer_depth(cfg.image_tokenizer)
     text = plain.Sampler(model_state, vocab, cfg.model.vocab_size, cfg.sample,
-                         num_codes=num_codes, target_aware=order == "rar")
+                         num_codes=num_codes, target_aware=order == "rar", depth=depth)
     if order != "randar" and cfg.sample.image_decoder == "plain":
         return text, text
     return text, image_sampler(order, model_state, vocab, cfg.model.vocab_size, cfg.sample,
-                               num_codes=num_codes, code_vectors=code_vectors)
+                               num_codes=num_codes, code_vectors=code_vectors, depth=depth)

@@ -89,13 +89,19 @@ class Sampler:
     """Plain decoding for one model: its jitted loop (compiled once per shape)."""
 
     def __init__(self, model_state, vocab: Vocab, vocab_rows: int, sample_cfg,
-                 num_codes: int | None = None, target_aware: bool = False):
+                 num_codes: int | None = None, target_aware: bool = False, depth: int = 1):
+        """`depth`: codes per latent position of a residual (RQ) tokenizer: the k-th code of
+        an image is then drawn from depth k % depth's id range only (mmar/vocab.py)."""
         self.model_state, self.vocab = model_state, vocab
         self.cfg = schema.complete(sample_cfg, section="sample")
         self.num_codes, self.target_aware = num_codes, target_aware
+        if vocab.num_image_codes % depth:
+            raise ValueError(f"{vocab.num_image_codes} image codes do not split into {depth} "
+                             "depths")
+        self.depth = depth
         self.allowed = core.id_masks(vocab, vocab_rows)
         self._jitted = jax.jit(self._generate, static_argnames=("steps", "guided", "n",
-                                                                "allow_images"))
+                                                                "allow_images", "codes_only"))
 
     def settings(self, **overrides) -> dict:
         """The warp and guidance settings of the `sample` section, with per-call overrides
@@ -154,13 +160,16 @@ class Sampler:
             for i, p in enumerate(prompts):
                 targets[i, tokens.shape[1] - len(p):] = prompt_targets(p, v, n)
         state = (np.array([i for i, _ in starts]), np.array([c for _, c in starts], np.int32))
+        # Every drawn token an image code (text-to-image, and any prompts whose images all
+        # need at least `steps` more codes): the model computes only the codes' logits.
+        codes_only = all(inside and n - c >= steps for inside, c in starts)
         knobs = {"text": core.warp_knobs(s, "text"), "image": core.image_knobs(s)}
         return np.asarray(self._jitted(params, tokens, positions, segments, state, knobs, key,
                                        targets, steps=steps, guided=guided, n=n,
-                                       allow_images=allow_images))
+                                       allow_images=allow_images, codes_only=codes_only))
 
     def _generate(self, params, tokens, positions, segments, state, knobs, key, targets, *,
-                  steps, guided, n, allow_images):
+                  steps, guided, n, allow_images, codes_only):
         v = self.vocab
         model = self.model_state.merge(params)
         rows, plen = tokens.shape
@@ -169,21 +178,49 @@ class Sampler:
         text_ids = jnp.asarray(self.allowed["text"])
         ids = jnp.arange(image_ids.shape[0])
         eoi_only, eos_only, boi = ids == v.eoi, ids == v.eos, ids == v.boi
+        code_ids = (v.image_offset, v.image_offset + v.num_image_codes)
+        logits_ids = code_ids if codes_only else None
+        span = (v.image_offset, image_ids.shape[0]) if codes_only else None
+        weights = model.decode_weights(logits_ids)     # once, outside the loop
+        per_depth = v.num_image_codes // self.depth
+        code_depth = (ids - v.image_offset) // per_depth   # an id's RQ depth (codes only)
 
-        def pick(logits, st, t, step_key):
+        def depth_ok(codes, width_ids):
+            """Ids of `width_ids` that the next code of each row may be: all image codes, or
+            with RQ those of depth `codes % depth` ([batch, width] bool; None: no limit)."""
+            if self.depth == 1:
+                return None
+            return width_ids[None] == (codes % self.depth)[:, None]
+
+        def pick_code(logits, st, step_key, noise):
+            """codes_only: logits [rows, 1, codes] -> the next code ids of every row."""
+            inside, codes, done = st
+            cond = core.guide(logits[:, -1], batch, guided, knobs["image"],
+                              codes.astype(jnp.float32) / n)
+            k = knobs["image"]
+            tok = v.image_offset + core.sample_logits(
+                cond, depth_ok(codes, code_depth[code_ids[0]:code_ids[1]]), step_key,
+                k["temperature"], k["top_k"], k["top_p"], span=span, noise=noise)
+            return core.twin_rows(tok, guided), (inside, codes + 1, done)
+
+        def pick(logits, st, t, step_key, noise):
+            if codes_only:
+                return pick_code(logits, st, step_key, noise)
             inside, codes, done = st
             in_image = inside & (codes < n)
             cond = core.guide(logits[:, -1], batch, guided, knobs["image"],
                               codes.astype(jnp.float32) / n, in_image)
             room = steps - t >= n + 2
             text_ok = text_ids[None] | (boi[None] & allow_images & room)
-            allowed = jnp.where(in_image[:, None], image_ids[None],
+            in_range = depth_ok(codes, code_depth)
+            image_ok = image_ids[None] if in_range is None else image_ids[None] & in_range
+            allowed = jnp.where(in_image[:, None], image_ok,
                                 jnp.where(inside[:, None], eoi_only[None], text_ok))
             allowed = jnp.where(done[:, None], eos_only[None], allowed)
             knob = {k: jnp.where(inside, knobs["image"][k], knobs["text"][k])
                     for k in ("temperature", "top_k", "top_p")}
             tok = core.sample_logits(cond, allowed, step_key, knob["temperature"],
-                                     knob["top_k"], knob["top_p"])
+                                     knob["top_k"], knob["top_p"], noise=noise)
             is_code = (tok >= v.image_offset) & (tok < v.image_offset + v.num_image_codes)
             new_state = (jnp.where(tok == v.boi, True, jnp.where(tok == v.eoi, False, inside)),
                          jnp.where(tok == v.boi, 0, codes + is_code.astype(jnp.int32)),
@@ -194,15 +231,17 @@ class Sampler:
               jnp.zeros((batch,), bool))
         cache = model.init_cache(rows, plen + steps)
         logits, cache = model.decode(tokens, positions, segments, cache,
-                                     core.modality(tokens, v), targets=targets)
+                                     core.modality(tokens, v), targets=targets,
+                                     weights=weights, logits_ids=logits_ids)
         first_key, rest = jax.random.split(key)  # code k gets keys[k] (ZipAR's stream too)
         keys = jnp.concatenate([first_key[None], jax.random.split(rest, steps - 1)])
-        first, st = pick(logits, st, 0, keys[0])
+        noise = core.gumbel_ahead(keys, (batch, logits.shape[-1]), span)
+        first, st = pick(logits, st, 0, keys[0], None if noise is None else noise[0])
         seg = jnp.ones((rows, 1), jnp.int32)
 
         def body(carry, xs):
             tok, pos, st, cache = carry
-            t, step_key = xs
+            t, step_key, step_noise = xs
             step_model = self.model_state.merge(params)  # NNX modules do not cross traces
             target = None
             if self.target_aware:  # RAR: what comes after tok (the state after drawing it)
@@ -210,12 +249,13 @@ class Sampler:
                 target = jnp.where(inside & (codes < n), codes + 1, 0).astype(jnp.int32)
                 target = core.twin_rows(target, guided)[:, None]
             logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache,
-                                              core.modality(tok[:, None], v), targets=target)
-            nxt, st = pick(logits, st, t, step_key)
+                                              core.modality(tok[:, None], v), targets=target,
+                                              weights=weights, logits_ids=logits_ids)
+            nxt, st = pick(logits, st, t, step_key, step_noise)
             return (nxt, pos + 1, st, cache), tok
 
         (last, _, _, _), fed = jax.lax.scan(
             body, (first, positions[:, -1] + 1, st, cache),
-            (jnp.arange(1, steps), keys[1:]))
+            (jnp.arange(1, steps), keys[1:], None if noise is None else noise[1:]))
         out = jnp.concatenate([fed.T, last[:, None]], axis=1)
         return out[:batch]

@@ -212,7 +212,10 @@ class RandarSampler:
         rows, plen = tokens.shape
         b = rows // 2 if guided else rows
         max_len = plen + 2 * (n - k)
-        image = jnp.asarray(self.allowed["image"])
+        code_ids = (v.image_offset, v.image_offset + v.num_image_codes)
+        span = (v.image_offset, self.allowed["image"].shape[0])
+        # the model computes only the codes' logits; its decode weights are prepared once
+        weights = self.model_state.merge(params).decode_weights(code_ids)
 
         def tile(x):  # guided: the unconditional twins follow the same order and codes
             return core.twin_rows(x, guided)
@@ -230,14 +233,15 @@ class RandarSampler:
             logits, cache = model.decode(step_tokens, step_pos, step_seg, cache,
                                          core.modality(step_tokens, v),
                                          visible=step_visible(rows, start, num_pairs, m,
-                                                              max_len))
+                                                              max_len),
+                                         weights=weights, logits_ids=code_ids)
             frac = jnp.broadcast_to((k + first + jnp.arange(m)) / n, (b, m))
             cond = core.guide(logits[:, -m:], b, guided, knobs, frac)   # [b, m, V]
             flat = cond.reshape(b * m, -1)
             knob = [jnp.full((b * m,), knobs[name]) for name in ("temperature", "top_k",
                                                                  "top_p")]
-            drawn = core.sample_logits(flat, jnp.broadcast_to(image, flat.shape), step_key,
-                                       *knob).reshape(b, m)
+            drawn = v.image_offset + core.sample_logits(flat, None, step_key, *knob,
+                                                        span=span).reshape(b, m)
             return cache, drawn
 
         def later_step(carry, step_key, m_prev, m):

@@ -174,12 +174,15 @@ class SJDSampler:
 
         def target(logits, first):                       # first: raster index of column 0
             frac = (first[:, None] + jnp.arange(logits.shape[1])) / n
-            g = core.guide(logits[..., offset:offset + num], batch, guided, knobs, frac)
+            g = core.guide(logits, batch, guided, knobs, frac)
             return core.warped_probs(g, allowed, temp, knobs["top_k"], knobs["top_p"])
 
+        code_ids = (offset, offset + num)                # the model computes codes' logits only
+        weights = model.decode_weights(code_ids)         # once, outside the loop
         cache = model.init_cache(rows, max_len)
         logits, cache = model.decode(tokens, positions, segments, cache,
-                                     core.modality(tokens, v))
+                                     core.modality(tokens, v), weights=weights,
+                                     logits_ids=code_ids)
         cache["segment_ids"] = cache["segment_ids"].at[:, plen:].set(1)
         k0, k1, key = jax.random.split(key, 3)
         codes = jnp.zeros((batch, n + L + 1), jnp.int32)
@@ -206,7 +209,8 @@ class SJDSampler:
             step_model = self.model_state.merge(params)
             logits, cache = step_model.decode(tile(inp) + offset, pos, jnp.ones_like(pos),
                                               dict(cache, index=jnp.int32(scratch)),
-                                              jnp.ones_like(pos), visible)
+                                              jnp.ones_like(pos), visible, weights=weights,
+                                              logits_ids=code_ids)
             p = target(logits, c)                                      # [batch, L+1, codes]
             ratio = relaxed_mass(p[:, :L], drafts, nbrs, delta) / jnp.maximum(
                 jnp.take_along_axis(q, drafts[..., None], -1)[..., 0], 1e-30)
@@ -228,9 +232,10 @@ class SJDSampler:
             dst = jnp.where(tile(keep & (c[:, None] - 1 + win < n)),
                             plen + tile(c - 1)[:, None] + win, max_len)
             r_idx = jnp.arange(rows)[:, None]
-            for name in ("k", "v"):
-                src = cache[name][:, :, scratch:scratch + L + 1]
-                cache[name] = cache[name].at[:, r_idx, dst].set(src, mode="drop")
+            for name in ("k", "v"):                      # per layer [rows, KVH, slots, D]
+                cache[name] = tuple(
+                    c.at[r_idx, :, dst].set(c[:, :, scratch:scratch + L + 1].transpose(
+                        0, 2, 1, 3), mode="drop") for c in cache[name])
             new_c = jnp.where(live, c + j + 1, c)
             # next drafts: Jacobi update from this pass where it reached, random beyond
             off = (new_c - c)[:, None] + jnp.arange(L)                     # offset in window

@@ -137,8 +137,10 @@ class ZipARSampler:
         batch = rows // 2 if guided else rows
         S, T = p["src"].shape
         model = self.model_state.merge(params)
-        image = self.allowed["image"]
-        allowed = jnp.broadcast_to(jnp.asarray(image), (batch, image.shape[0]))
+        v = self.vocab
+        code_ids = (v.image_offset, v.image_offset + v.num_image_codes)
+        weights = model.decode_weights(code_ids)         # codes' logits only; once
+        span = (v.image_offset, self.allowed["image"].shape[0])
         knob = {k: jnp.broadcast_to(knobs[k], (batch,)) for k in ("temperature", "top_k",
                                                                  "top_p")}
         first_key, rest = jax.random.split(key)          # plain decoding's key stream
@@ -147,12 +149,14 @@ class ZipARSampler:
 
         def draw(logits, k):                             # logits [rows, 1, V] -> ids [batch]
             g = core.guide(logits, batch, guided, knobs, jnp.full((batch, 1), k / n))[:, 0]
-            return core.sample_logits(g, allowed, keys[jnp.maximum(k, 0)], knob["temperature"],
-                                      knob["top_k"], knob["top_p"])
+            return v.image_offset + core.sample_logits(
+                g, None, keys[jnp.maximum(k, 0)], knob["temperature"], knob["top_k"],
+                knob["top_p"], span=span)
 
         cache = model.init_cache(rows, plen + max(S * T, n))
         logits, cache = model.decode(tokens, positions, segments, cache,
-                                     core.modality(tokens, self.vocab))
+                                     core.modality(tokens, self.vocab), weights=weights,
+                                     logits_ids=code_ids)
         codes = jnp.zeros((batch, n), jnp.int32).at[:, 0].set(draw(logits[:, -1:], 0))
         pad = max(S * T, n) - S * T
 
@@ -166,7 +170,8 @@ class ZipARSampler:
             logits, cache = step_model.decode(core.twin_rows(codes[:, src], guided), positions,
                                               jnp.ones_like(positions), cache,
                                               jnp.ones_like(positions),
-                                              jnp.broadcast_to(visible, (rows, *visible.shape)))
+                                              jnp.broadcast_to(visible, (rows, *visible.shape)),
+                                              weights=weights, logits_ids=code_ids)
             for t in range(T):
                 k = target[t]
                 new = draw(logits[:, t:t + 1], k)

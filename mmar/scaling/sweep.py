@@ -156,12 +156,14 @@ def run_config(cfg, run: Run):
 
 
 def command_lines(config_spec: str, workdir: str, runs: list[Run],
-                  extra_args=()) -> list[str]:
-    """One shell-quoted `mmar` command per line: the shared tokenizer first, then each run's
-    training. A pod launcher wraps each line (mmar/launch/); `mmar sweep` run afterwards
-    evaluates the finished runs and fits (finished runs are not trained again)."""
+                  extra_args=(), text_tokenizer: bool = False) -> list[str]:
+    """One shell-quoted `mmar` command per line: the shared tokenizers first (the text
+    tokenizer when `text_tokenizer`), then each run's training. A pod launcher wraps each
+    line (mmar/launch/); `mmar sweep` run afterwards evaluates the finished runs and fits
+    (finished runs are not trained again)."""
     base = [f"--config={config_spec}", *extra_args]
-    lines = [shlex.join(["mmar", "tokenizer-train", *base, f"--workdir={workdir}"])]
+    stages = ["text-tokenizer-train"] * bool(text_tokenizer) + ["tokenizer-train"]
+    lines = [shlex.join(["mmar", stage, *base, f"--workdir={workdir}"]) for stage in stages]
     for run in runs:
         lines.append(shlex.join(["mmar", "train", *base, f"--workdir={workdir}/{run.name}",
                                  *[f"--config.{k}={v}" for k, v in run.overrides]]))

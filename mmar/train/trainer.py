@@ -9,6 +9,7 @@ is never applied; the run stops (`train.on_nonfinite="stop"`) or skips the step 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -20,7 +21,7 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from mmar.errors import UserError
+from mmar.errors import UserError, WorkdirError
 from mmar.parallel import rules
 from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import metrics as metrics_lib
@@ -153,17 +154,47 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
                                       flops_per_step=bsz * task.flops_per_example,
                                       peak_flops=peak_flops))
             if step % checkpoint_every == 0 or step == cfg.steps or stop["signal"]:
-                ckpt.save(step, params=params, opt_state=opt_state, data_iter=data_iter,
-                          config=config, force=True)
+                with _writing(ckpt, step):
+                    ckpt.save(step, params=params, opt_state=opt_state, data_iter=data_iter,
+                              config=config, force=True)
             if stop["signal"]:
                 log(f"[{task.name}] SIGTERM: saved step {step}, stopping")
                 break
     finally:
         signal.signal(signal.SIGTERM, previous)
         profile.close()
-        ckpt.close()
+        with _writing(ckpt, step):
+            ckpt.close()       # waits for the last async save: its write errors surface here
         writer.flush()
     return Result(model_state, params, step, last, time.perf_counter() - t0, start, skipped)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind an exception (Orbax wraps those of its writer threads), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _writing(ckpt, step: int):
+    """A checkpoint write that fails for the file system (full, read-only, gone) becomes one
+    WorkdirError saying which checkpoint is the newest good one; other errors pass."""
+    try:
+        yield
+    except Exception as e:
+        os_error = _os_error(e)
+        if os_error is None or isinstance(e, UserError):
+            raise
+        raise WorkdirError(
+            f"cannot write checkpoint step {step} to {ckpt.directory} "
+            f"({os_error.strerror or os_error}); the newest saved checkpoint is step "
+            f"{ckpt.latest_step()}: free the space or fix the directory, then rerun the same "
+            "command to resume from it") from e
 
 
 def write_summary(path, result: Result, log=print) -> None:

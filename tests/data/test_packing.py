@@ -147,7 +147,7 @@ def test_changing_document_a_leaves_logits_of_document_b_unchanged():
     assert not np.allclose(np.asarray(out)[row["segment_ids"] == 2], ref, atol=1e-3)
 
 
-def test_decoder_batches_pack_pairs(test_config):
+def test_decoder_batches_pack_pairs(test_config, test_text_tokenizer):
     """The demo pipeline with data.pack: more documents per row, same features, exact resume."""
     from mmar import config as config_lib
     from mmar.data import pipeline
@@ -158,12 +158,14 @@ def test_decoder_batches_pack_pairs(test_config):
     rng = np.random.default_rng(0)
     caps = [" ".join(["a red circle"] * int(rng.integers(1, 4))) for _ in range(64)]
     source = pipeline.CaptionCodeSource(caps, rng.integers(0, vocab.num_image_codes, (64, 16)))
-    it = pipeline.decoder_batches(source, vocab, cfg.data, global_batch=4, seed=0)
+    it = pipeline.decoder_batches(source, vocab, cfg.data, global_batch=4, seed=0,
+                                  text=test_text_tokenizer)
     first = next(it)
     assert first["tokens"].shape == (4, 128) and first["segment_ids"].max() >= 3
     state = it.get_state()
     nxt = [next(it) for _ in range(3)]
-    again = pipeline.decoder_batches(source, vocab, cfg.data, global_batch=4, seed=0)
+    again = pipeline.decoder_batches(source, vocab, cfg.data, global_batch=4, seed=0,
+                                     text=test_text_tokenizer)
     again.set_state(state)
     for a in nxt:
         b = next(again)

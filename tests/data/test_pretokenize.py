@@ -12,6 +12,7 @@ import pytest
 from mmar import config as config_lib
 from mmar import rundir, schema
 from mmar.data import pipeline, pretokenize, sources, tokens
+from tests.helpers import text_tokenizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 N_CODES = 16  # (32 // 8) ** 2 positions, depth 1
@@ -30,6 +31,7 @@ def fake_tokenizer(workdir, step=20, content=b"weights"):
     (params / "d").mkdir(parents=True, exist_ok=True)
     (params / "d" / "0.0").write_bytes(content)
     (params / "_METADATA").write_bytes(b"{}")
+    text_tokenizers.install(workdir)   # the test preset's text tokenizer (a BPE)
     return workdir
 
 
@@ -125,13 +127,14 @@ def test_shards_give_the_same_batches_as_codes_in_memory(shapes, test_config, tm
         cfg.data.update(pretokenized=True, caption_dropout=0.3)
     vocab = config_lib.make_vocab(cfg)
     shards = rundir.open_tokens(cfg, workdir)
+    text = rundir.load_text_tokenizer(cfg, workdir)
 
     captions = [shapes[i]["caption"] for i in range(len(shapes))]
     codes = fake_encode(np.stack([shapes[i]["image"] for i in range(len(shapes))]))
     memory = pipeline.decoder_batches(pipeline.CaptionCodeSource(captions, codes), vocab,
-                                      cfg.data, global_batch=8, seed=3)
+                                      cfg.data, global_batch=8, seed=3, text=text)
     disk = pipeline.decoder_batches(tokens.CaptionView(shards["shapes"]), vocab, cfg.data,
-                                    global_batch=8, seed=3)
+                                    global_batch=8, seed=3, text=text)
     for _ in range(3):
         a, b = next(memory), next(disk)
         assert set(a) == set(b)
@@ -141,9 +144,9 @@ def test_shards_give_the_same_batches_as_codes_in_memory(shapes, test_config, tm
     with cfg.unlocked():
         cfg.data.update(mixture="shapes", seq_len=128)
     memory = sources.mixture_batches(cfg.data, fake_encode, vocab, global_batch=4, seed=1,
-                                     log=lambda m: None)
+                                     log=lambda m: None, text=text)
     disk = sources.mixture_batches(cfg.data, None, vocab, global_batch=4, seed=1,
-                                   documents=shards, log=lambda m: None)
+                                   documents=shards, log=lambda m: None, text=text)
     a, b = next(memory), next(disk)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -243,6 +246,9 @@ def test_documented_pretokenize_commands(tmp_path, data_dir):
         assert (proc.returncode == 0) == ok, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc
 
+    # the test preset's text tokenizer is a BPE, trained first (the doc's tiny is bytes)
+    mmar(["mmar", "text-tokenizer-train",
+          *[a for a in cmds[0][2:] if a.startswith(("--config=", "--workdir="))]])
     for cmd in cmds:
         out = mmar(cmd, *fast.get(cmd[1], [])).stdout
     assert "[data] token shards: shapes (256 documents)" in out

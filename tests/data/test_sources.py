@@ -26,7 +26,8 @@ def test_bad_mixture_names_the_field(test_config):
         config_lib.validate(cfg)
 
 
-def test_mixture_of_built_in_and_user_data_by_config(test_config, tmp_path):
+def test_mixture_of_built_in_and_user_data_by_config(test_config, test_text_tokenizer,
+                                                     tmp_path):
     folder = user_example.write(tmp_path / "my_data")
     cfg = test_config.copy_and_resolve_references()
     with cfg.unlocked():
@@ -43,15 +44,15 @@ def test_mixture_of_built_in_and_user_data_by_config(test_config, tmp_path):
 
     logs = []
     it = sources.mixture_batches(cfg.data, encode, vocab, global_batch=8, seed=0,
-                                 log=logs.append)
+                                 log=logs.append, text=test_text_tokenizer)
     batches = [next(it) for _ in range(10)]
     assert all(b["tokens"].shape == (8, 128) for b in batches)
     assert np.mean([packing.efficiency(b) for b in batches]) > 0.8
-    text = [bytes(int(t) for t in row if t < 256) for b in batches for row in b["tokens"]]
+    text = [test_text_tokenizer.decode(row) for b in batches for row in b["tokens"]]
     kinds = collections.Counter()
     for row in text:
-        kinds["digits"] += row.count(b"the digit ")
-        kinds["stories"] += row.count(b" turns ") + row.count(b" moves ") + row.count(b"appears")
+        kinds["digits"] += row.count("the digit ")
+        kinds["stories"] += row.count(" turns ") + row.count(" moves ") + row.count("appears")
     assert kinds["digits"] > 0 and kinds["stories"] > 0
     assert any("mixture: " + str(folder) in m for m in logs)
     assert any("skipped captions.jsonl:5" in m for m in logs)  # the folder's bad lines
@@ -82,6 +83,8 @@ def test_documented_mixture_command_trains(tmp_path, data_dir):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
+    from tests.helpers import text_tokenizers
+    text_tokenizers.install(tmp_path)   # the test preset's BPE: `mmar text-tokenizer-train`
     mmar("tokenizer-train", args[0], f"--workdir={tmp_path}",
          "--config.image_tokenizer.train.steps=2")
     out = mmar("train", *args, "--config.train.steps=4", "--config.checkpoint.every_steps=4")

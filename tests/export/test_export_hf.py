@@ -81,7 +81,8 @@ def test_greedy_image_codes_match_mmar_sampler(exported):
     sample_cfg = ml_collections.ConfigDict(dict(temperature_image=0.0, top_k_image=0,
                                                 cfg_scale_image=1.0))
     sampler = Sampler(model_state, vocab, cfg.model.vocab_size, sample_cfg)
-    caption = list("a red circle left of a blue square".encode())
+    text = rundir.load_text_tokenizer(cfg, out.parent / "run")   # the test preset's BPE
+    caption = text.encode("a red circle left of a blue square")
     decoder = assets.ImageDecoder.from_pretrained(out)
     n = decoder.codes_per_image
     want = vocab.image_ids(sampler.images(params, [caption], n, jax.random.key(0))[0][0])
@@ -117,14 +118,16 @@ def test_image_decoder_matches_mmar_tokenizer(exported, tmp_path):
 def test_text_tokenizer_round_trip(exported):
     _, cfg, _, out = exported
     vocab = config_lib.make_vocab(cfg)
+    text = rundir.load_text_tokenizer(cfg, out.parent / "run")   # the test preset's BPE
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     caption = "two green squares above a purple triangle, naïve café"
     ids = tokenizer(caption).input_ids
-    assert ids == [vocab.bos, *caption.encode("utf-8")]
+    assert ids == [vocab.bos, *text.encode(caption)]
+    assert len(ids) < len(caption.encode("utf-8"))   # merges, not bytes
     assert tokenizer.decode(ids, skip_special_tokens=True) == caption
     assert tokenizer.convert_tokens_to_ids(["<pad>", "<bos>", "<eos>", "<boi>", "<eoi>"]) == \
         [vocab.pad, vocab.bos, vocab.eos, vocab.boi, vocab.eoi]
-    assert tokenizer.decode([vocab.boi, 104, 105, vocab.eoi]) == "<boi>hi<eoi>"
+    assert tokenizer.decode([vocab.boi, *text.encode("hi"), vocab.eoi]) == "<boi>hi<eoi>"
 
 
 def test_sharded_checkpoint_exports_like_unsharded(tmp_path):

@@ -1,6 +1,9 @@
 """Faults in the checkpoints a run resumes from or loads: an unreadable newest checkpoint is
 moved aside and the run goes on past it with the losses of a run never disturbed; when none
-reads back, one error says what was found and nothing is moved or overwritten."""
+reads back, one error says what was found and nothing is moved or overwritten; a save that
+fails for the file system (full, read-only) is one error naming the newest good checkpoint,
+and the rerun resumes from it exactly."""
+import errno
 import json
 
 import ml_collections
@@ -9,10 +12,12 @@ import pytest
 
 from mmar import config as config_lib
 from mmar.data import pipeline
-from mmar.errors import CheckpointError, UserError
+from mmar.errors import CheckpointError, UserError, WorkdirError
 from mmar.parallel import mesh as mesh_lib
+from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import trainer
 from mmar.train.decoder import decoder_task
+from tests.helpers import text_tokenizers
 
 pytestmark = pytest.mark.faults
 
@@ -24,7 +29,8 @@ def _setup(test_config, steps):
     rng = np.random.default_rng(0)
     codes = rng.integers(0, vocab.num_image_codes, (40, 16))
     source = pipeline.CaptionCodeSource([f"caption {i}" for i in range(40)], codes)
-    return cfg, pipeline.decoder_batches(source, vocab, cfg.data, global_batch=8, seed=1)
+    return cfg, pipeline.decoder_batches(source, vocab, cfg.data, global_batch=8, seed=1,
+                                         text=text_tokenizers.load(test_config))
 
 
 def _train(test_config, workdir, steps, log=lambda m: None):
@@ -79,3 +85,26 @@ def test_no_readable_checkpoint_is_one_error_and_moves_nothing(test_config, tmp_
     assert "none of the 2 checkpoints" in message and "steps 4, 2" in message
     assert "move the directory aside" in message
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_save_is_one_error_and_the_rerun_resumes_exactly(
+        test_config, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    _train(test_config, straight, 6)
+    run = tmp_path / "run"
+    real_save = checkpoint_lib.Checkpointer.save
+
+    def full_at_4(self, step, **kw):
+        if step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, **kw)
+    monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", full_at_4)
+    with pytest.raises(WorkdirError) as e:
+        _train(test_config, run, 6)
+    assert "cannot write checkpoint step 4" in str(e.value)
+    assert "No space left on device" in str(e.value) and "step 2" in str(e.value)
+    monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", real_save)
+    result = _train(test_config, run, 6)
+    assert result.start_step == 2 and result.step == 6
+    assert [_losses(run)[s] for s in range(1, 7)] == [_losses(straight)[s] for s in range(1, 7)]

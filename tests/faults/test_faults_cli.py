@@ -14,7 +14,7 @@ from mmar.jobs import eval as eval_job
 from mmar.jobs import pretokenize as pretokenize_job
 from mmar.jobs import sample as sample_job
 from mmar.jobs import train as train_job
-from tests.helpers import export_runs
+from tests.helpers import export_runs, text_tokenizers
 
 pytestmark = pytest.mark.faults
 
@@ -39,6 +39,11 @@ def one_line(proc, command: str) -> str:
 
 @pytest.mark.e2e
 def test_train_before_tokenizer_train_names_the_missing_stage(data_dir, tmp_path):
+    # The test preset's text tokenizer is a BPE: the first stage of all.
+    proc = mmar("train", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir)
+    line = one_line(proc, "train")
+    assert "no trained text tokenizer" in line and "mmar text-tokenizer-train" in line
+    text_tokenizers.install(tmp_path)
     proc = mmar("train", CONFIG, f"--workdir={tmp_path}", data_dir=data_dir)
     line = one_line(proc, "train")
     # Before: a FileNotFoundError traceback, then Orbax's "cannot schedule new futures".
@@ -51,7 +56,8 @@ def test_verbose_adds_the_traceback(data_dir, tmp_path):
     proc = mmar("train", CONFIG, f"--workdir={tmp_path}", "--verbose", data_dir=data_dir)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "MissingStageError" in proc.stderr
-    assert proc.stderr.rstrip().splitlines()[-1].startswith("mmar train: error: no trained")
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("mmar train: error: ")
+    assert "no trained" in proc.stderr.rstrip().splitlines()[-1]
 
 
 @pytest.mark.e2e
@@ -104,6 +110,7 @@ def test_unreadable_tokenizer_checkpoints_are_one_line(data_dir, tmp_path):
                                         (pretokenize_job, "mmar tokenizer-train"),
                                         (train_job, "mmar tokenizer-train")])
 def test_each_stage_names_the_one_it_needs(test_config, tmp_path, job, needs):
+    text_tokenizers.install(tmp_path, test_config)
     with pytest.raises(errors.MissingStageError) as e:
         job.run(test_config, tmp_path, log=lambda m: None)
     assert f"run `{needs}` with the same --config and --workdir first" in str(e.value)

@@ -13,6 +13,7 @@ from mmar.parallel import mesh as mesh_lib
 from mmar.tokenizers.image import autoencoder
 from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import state as state_lib
+from tests.helpers import text_tokenizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -57,9 +58,11 @@ def tokenizer_module(cfg):
 
 
 def write_run(workdir, cfg, mesh=None, seed=0):
-    """`<workdir>/decoder/checkpoints/5` and `<workdir>/tokenizer/checkpoints/3`; returns the
-    decoder params (numpy)."""
+    """`<workdir>/decoder/checkpoints/5` and `<workdir>/tokenizer/checkpoints/3` (and the
+    trained text tokenizer a bpe / unigram config needs); returns the decoder params
+    (numpy)."""
     workdir = pathlib.Path(workdir)
+    text_tokenizers.install(workdir, cfg)
     mesh = mesh or one_device_mesh()
     params = random_params(decoder_module(cfg), seed)
     save(workdir / "decoder" / "checkpoints", decoder_module(cfg), params, cfg, mesh, 5)

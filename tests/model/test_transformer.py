@@ -113,7 +113,7 @@ def decode_in_steps(model, tokens, positions, segments, prompt_len, max_len=12):
                                segments[:, t:t + 1], cache)
         steps.append(logits)
     assert int(cache["index"]) == tokens.shape[1]
-    assert cache["k"].shape == (2, 2, max_len, 2, 8)  # [L, B, max_len, KVH, D]
+    assert len(cache["k"]) == 2 and cache["k"][0].shape == (2, 2, max_len, 8)  # L x [B, KVH, T, D]
     return np.concatenate(steps, axis=1)
 
 

@@ -49,6 +49,7 @@ def _model(test_config, order):
         cfg = ml_collections.ConfigDict(test_config.to_dict())
         with cfg.unlocked():
             cfg.model.update(init_std=0.5, vocab_size=0)
+            cfg.vocab.text_tokenizer = "bytes"   # the recorded layout: CAPTIONS are bytes
             cfg.data.image_order = order
             if order == "randar":
                 cfg.data.seq_len = 80

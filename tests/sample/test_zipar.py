@@ -1,10 +1,12 @@
 """ZipAR: its schedule, its reduction to raster decoding, and each code against full passes."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from test_sjd import CAPTIONS, _sampler, _setup
 
+from mmar import config as config_lib
 from mmar.sample import zipar
 from mmar.sample.core import left_pad
 
@@ -12,6 +14,18 @@ from mmar.sample.core import left_pad
 @pytest.fixture(scope="module")
 def setup(test_config):
     return _setup(test_config)
+
+
+@pytest.fixture(scope="module")
+def one_layer(test_config):
+    """A one-layer decoder: its cached keys and values depend on each token and position
+    only. (Deeper layers' cached keys reflect what a token saw when it was fed: a code fed
+    before a code at an earlier raster position was drawn never sees that code, as in
+    ZipAR's official code; a full forward over the codes in raster order is then no
+    reference.)"""
+    cfg = ml_collections.ConfigDict(test_config.to_dict())
+    cfg.model.n_layers = 1
+    return _setup(config_lib.validate(cfg))
 
 
 @pytest.mark.parametrize("height,width", [(1, 5), (2, 3), (4, 4), (5, 7), (8, 8)])
@@ -63,10 +77,11 @@ def test_window_at_least_width_is_plain_decoding(setup, scale, temperature):
 
 
 @pytest.mark.parametrize("window", [1, 2])
-def test_each_code_is_the_greedy_code_of_what_it_sees(setup, window):
+def test_each_code_is_the_greedy_code_of_what_it_sees(one_layer, window):
     """Greedy, guided ZipAR on a 4x4 grid: every code equals the argmax of a full forward
     pass over the prompt and the codes its query could see (drawn earlier, raster position
     at or before its own, at their true positions), plus the stand-in when it has one."""
+    setup = one_layer
     _, model_state, params, vocab = setup
     n, side, scale = 16, 4, 2.0
     sampler = _sampler(setup, "zipar", temperature_image=0.0, cfg_scale_image=scale)

@@ -77,7 +77,7 @@ def test_decoder_trains_on_rq_codes(tmp_path, data_dir):
             "--config.data.seq_len=96"]
     outs = {command: _run(["-m", "mmar", command, config, f"--workdir={tmp_path}", *over],
                           data_dir)
-            for command in ("tokenizer-train", "train", "sample")}
+            for command in ("text-tokenizer-train", "tokenizer-train", "train", "sample")}
     assert "[decoder] step 4/4" in outs["train"]
     # The samplers draw h * w * depth codes per image (mmar.derived.codes_per_image), which
     # the tokenizer decodes: images, captions, stories and digits of an RQ run.

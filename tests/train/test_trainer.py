@@ -17,6 +17,7 @@ from mmar.parallel import rules
 from mmar.train import trainer
 from mmar.train.decoder import decoder_task
 from mmar import config as config_lib
+from tests.helpers import text_tokenizers
 
 
 def _setup(test_config, steps=6):
@@ -27,7 +28,8 @@ def _setup(test_config, steps=6):
     captions = [f"caption {i}" for i in range(40)]
     codes = rng.integers(0, vocab.num_image_codes, (40, 16))
     source = pipeline.CaptionCodeSource(captions, codes)
-    batches = pipeline.decoder_batches(source, vocab, cfg.data, global_batch=8, seed=1)
+    batches = pipeline.decoder_batches(source, vocab, cfg.data, global_batch=8, seed=1,
+                                       text=text_tokenizers.load(test_config))
     return cfg, batches
 
 

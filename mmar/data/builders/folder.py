@@ -6,16 +6,22 @@
                                       {"text": "it turns blue"}, {"image": "s1.png"}]}
       cat.png  s0.png  s1.png  ...   (any format PIL reads; paths relative to the folder)
 
-Every `*.jsonl` in the folder is read, in name order. A line is either a caption pair
-(`image` + `caption`) or an interleaved document (`segments`, text and images in any order).
-Images are converted to RGB, centre-cropped to a square and resized to `image_size`.
+Every `*.jsonl` in the folder is read, in name order (UTF-8; a byte-order mark at the start
+of a file is allowed). A line is either a caption pair (`image` + `caption`) or an
+interleaved document (`segments`, text and images in any order). Images are converted to
+RGB, centre-cropped to a square and resized to `image_size`.
 
-Bad records never crash the build and are never dropped silently: a bad JSON line, a line of
-neither form, a missing or unreadable (or truncated) image file, an empty document and an
-oversized one (more than `max_images` images or `max_text_bytes` of text) are each skipped,
-logged as `[data] skipped FILE:LINE: why`, and counted by kind. When more than
-`max_bad_fraction` of the lines are bad, the build stops with one `BadDataError` that gives
-the counts and the first bad lines, before anything is written.
+Bad records never crash the build and are never dropped silently: a line that is not valid
+UTF-8, a bad JSON line, a line of neither form, an image path that leaves the folder (an
+absolute path, `..`, a link out: refused unopened), a missing or unreadable (or truncated)
+image file, an empty document and an oversized one (more than `max_images` images or
+`max_text_bytes` of text) are each skipped, logged as `[data] skipped FILE:LINE: why`, and
+counted by kind. When more than `max_bad_fraction` of the lines are bad, the build stops
+with one `BadDataError` that gives the counts and the first bad lines; no shard is written.
+
+Streamed: the lines are read and their images decoded one record at a time as TFDS writes
+them (`iter_records`), so memory does not grow with the folder (TFDS's writer buffers at
+most 1 GB of encoded records, then spills to disk).
 
 Records: {"id": "FILE:LINE", "kind": "caption" | "document", "segments": JSON list of
 {"text": str} / {"image": k} (k indexes "images"), "images": uint8 [k, S, S, 3]}.
@@ -24,6 +30,7 @@ Records: {"id": "FILE:LINE", "kind": "caption" | "document", "segments": JSON li
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import hashlib
@@ -38,6 +45,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from mmar.data.builders.documents import DocumentSource, document_features, write_array_record
+from mmar.data.ingest.records import Skip as _Skip
+from mmar.data.ingest.records import decode_image, inside
 from mmar.data.packing import BadDataError
 
 
@@ -52,40 +61,24 @@ class FolderSpec:
 
 @dataclasses.dataclass
 class ScanReport:
-    """What the scan kept and skipped; `bad` counts skipped lines by kind."""
+    """What the scan kept and skipped; `bad` counts skipped lines by kind. `records` is
+    filled by `scan` only (the builder streams them to disk instead)."""
     records: list = dataclasses.field(default_factory=list)
     bad: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     first_bad: list = dataclasses.field(default_factory=list)
     lines: int = 0
+    kept: int = 0
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.bad.items())) or "none"
-        return f"{len(self.records)} of {self.lines} records kept; skipped by kind: {kinds}"
-
-
-class _Skip(Exception):
-    def __init__(self, kind: str, why: str):
-        super().__init__(why)
-        self.kind = kind
+        return f"{self.kept} of {self.lines} records kept; skipped by kind: {kinds}"
 
 
 def load_image(path: pathlib.Path, size: int) -> np.ndarray:
     """RGB uint8 [size, size, 3]: centre crop to a square, then resize (if needed)."""
     if not path.is_file():
         raise _Skip("missing_image", f"missing image file {path.name!r}")
-    try:
-        with PIL.Image.open(path) as im:
-            im.load()  # decodes every byte: a truncated file fails here, not later
-            im = im.convert("RGB")
-    except Exception as e:  # PIL raises several types for bad files
-        raise _Skip("unreadable_image", f"unreadable image {path.name!r} "
-                    f"({type(e).__name__}: {e})") from None
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != size:
-        im = im.resize((size, size), PIL.Image.Resampling.BICUBIC)
-    return np.asarray(im, np.uint8)
+    return decode_image(path, size, f"image {path.name!r}")
 
 
 def _parse_line(line: str, root: pathlib.Path, spec: FolderSpec):
@@ -116,41 +109,71 @@ def _parse_line(line: str, root: pathlib.Path, spec: FolderSpec):
         if "text" in s:
             out.append({"text": s["text"]})
         else:
-            images.append(load_image(root / s["image"], spec.image_size))
+            path = pathlib.Path(inside(root, s["image"]))   # refused unless in the folder
+            images.append(load_image(path, spec.image_size))
             out.append({"image": len(images) - 1})
     return kind, out, images
 
 
-def scan(spec: FolderSpec, log=print) -> ScanReport:
-    """Reads and checks every line of every `*.jsonl` in the folder (see the module doc)."""
+def _lines(file: pathlib.Path):
+    """(line number, text | _Skip) of each non-blank line: strict UTF-8, a BOM allowed at
+    the start of the file (editors on Windows write one)."""
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield number, _Skip("bad_utf8", f"not valid UTF-8 ({e.reason} at byte "
+                                    f"{e.start})")
+                continue
+            if line.strip():
+                yield number, line
+
+
+def iter_records(spec: FolderSpec, report: ScanReport, log=print):
+    """Every good record of every `*.jsonl`, one at a time (the module doc's rules); bad
+    lines are counted in `report` and logged. Call `check` when it is exhausted."""
     root = pathlib.Path(spec.folder)
     files = sorted(root.glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"no *.jsonl files in {root}")
-    report = ScanReport()
     for file in files:
-        with open(file, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                report.lines += 1
-                where = f"{file.name}:{number}"
-                try:
-                    kind, segments, images = _parse_line(line, root, spec)
-                except _Skip as e:
-                    report.bad[e.kind] += 1
-                    if len(report.first_bad) < 5:
-                        report.first_bad.append(f"{where}: {e}")
-                    log(f"[data] skipped {where}: {e}")
-                    continue
-                report.records.append({"id": where, "kind": kind,
-                                       "segments": json.dumps(segments), "images": images})
+        for number, line in _lines(file):
+            report.lines += 1
+            where = f"{file.name}:{number}"
+            try:
+                if isinstance(line, _Skip):
+                    raise line
+                kind, segments, images = _parse_line(line, root, spec)
+            except _Skip as e:
+                report.bad[e.kind] += 1
+                if len(report.first_bad) < 5:
+                    report.first_bad.append(f"{where}: {e}")
+                log(f"[data] skipped {where}: {e}")
+                continue
+            report.kept += 1
+            yield {"id": where, "kind": kind, "segments": json.dumps(segments),
+                   "images": images}
+
+
+def check(spec: FolderSpec, report: ScanReport) -> None:
+    """BadDataError when more than `max_bad_fraction` of the lines were bad."""
     n_bad = sum(report.bad.values())
     if n_bad > spec.max_bad_fraction * report.lines:
         raise BadDataError(
-            f"{root}: {n_bad} of {report.lines} records bad, more than max_bad_fraction="
-            f"{spec.max_bad_fraction} ({report.summary()}); first: "
+            f"{spec.folder}: {n_bad} of {report.lines} records bad, more than "
+            f"max_bad_fraction={spec.max_bad_fraction} ({report.summary()}); first: "
             + "; ".join(report.first_bad))
+
+
+def scan(spec: FolderSpec, log=print) -> ScanReport:
+    """Reads and checks every line, keeping the records in `report.records` (all images in
+    memory: for small folders and tests; the builder streams with `iter_records`)."""
+    report = ScanReport()
+    report.records = list(iter_records(spec, report, log=log))
+    check(spec, report)
     return report
 
 
@@ -176,8 +199,8 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     code_path = epath.Path(__file__)  # see shapes.py: TFDS cannot find it by itself here
 
-    def __init__(self, *, report: ScanReport | None = None, **kwargs):
-        self._report = report
+    def __init__(self, *, report: ScanReport | None = None, log=print, **kwargs):
+        self._report, self._log = report, log
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -192,8 +215,13 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         return {"train": self._generate_examples()}
 
     def _generate_examples(self):
-        for i, rec in enumerate(self._report.records):
+        """One record at a time, straight from the folder; past max_bad_fraction the
+        BadDataError stops TFDS before it writes a shard."""
+        spec = self.builder_config.spec
+        for i, rec in enumerate(iter_records(spec, self._report, log=self._log)):
             yield i, {**rec, "images": [PIL.Image.fromarray(x) for x in rec["images"]]}
+        check(spec, self._report)
+        self._log(f"[data] {spec.folder}: {self._report.summary()}")
 
 
 def prepare(spec: FolderSpec, *, data_dir: str, log=print) -> Folder:
@@ -205,11 +233,10 @@ def prepare(spec: FolderSpec, *, data_dir: str, log=print) -> Folder:
     if builder.is_prepared():
         return builder
     t0 = time.perf_counter()
-    report = scan(spec, log=log)
-    log(f"[data] {spec.folder}: {report.summary()}")
-    builder = Folder(config=config, data_dir=data_dir, report=report)
+    report = ScanReport()
+    builder = Folder(config=config, data_dir=data_dir, report=report, log=log)
     write_array_record(builder)
-    log(f"[data] wrote {len(report.records)} records to {builder.data_dir} "
+    log(f"[data] wrote {report.kept} records to {builder.data_dir} "
         f"in {time.perf_counter() - t0:.1f}s")
     return builder
 

@@ -15,6 +15,22 @@ from mmar import derived
 from mmar.tokenizers.image import autoencoder
 
 
+def check_depths(codes: np.ndarray, depth: int, codes_per_depth: int) -> None:
+    """Codes [N, h*w*depth] of a residual quantizer hold, at each position, depth d's code in
+    [d * codes_per_depth, (d + 1) * codes_per_depth); ValueError naming the first that does
+    not (the codebook lookup would otherwise index another depth's codebook, or clamp)."""
+    if depth <= 1:
+        return
+    codes = np.asarray(codes).reshape(len(codes), -1, depth)
+    bad = codes // codes_per_depth != np.arange(depth)
+    if bad.any():
+        n, pos, d = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(
+            f"image {n}, position {pos}, depth {d}: code {int(codes[n, pos, d])} is outside "
+            f"depth {d}'s range [{d * codes_per_depth}, {(d + 1) * codes_per_depth}) (RQ writes "
+            f"{depth} codes per position, each depth in its own range)")
+
+
 class ImageTokenizer:
     """uint8 images [N, H, W, 3] <-> codes [N, h*w*depth] for one trained autoencoder."""
 
@@ -24,6 +40,7 @@ class ImageTokenizer:
         self.model_state, self.params, self.step = model_state, params, step
         self.num_codes = derived.num_image_codes(tok_cfg)
         self.depth = derived.quantizer_depth(tok_cfg)
+        self.codes_per_depth = self.num_codes // self.depth
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))
         self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
@@ -37,8 +54,13 @@ class ImageTokenizer:
         return np.concatenate(out).reshape(len(images), -1)
 
     def decode(self, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """codes [N, h*w*depth] -> uint8 [N, H, W, 3]."""
+        """codes [N, h*w*depth] -> uint8 [N, H, W, 3]; ValueError for a code outside
+        [0, num_codes) or, for RQ, outside its depth's range."""
         codes = np.asarray(codes)
+        if codes.size and (codes.min() < 0 or codes.max() >= self.num_codes):
+            raise ValueError(f"image codes must be in [0, {self.num_codes}), got "
+                             f"[{codes.min()}, {codes.max()}]")
+        check_depths(codes, self.depth, self.codes_per_depth)
         side = int(round(np.sqrt(codes.shape[1] // self.depth)))
         codes = codes.reshape(len(codes), side, side, *([self.depth] if self.depth > 1 else []))
         out = [np.asarray(self._decode(self.params, codes[i:i + batch_size]))
