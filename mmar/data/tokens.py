@@ -244,8 +244,15 @@ def read_metadata(source_dir: str) -> dict:
     if not os.path.isfile(path):
         raise TokensError(f"{path}: no token shards; run `mmar pretokenize` with this "
                           "--config and --workdir first")
-    with open(path) as f:
-        meta = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise TokensError(f"{path}: unreadable ({type(e).__name__}: {e}); it records which "
+                          f"tokenizer made the shards beside it: delete {source_dir} and rerun "
+                          "`mmar pretokenize`") from None
     if meta.get("format") != FORMAT:
         raise TokensError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
@@ -265,6 +272,8 @@ class TokenShardSource(grain.sources.RandomAccessDataSource):
     def __init__(self, split_dir: str, shards: list[dict]):
         self.split_dir = os.fspath(split_dir)
         self.paths = [os.path.join(self.split_dir, s["file"]) for s in shards]
+        # concatenated position -> shard: the first position of each (error messages)
+        self.starts = np.cumsum([0] + [s["records"] for s in shards])[:-1]
         total = sum(s["records"] for s in shards)
         self.position = np.empty(total, np.int64)   # record index -> concatenated position
         # Streamed shards (mmar/data/ingest) number their records from 0 in each shard:
@@ -289,10 +298,32 @@ class TokenShardSource(grain.sources.RandomAccessDataSource):
         return len(self.position)
 
     def __getitem__(self, i):
-        rec = decode_record(self._open()[int(self.position[int(i)])])
+        pos = int(self.position[int(i)])
+        try:
+            rec = decode_record(self._open()[pos])
+        except Exception as e:   # noqa: BLE001: the reader's errors name no file
+            shard = int(np.searchsorted(self.starts, pos, side="right")) - 1
+            raise TokensError(
+                f"{self._damaged(shard)}: unreadable at record {i} ({type(e).__name__}: {e}); "
+                "the shard was damaged after it was written: delete it and its .done, then "
+                "rerun `mmar pretokenize` with the same --config and --workdir (it rewrites "
+                "only that shard)") from None
         if rec["index"] != int(i) - (0 if self.base is None else int(self.base[int(i)])):
             raise TokensError(f"{self.split_dir}: record {i} holds index {rec['index']}")
         return rec
+
+    def _damaged(self, shard: int) -> str:
+        """The shard file that fails to read: the reader opens all of them together, so the
+        record's own shard is tried first, then each of the others alone."""
+        for k in [shard] + [k for k in range(len(self.paths)) if k != shard]:
+            try:
+                one = grain.sources.ArrayRecordDataSource([self.paths[k]])
+                decode_record(one[0])
+                if len(one) > 1:
+                    decode_record(one[len(one) - 1])
+            except Exception:   # noqa: BLE001
+                return self.paths[k]
+        return self.paths[shard]
 
     def __getstate__(self):
         return {**self.__dict__, "_source": None}
@@ -338,10 +369,20 @@ def open_split(tokens_dir, name: str, split: str, *, identity: dict | None = Non
     if missing:
         raise TokensError(f"{split_dir}: {len(missing)} of {len(files)} shards unfinished "
                           f"(first: {missing[0]}); rerun `mmar pretokenize` to finish them")
+    dones = {f: read_done(os.path.join(split_dir, f)) for f in files}
+    for f, done in dones.items():   # cheap: a damaged or replaced shard rarely keeps its size
+        path = os.path.join(split_dir, f)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size != done.get("bytes"):
+            raise TokensError(
+                f"{path}: {'missing' if size is None else f'{size:,} bytes'}, its .done "
+                f"marker says {done.get('bytes', 0):,}: damaged after it was written; rerun "
+                "`mmar pretokenize` with the same --config and --workdir (it rewrites only "
+                "that shard)")
     if layout.get("streamed"):
         shards, first = [], 0
         for f in files:   # one per input file, in input order; empty ones left out
-            n = read_done(os.path.join(split_dir, f))["records"]
+            n = dones[f]["records"]
             if n:
                 shards.append({"file": f, "first": first, "step": 1, "records": n,
                                "local": True})
@@ -350,6 +391,16 @@ def open_split(tokens_dir, name: str, split: str, *, identity: dict | None = Non
 
 
 def read_done(shard_path: str) -> dict:
-    """A finished shard's `.done` marker (records, bytes, sha256; streamed: the tally)."""
-    with open(shard_path + ".done") as f:
-        return json.load(f)
+    """A finished shard's `.done` marker (records, bytes, sha256; streamed: the tally);
+    TokensError naming it when it cannot be read."""
+    path = shard_path + ".done"
+    try:
+        with open(path, encoding="utf-8") as f:
+            done = json.load(f)
+        if not isinstance(done, dict) or not isinstance(done.get("records"), int):
+            raise ValueError("no record count")
+    except (OSError, ValueError) as e:
+        raise TokensError(f"{path}: unreadable ({type(e).__name__}: {e}); delete it and rerun "
+                          "`mmar pretokenize` with the same --config and --workdir (it "
+                          "rewrites that shard)") from None
+    return done
