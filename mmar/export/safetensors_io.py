@@ -145,7 +145,12 @@ def read_header(path) -> dict:
         except ValueError as e:
             raise ValueError(f"{path}: not a safetensors file ({e})") from None
     header.pop("__metadata__", None)
+    data_bytes = path.stat().st_size - 8 - size
     for name, entry in header.items():
         if entry.get("dtype") not in DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
+        end = int(entry.get("data_offsets", (0, 0))[1])
+        if end > data_bytes:   # a copy cut short: reading would fail deep in mmap
+            raise ValueError(f"{path}: truncated: tensor {name!r} ends at byte {end:,} of the "
+                             f"data, the file holds {data_bytes:,}; copy it again")
     return header

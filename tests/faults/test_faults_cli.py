@@ -133,3 +133,54 @@ def test_export_and_import_of_a_directory_without_a_model_are_one_line(
     lines = [l for l in err.splitlines() if l.startswith(f"mmar {command}: error:")]
     assert len(lines) == 1 and says in lines[0], err
     assert not (tmp_path / "OUT").exists()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A random-weight run of the test preset and its transformers export."""
+    from mmar.export import hf
+    root = tmp_path_factory.mktemp("exported")
+    export_runs.write_run(root / "run", export_runs.make_config())
+    hf.export(root / "run", root / "hf", log=lambda _: None)
+    return root
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncate", "model.safetensors: truncated: tensor "),
+    ("garbage", "model.safetensors: not a safetensors file"),
+])
+def test_import_of_a_damaged_export_is_one_line_naming_the_file(exported, tmp_path, capsys,
+                                                                 damage, says):
+    # Before (truncated): "mmar import: error: mmap length is greater than file size".
+    import shutil
+
+    from mmar import cli
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(exported / "hf", hf_dir)
+    weights = hf_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2] if damage == "truncate" else b"\0" * 100)
+    status = cli.main(["mmar", "import", str(hf_dir), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("mmar import: error:")]
+    assert status == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert f"{weights}: " in lines[0] and says in lines[0], lines[0]
+    assert not (tmp_path / "out" / "decoder").exists()
+
+
+def test_export_of_a_damaged_checkpoint_is_one_line(exported, tmp_path, capsys):
+    import shutil
+
+    from mmar import cli
+    run = tmp_path / "run"
+    shutil.copytree(exported / "run", run)
+    for f in (run / "decoder" / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    status = cli.main(["mmar", "export", str(run), "--format", "hf", "--out",
+                       str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("mmar export: error:")]
+    assert status == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert str(run / "decoder" / "checkpoints") in lines[0]
+    assert not (tmp_path / "hf" / "model.safetensors").exists()
