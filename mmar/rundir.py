@@ -141,6 +141,15 @@ def read_json(path) -> Any:
         return None
 
 
+def write_json(path, obj) -> None:
+    """JSON written whole or not at all (a temporary file renamed over it): a job killed while
+    writing leaves the previous file, never half of one."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 def summary(workdir, stage: str) -> dict | None:
     """`WORKDIR/<stage>/summary.json` (stage TOKENIZER or DECODER), None before it is done."""
     return read_json(pathlib.Path(workdir) / stage / SUMMARY)

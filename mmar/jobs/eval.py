@@ -16,7 +16,6 @@ features) and, with `eval.inception_weights`, fid_inception (mmar/eval/frechet.p
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
@@ -117,7 +116,7 @@ def run(cfg, workdir, log=print) -> dict:
     report["num_examples"] = len(samples["t2i_test"])
     report["decoder_step"] = int(models.step)
     report["tokenizer_step"] = int(models.tokenizer.step)
-    (workdir / rundir.REPORT).write_text(json.dumps(report, indent=1))
+    rundir.write_json(workdir / rundir.REPORT, report)
     log("[eval] " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in report.items()))
     return report
