@@ -1,0 +1,79 @@
+"""Images of 256 and 512 pixels through every job (issue 20): with downsample 16 an image is
+256 or 1,024 codes; the shapes data, the image tokenizer, the decoder, the samplers and the
+export work at that size (`test` preset, a few steps, a few images: what is checked is
+shapes and that nothing assumes 32 pixels, not quality)."""
+import json
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mmar import config as config_lib
+from mmar import derived, rundir
+from mmar.export import assets, hf
+from mmar.jobs import sample as sample_job
+from mmar.jobs import text_tokenizer_train, tokenizer_train
+from mmar.jobs import train as train_job
+
+SIZES = {  # what a user passes on the command line (docs/tokenizers.md, "Image size")
+    256: {"data.image_size": 256, "image_tokenizer.downsample": 16,
+          "image_tokenizer.channel_mult": (1, 1, 1, 1), "data.seq_len": 320},
+    512: {"data.image_size": 512, "image_tokenizer.downsample": 16,
+          "image_tokenizer.channel_mult": (1, 1, 1, 1), "data.seq_len": 1088},
+}
+SMALL = {"data.num_train": 16, "data.num_test": 2, "data.num_unseen": 2,
+         "image_tokenizer.train.steps": 2, "image_tokenizer.train.batch_size": 8,
+         "train.steps": 2, "train.batch_size": 8, "checkpoint.every_steps": 2,
+         "eval.num_examples": 2, "model.vocab_size": 0}
+
+
+def set_field(cfg, dotted: str, value) -> None:
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cfg = cfg[section]
+    cfg[name] = value
+
+
+@pytest.fixture(scope="module")
+def text_tokenizer_dir(test_config, tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    text_tokenizer_train.run(test_config, root, log=lambda _: None)
+    return root / rundir.TEXT_TOKENIZER
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_tokenizer_decoder_sample_export(size, test_config, text_tokenizer_dir, tmp_path):
+    cfg = ml_collections.ConfigDict(test_config.to_dict())
+    with cfg.unlocked():
+        for field, value in {**SMALL, **SIZES[size]}.items():
+            set_field(cfg, field, value)
+    cfg = config_lib.validate(cfg)
+    n = derived.codes_per_image(cfg)
+    assert n == (size // 16) ** 2
+    shutil.copytree(text_tokenizer_dir, tmp_path / rundir.TEXT_TOKENIZER)
+    logs = []
+    tokenizer_train.run(cfg, tmp_path, log=logs.append)
+    train_job.run(cfg, tmp_path, log=logs.append)
+
+    run = rundir.load(cfg, tmp_path)
+    models = sample_job.Models(run)
+    images = np.stack([r["image"] for r in models.records("test")])
+    assert images.shape == (2, size, size, 3)
+    codes = run.tokenizer.encode(images)
+    assert codes.shape == (2, n)
+    assert run.tokenizer.decode(codes).shape == (2, size, size, 3)
+
+    out = sample_job.run(cfg, tmp_path, log=logs.append, models=models)
+    assert len(out["t2i_test"]) == 2 and len(out["i2t_test"]) == 2
+    assert models.images["t2i_test"].shape == (2, size, size, 3)
+    t2i = [json.loads(x) for x in (tmp_path / "samples/t2i_test.jsonl").read_text().splitlines()]
+    assert len(t2i) == 2
+
+    hf.export(tmp_path, tmp_path / "hf", log=lambda _: None)
+    decoder = assets.ImageDecoder.from_pretrained(tmp_path / "hf")
+    assert decoder.codes_per_image == n
+    np.testing.assert_array_equal(decoder.decode_ids(run.vocab.image_ids(codes)),
+                                  run.tokenizer.decode(codes))
