@@ -77,3 +77,25 @@ def test_tokenizer_decoder_sample_export(size, test_config, text_tokenizer_dir, 
     assert decoder.codes_per_image == n
     np.testing.assert_array_equal(decoder.decode_ids(run.vocab.image_ids(codes)),
                                   run.tokenizer.decode(codes))
+
+
+def test_the_documented_command_is_the_one_tested():
+    """docs/tokenizers.md's 256-pixel command sets exactly SIZES[256] (and the vocabulary
+    size recomputed), and its config validates: the run above is that command's."""
+    import pathlib
+    import shlex
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = (root / "docs/tokenizers.md").read_text()
+    (line,) = [l.strip() for l in text.splitlines() if l.strip().startswith(
+        "mmar demo --config=configs/t2i_shapes.py:test --workdir=runs/px256")]
+    overrides = {}
+    for arg in shlex.split(line)[4:]:
+        name, value = arg.removeprefix("--config.").split("=", 1)
+        overrides[name] = value
+    want = {k: str(v).replace(" ", "") for k, v in SIZES[256].items()}
+    assert overrides == {**want, "model.vocab_size": "0"}
+    cfg = config_lib.load(str(root / "configs/t2i_shapes.py") + ":test")
+    with cfg.unlocked():
+        for field, value in {**SIZES[256], "model.vocab_size": 0}.items():
+            set_field(cfg, field, value)
+    assert derived.codes_per_image(config_lib.validate(cfg)) == 256
