@@ -3,9 +3,7 @@
 export work at that size (`test` preset, a few steps, a few images: what is checked is
 shapes and that nothing assumes 32 pixels, not quality)."""
 import json
-import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -13,8 +11,9 @@ from mmar import config as config_lib
 from mmar import derived, rundir
 from mmar.export import assets, hf
 from mmar.jobs import sample as sample_job
-from mmar.jobs import text_tokenizer_train, tokenizer_train
+from mmar.jobs import tokenizer_train
 from mmar.jobs import train as train_job
+from tests.helpers import overrides, text_tokenizers
 
 SIZES = {  # what a user passes on the command line (docs/tokenizers.md, "Image size")
     256: {"data.image_size": 256, "image_tokenizer.downsample": 16,
@@ -28,32 +27,14 @@ SMALL = {"data.num_train": 16, "data.num_test": 2, "data.num_unseen": 2,
          "eval.num_examples": 2, "model.vocab_size": 0}
 
 
-def set_field(cfg, dotted: str, value) -> None:
-    *sections, name = dotted.split(".")
-    for section in sections:
-        cfg = cfg[section]
-    cfg[name] = value
-
-
-@pytest.fixture(scope="module")
-def text_tokenizer_dir(test_config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
-    text_tokenizer_train.run(test_config, root, log=lambda _: None)
-    return root / rundir.TEXT_TOKENIZER
-
-
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_tokenizer_decoder_sample_export(size, test_config, text_tokenizer_dir, tmp_path):
-    cfg = ml_collections.ConfigDict(test_config.to_dict())
-    with cfg.unlocked():
-        for field, value in {**SMALL, **SIZES[size]}.items():
-            set_field(cfg, field, value)
-    cfg = config_lib.validate(cfg)
+def test_tokenizer_decoder_sample_export(size, test_config, tmp_path):
+    cfg = overrides.with_fields(test_config, {**SMALL, **SIZES[size]})
     n = derived.codes_per_image(cfg)
     assert n == (size // 16) ** 2
-    shutil.copytree(text_tokenizer_dir, tmp_path / rundir.TEXT_TOKENIZER)
+    text_tokenizers.install(tmp_path, cfg)
     logs = []
     tokenizer_train.run(cfg, tmp_path, log=logs.append)
     train_job.run(cfg, tmp_path, log=logs.append)
@@ -88,14 +69,12 @@ def test_the_documented_command_is_the_one_tested():
     text = (root / "docs/tokenizers.md").read_text()
     (line,) = [l.strip() for l in text.splitlines() if l.strip().startswith(
         "mmar demo --config=configs/t2i_shapes.py:test --workdir=runs/px256")]
-    overrides = {}
+    flags = {}
     for arg in shlex.split(line)[4:]:
         name, value = arg.removeprefix("--config.").split("=", 1)
-        overrides[name] = value
+        flags[name] = value
     want = {k: str(v).replace(" ", "") for k, v in SIZES[256].items()}
-    assert overrides == {**want, "model.vocab_size": "0"}
+    assert flags == {**want, "model.vocab_size": "0"}
     cfg = config_lib.load(str(root / "configs/t2i_shapes.py") + ":test")
-    with cfg.unlocked():
-        for field, value in {**SIZES[256], "model.vocab_size": 0}.items():
-            set_field(cfg, field, value)
-    assert derived.codes_per_image(config_lib.validate(cfg)) == 256
+    cfg = overrides.with_fields(cfg, {**SIZES[256], "model.vocab_size": 0})
+    assert derived.codes_per_image(cfg) == 256

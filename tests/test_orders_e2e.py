@@ -3,13 +3,13 @@ RandAR decoder (one tokenizer trained once for both), in-process to stay fast.""
 import json
 import shutil
 
-import ml_collections
 import pytest
 
 from mmar import config as config_lib
 from mmar.jobs import eval as eval_job
 from mmar.jobs import text_tokenizer_train, tokenizer_train
 from mmar.jobs import train as train_job
+from tests.helpers import overrides
 
 FAST = {"train.steps": 4, "checkpoint.every_steps": 4, "eval.num_examples": 4,
         "eval.tasks": ("frechet",)}
@@ -18,14 +18,6 @@ ORDERS = {  # the overrides a user passes on the command line (docs/decoding.md)
     "randar": {"data.image_order": "randar", "data.seq_len": 80,
                "sample.randar.tokens_per_step": 4},
 }
-
-
-def set_field(cfg, dotted: str, value) -> None:
-    """`--config.a.b.c=value` on a ConfigDict (unlocked)."""
-    *sections, name = dotted.split(".")
-    for section in sections:
-        cfg = cfg[section]
-    cfg[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +30,7 @@ def tokenizer_run(test_config, tmp_path_factory):
 
 def order_config(test_config, order: str):
     """The test preset with FAST and the order's overrides, validated."""
-    cfg = ml_collections.ConfigDict(test_config.to_dict())
-    with cfg.unlocked():
-        cfg.model.vocab_size = 0
-        for field, value in {**FAST, **ORDERS[order]}.items():
-            set_field(cfg, field, value)
-    return config_lib.validate(cfg)
+    return overrides.with_fields(test_config, {"model.vocab_size": 0, **FAST, **ORDERS[order]})
 
 
 @pytest.mark.parametrize("order", list(ORDERS))
@@ -94,7 +81,7 @@ def test_docs_commands_name_real_presets_and_fields():
                         value = ast.literal_eval(value)
                     except (ValueError, SyntaxError):
                         pass
-                    set_field(cfg, field, value)
+                    overrides.set_field(cfg, field, value)
         config_lib.validate(cfg)
 
 

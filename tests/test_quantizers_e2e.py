@@ -5,16 +5,14 @@ failed in sampling (the sampler drew codes per image without the RQ depth); a sa
 draws a code of another depth's range is an error at decoding (`check_depths`), so a demo
 that finishes has drawn every code from its own depth."""
 import json
-import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
-from mmar import config as config_lib
 from mmar import derived
 from mmar.export import assets, hf
-from mmar.jobs import demo, text_tokenizer_train
+from mmar.jobs import demo
+from tests.helpers import overrides, text_tokenizers
 
 FAST = {"image_tokenizer.train.steps": 4, "train.steps": 4, "checkpoint.every_steps": 4,
         "eval.num_examples": 4, "eval.tasks": ("frechet",)}
@@ -26,31 +24,13 @@ QUANTIZERS = {  # the overrides a user passes on the command line (docs/tokenize
 }
 
 
-def set_field(cfg, dotted: str, value) -> None:
-    *sections, name = dotted.split(".")
-    for section in sections:
-        cfg = cfg[section]
-    cfg[name] = value
-
-
-@pytest.fixture(scope="module")
-def text_tokenizer_dir(test_config, tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
-    text_tokenizer_train.run(test_config, root, log=lambda _: None)
-    return root / "text_tokenizer"
-
-
 @pytest.mark.parametrize("quantizer", list(QUANTIZERS))
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_demo_and_export(quantizer, test_config, text_tokenizer_dir, tmp_path):
-    cfg = ml_collections.ConfigDict(test_config.to_dict())
-    with cfg.unlocked():
-        cfg.model.vocab_size = 0
-        for field, value in {**FAST, **QUANTIZERS[quantizer]}.items():
-            set_field(cfg, field, value)
-    cfg = config_lib.validate(cfg)
-    shutil.copytree(text_tokenizer_dir, tmp_path / "text_tokenizer")
+def test_demo_and_export(quantizer, test_config, tmp_path):
+    cfg = overrides.with_fields(test_config, {**FAST, **QUANTIZERS[quantizer],
+                                              "model.vocab_size": 0})
+    text_tokenizers.install(tmp_path, cfg)    # the demo finds it trained
     logs = []
     report = demo.run(cfg, tmp_path, log=logs.append)
     assert any("[text-tokenizer] already trained" in line for line in logs)

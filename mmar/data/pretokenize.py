@@ -62,33 +62,45 @@ def _is_done(path: str) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == done.get("bytes")
 
 
-def write_metadata(source_dir: str, *, name: str, split: str, identity: dict, settings: dict,
-                   num_records: int, process_count: int, shard_records: int) -> dict:
-    """Creates or extends metadata.json; TokensError if existing shards are incompatible."""
+RECORD_FORMAT = "MMTK | u32 LE header length | JSON header | int32 LE codes (mmar/data/tokens.py)"
+
+
+def merge_metadata(source_dir: str, *, name: str, split: str, identity: dict, settings: dict,
+                   layout: dict, mismatch, record_format: str = RECORD_FORMAT) -> dict:
+    """Creates metadata.json or adds `split`'s `layout` to it. TokensError when the shards
+    there came from another tokenizer or settings, or when the split was written with
+    another layout (`mismatch(old_layout)` says how, in a sentence)."""
     path = os.path.join(source_dir, "metadata.json")
-    layout = {"num_records": num_records, "process_count": process_count,
-              "shard_records": shard_records,
-              "shards": {s["file"]: s["records"]
-                         for s in tokens.plan(num_records, process_count, shard_records)}}
     if os.path.isfile(path):
         meta = tokens.read_metadata(source_dir)
         tokens.check_tokenizer(meta, identity, settings, path)
         old = meta["splits"].get(split)
         if old is not None and old != layout:
-            raise tokens.TokensError(
-                f"{path}: split {split!r} was written with {old['num_records']} records, "
-                f"{old['process_count']} processes, {old['shard_records']} records per shard; "
-                f"this run has {num_records}, {process_count}, {shard_records}: use the same "
-                f"settings to resume, or delete {os.path.join(source_dir, split)}")
+            raise tokens.TokensError(f"{path}: split {split!r} {mismatch(old)}, or delete "
+                                     f"{os.path.join(source_dir, split)}")
     else:
         meta = {"format": tokens.FORMAT, "source": name, "tokenizer": identity,
-                "source_settings": settings, "splits": {},
-                "record_format": "MMTK | u32 LE header length | JSON header | int32 LE codes "
-                                 "(mmar/data/tokens.py)"}
+                "source_settings": settings, "splits": {}, "record_format": record_format}
     meta["splits"][split] = layout
     os.makedirs(source_dir, exist_ok=True)
     _write_json(path, meta)
     return meta
+
+
+def write_metadata(source_dir: str, *, name: str, split: str, identity: dict, settings: dict,
+                   num_records: int, process_count: int, shard_records: int) -> dict:
+    """Creates or extends metadata.json; TokensError if existing shards are incompatible."""
+    layout = {"num_records": num_records, "process_count": process_count,
+              "shard_records": shard_records,
+              "shards": {s["file"]: s["records"]
+                         for s in tokens.plan(num_records, process_count, shard_records)}}
+    return merge_metadata(
+        source_dir, name=name, split=split, identity=identity, settings=settings,
+        layout=layout, mismatch=lambda old: (
+            f"was written with {old['num_records']} records, {old['process_count']} "
+            f"processes, {old['shard_records']} records per shard; this run has "
+            f"{num_records}, {process_count}, {shard_records}: use the same settings to "
+            "resume"))
 
 
 def write_split(source, encode, source_dir: str, *, name: str, split: str, identity: dict,

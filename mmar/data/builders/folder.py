@@ -46,7 +46,7 @@ from etils import epath
 
 from mmar.data.builders.documents import DocumentSource, document_features, write_array_record
 from mmar.data.ingest.records import Skip as _Skip
-from mmar.data.ingest.records import decode_image, inside
+from mmar.data.ingest.records import check_document, decode_image, inside
 from mmar.data.packing import BadDataError
 
 
@@ -96,14 +96,7 @@ def _parse_line(line: str, root: pathlib.Path, spec: FolderSpec):
             isinstance(s, dict) and len(s) == 1 and isinstance(s.get("text", s.get("image")), str)
             for s in segs):
         raise _Skip("bad_format", "segments must be a list of {'text': str} / {'image': path}")
-    segs = [s for s in segs if s.get("text", "x") != ""]
-    if not segs:
-        raise _Skip("empty", "empty document (no text, no images)")
-    n_images = sum("image" in s for s in segs)
-    n_text = sum(len(s["text"].encode("utf-8")) for s in segs if "text" in s)
-    if n_images > spec.max_images or n_text > spec.max_text_bytes:
-        raise _Skip("oversized", f"oversized document ({n_images} images, {n_text} text bytes; "
-                    f"limits {spec.max_images} and {spec.max_text_bytes})")
+    segs = check_document(segs, spec)   # empty / oversized: the streamed readers' rule
     images, out = [], []
     for s in segs:
         if "text" in s:

@@ -36,7 +36,8 @@ from mmar.data import tokens
 from mmar.data.ingest import stream
 from mmar.data.ingest.records import Options, Position, Tally
 from mmar.data.packing import BadDataError
-from mmar.data.pretokenize import WRITER_OPTIONS, _file_digest, _is_done, _write_json
+from mmar.data.pretokenize import (RECORD_FORMAT, WRITER_OPTIONS, _file_digest, _is_done,
+                                   _write_json, merge_metadata)
 
 
 def shard_name(k: int) -> str:
@@ -48,27 +49,15 @@ def write_metadata(source_dir: str, *, name: str, split: str, identity: dict,
     """Creates or checks metadata.json (TokensError when the shards came from another
     tokenizer, other settings or other input files)."""
     kind, pattern = stream.parse(name)
-    path = os.path.join(source_dir, "metadata.json")
     layout = {"streamed": True, "kind": kind, "pattern": pattern, "inputs": inputs,
               "shards": {shard_name(k): f for k, f in enumerate(inputs)}}
-    if os.path.isfile(path):
-        meta = tokens.read_metadata(source_dir)
-        tokens.check_tokenizer(meta, identity, settings, path)
-        old = meta["splits"].get(split)
-        if old is not None and old != layout:
-            raise tokens.TokensError(
-                f"{path}: split {split!r} was written from {len(old.get('inputs', []))} input "
-                f"files of {old.get('pattern')!r}; this run has {len(inputs)} of {pattern!r}: "
-                f"use the same files to resume, or delete {os.path.join(source_dir, split)}")
-    else:
-        meta = {"format": tokens.FORMAT, "source": name, "tokenizer": identity,
-                "source_settings": settings, "splits": {},
-                "record_format": "MMTK | u32 LE header length | JSON header | int32 LE codes "
-                                 "(mmar/data/tokens.py); header index = position in shard"}
-    meta["splits"][split] = layout
-    os.makedirs(source_dir, exist_ok=True)
-    _write_json(path, meta)
-    return meta
+    return merge_metadata(
+        source_dir, name=name, split=split, identity=identity, settings=settings,
+        layout=layout, record_format=RECORD_FORMAT + "; header index = position in shard",
+        mismatch=lambda old: (
+            f"was written from {len(old.get('inputs', []))} input files of "
+            f"{old.get('pattern')!r}; this run has {len(inputs)} of {pattern!r}: use the "
+            "same files to resume"))
 
 
 def check_bad(name: str, per_file: dict, max_bad_fraction: float) -> Tally:
