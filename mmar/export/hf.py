@@ -192,6 +192,7 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
         raise ValueError(f"--dtype={dtype!r}: one of ('float32', 'bfloat16')")
     np_dtype = np.dtype(st.DTYPES["F32" if dtype == "float32" else "BF16"])
     out_dir = pathlib.Path(out_dir)
+    _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob(f"*{st.INDEX}")):
         old.unlink()  # a re-export with other shard counts must not leave stale shards
@@ -220,6 +221,18 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
     log(f"[export] {step_dir} -> {out_dir} ({arch}, {dtype}, {len(plan)} tensors in "
         f"{len(files)} file(s))")
     return out_dir
+
+
+def _check_out_dir(out_dir: pathlib.Path) -> None:
+    """An export replaces the weight files of the directory it writes; so it writes only into
+    a new or empty directory, or over an earlier mmar export (one with mmar.json). Anything
+    else (a downloaded model, a run directory, a home directory) is refused: FileExistsError."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir}: a file, not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / assets.MMAR_JSON).is_file():
+        raise FileExistsError(
+            f"--out {out_dir}: not empty and not an mmar export (no {assets.MMAR_JSON}); an "
+            "export replaces the weight files there: choose a new or empty directory")
 
 
 def _text_tokenizer(cfg, vocab, step_dir, path):

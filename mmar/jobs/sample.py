@@ -27,7 +27,7 @@ import pathlib
 
 import jax
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from mmar import config as config_lib
 from mmar import derived, rundir
@@ -66,18 +66,62 @@ class Models:
         return self._records[split]
 
 
-def image_grid(images: np.ndarray, columns: int, scale: int = 3) -> Image.Image:
-    """uint8 [N, H, W, 3] -> one PNG-ready picture, `columns` wide, 2px gaps."""
+VERDICT_COLOURS = {True: (40, 170, 60), False: (200, 50, 40)}   # judged right / wrong
+LINE_HEIGHT = 11   # PIL's default bitmap font: 6 x 11 pixels a character
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Words into lines of at most `width` characters (a longer word is cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        while len(word) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:width])
+            word = word[width:]
+        if not line:
+            line = word
+        elif len(line) + 1 + len(word) <= width:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = word
+    return lines + ([line] if line else [])
+
+
+def image_grid(images: np.ndarray, columns: int, scale: int = 3,
+               labels: list[tuple[str, bool | None]] | None = None) -> Image.Image:
+    """uint8 [N, H, W, 3] -> one PNG-ready picture, `columns` wide, 2px gaps.
+
+    `labels`: (text, verdict) per image, written under it (wrapped to the cell), with a bar
+    above the text in green (verdict True), red (False) or none (None): so that a person
+    sees which caption each image was drawn for and what the judge said, without the JSONL
+    beside the grid."""
     n, h, w, _ = images.shape
     rows = -(-n // columns)
-    gap = 2
-    canvas = np.full((rows * (h * scale + gap), columns * (w * scale + gap), 3), 64, np.uint8)
+    gap, cell_w = 2, w * scale
+    chars = max(1, (cell_w - 4) // 6)
+    wrapped = [_wrap(text, chars) for text, _ in labels] if labels else []
+    label_h = (4 + 3 + LINE_HEIGHT * max(map(len, wrapped), default=0)) if labels else 0
+    cell_h = h * scale + label_h
+    canvas = np.full((rows * (cell_h + gap), columns * (cell_w + gap), 3), 64, np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, columns)
         big = img.repeat(scale, 0).repeat(scale, 1)
-        y, x = r * (h * scale + gap), c * (w * scale + gap)
-        canvas[y:y + h * scale, x:x + w * scale] = big
-    return Image.fromarray(canvas)
+        y, x = r * (cell_h + gap), c * (cell_w + gap)
+        canvas[y:y + h * scale, x:x + cell_w] = big
+        if labels and labels[i][1] is not None:
+            canvas[y + h * scale:y + h * scale + 4, x:x + cell_w] = VERDICT_COLOURS[labels[i][1]]
+    picture = Image.fromarray(canvas)
+    if labels:
+        draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+        for i, lines in enumerate(wrapped):
+            r, c = divmod(i, columns)
+            y, x = r * (cell_h + gap) + h * scale + 6, c * (cell_w + gap) + 2
+            for k, line in enumerate(lines):
+                draw.text((x, y + k * LINE_HEIGHT), line, fill=(235, 235, 235), font=font)
+    return picture
 
 
 def _batches(items, size):
@@ -128,7 +172,9 @@ def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) 
                 "categories": geneval.categories(img, c, spec),
                 **provenance(models, cfg.sample.seed, i)}
                for i, (c, img) in enumerate(zip(captions, images))]
-    image_grid(images, cfg.eval.grid_columns).save(out_dir / f"t2i_{split}.png")
+    image_grid(images, cfg.eval.grid_columns,
+               labels=[(r["caption"], r["correct"]) for r in records]).save(
+        out_dir / f"t2i_{split}.png")
     _write_jsonl(out_dir / f"t2i_{split}.jsonl", records)
     acc = np.mean([r["correct"] for r in records])
     log(f"[sample] text-to-image on {split}: {n} images, judge accuracy {acc:.3f}")
@@ -190,7 +236,8 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
     records = [{"index": i, "caption": f"the digit {k}", "label": k, "predicted": int(p),
                 "correct": bool(p == k), **provenance(models, cfg.sample.seed + 2, i)}
                for i, (k, p) in enumerate(zip(labels, predicted))]
-    image_grid(images, 10).save(out_dir / "digits_test.png")
+    image_grid(images, 10, labels=[(f"{r['label']}: read {r['predicted']}", r["correct"])
+                                   for r in records]).save(out_dir / "digits_test.png")
     _write_jsonl(out_dir / "digits_test.jsonl", records)
     log(f"[sample] digits: {n} images, classifier agrees with the prompt on "
         f"{np.mean([r['correct'] for r in records]):.3f}")

@@ -184,3 +184,23 @@ def test_export_of_a_damaged_checkpoint_is_one_line(exported, tmp_path, capsys):
     assert status == 1 and "Traceback" not in err and len(lines) == 1, err
     assert str(run / "decoder" / "checkpoints") in lines[0]
     assert not (tmp_path / "hf" / "model.safetensors").exists()
+
+
+def test_export_into_a_directory_that_is_not_an_export_is_refused(exported, tmp_path, capsys):
+    """An export replaces weight files: over a downloaded model's directory it would have
+    deleted that model's weights (before: silently). Over an earlier export it is fine."""
+    from mmar import cli
+    other = tmp_path / "someone_elses_model"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"their weights")
+    (other / "config.json").write_text("{}")
+    status = cli.main(["mmar", "export", str(exported / "run"), "--format", "hf", "--out",
+                       str(other)])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("mmar export: error:")]
+    assert status == 1 and len(lines) == 1 and "not an mmar export" in lines[0], err
+    assert (other / "model.safetensors").read_bytes() == b"their weights"
+    again = tmp_path / "again"
+    for _ in range(2):   # a new directory, then over that export: both fine
+        assert cli.main(["mmar", "export", str(exported / "run"), "--format", "hf", "--out",
+                         str(again)]) == 0
