@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mmar.model.attention import attend_cache
+from mmar.model.layers import project, rms_norm, rotate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,25 +97,6 @@ def prepare(model, spec: Spec, logits_ids: tuple[int, int] | None = None) -> Wei
                    f32(model.final_norm.scale), head.astype(dt))
 
 
-def _norm(x, scale, eps, dtype):
-    """RMSNorm as model/layers.py's (float32 statistics)."""
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (x32 * scale).astype(dtype)
-
-
-def _rotate(x, sin, cos):
-    """RoPE as model/layers.py's `rotate`."""
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-def _dot(x, w, out_dtype=None):
-    """x [B, S, K] @ w [K, N] as one 2-D matmul (model/layers.py's `project`)."""
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), w, preferred_element_type=out_dtype)
-    return y.reshape(*x.shape[:-1], w.shape[-1])
-
-
 def run(spec: Spec, w: Weights, x, sin, cos, mask, ks, vs, index):
     """Every layer over embedded tokens x [B, S, E] against the per-layer caches `ks`, `vs`
     ([B, KVH, T, D] each), the new keys and values written at slots index.. -> (logits
@@ -123,22 +105,23 @@ def run(spec: Spec, w: Weights, x, sin, cos, mask, ks, vs, index):
     h, kvh, d, eps, dt = spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.eps, spec.dtype
     new_ks, new_vs = [], []
     for layer, k_cache, v_cache in zip(w.layers, ks, vs):
-        qkv = _dot(_norm(x, layer.attn_norm, eps, dt), layer.qkv).reshape(b, s, h + 2 * kvh, d)
+        qkv = project(rms_norm(x, layer.attn_norm, eps, dt), layer.qkv)
+        qkv = qkv.reshape(b, s, h + 2 * kvh, d)
         q, k, v = qkv[:, :, :h], qkv[:, :, h:h + kvh], qkv[:, :, h + kvh:]
         if spec.qk_norm:
-            q, k = _norm(q, layer.q_norm, eps, dt), _norm(k, layer.k_norm, eps, dt)
-        q, k = _rotate(q, sin, cos), _rotate(k, sin, cos)
+            q, k = rms_norm(q, layer.q_norm, eps, dt), rms_norm(k, layer.k_norm, eps, dt)
+        q, k = rotate(q, sin, cos), rotate(k, sin, cos)
         k_cache, v_cache = (jax.lax.dynamic_update_slice(
             c, new.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, index, 0))
             for c, new in ((k_cache, k), (v_cache, v)))
         out = attend_cache(q, k_cache, v_cache, mask)
-        x = x + _dot(out.reshape(b, s, h * d), layer.o)
-        gate_up = _dot(_norm(x, layer.mlp_norm, eps, dt), layer.gate_up)
+        x = x + project(out.reshape(b, s, h * d), layer.o)
+        gate_up = project(rms_norm(x, layer.mlp_norm, eps, dt), layer.gate_up)
         gate, up = gate_up[..., :spec.mlp_dim], gate_up[..., spec.mlp_dim:]
-        x = x + _dot(jax.nn.silu(gate) * up, layer.down)
+        x = x + project(jax.nn.silu(gate) * up, layer.down)
         new_ks.append(k_cache)
         new_vs.append(v_cache)
-    logits = _dot(_norm(x, w.final_norm, eps, dt), w.head, out_dtype=jnp.float32)
+    logits = project(rms_norm(x, w.final_norm, eps, dt), w.head, out_dtype=jnp.float32)
     return logits, tuple(new_ks), tuple(new_vs)
 
 

@@ -219,8 +219,17 @@ def gumbel_ahead(keys, shape, span=None):
     width = shape[-1] if span is None else span[1]
     if keys.shape[0] * np.prod(shape[:-1]) * width * 4 > NOISE_AHEAD_BYTES:
         return None
-    noise = jax.vmap(lambda k: jax.random.gumbel(k, (*shape[:-1], width)))(keys)
-    return noise if span is None else noise[..., span[0]:span[0] + shape[-1]]
+    return jax.vmap(lambda k: _gumbel(k, shape, span))(keys)
+
+
+def _gumbel(key, shape, span=None):
+    """The Gumbel noise of one draw over logits of `shape` [..., V]: what
+    `jax.random.categorical(key, logits)` adds before its argmax; with `span=(offset,
+    width)` drawn at the full width and sliced to the V columns from `offset`."""
+    if span is None:
+        return jax.random.gumbel(key, shape)
+    offset, width = span
+    return jax.random.gumbel(key, (*shape[:-1], width))[..., offset:offset + shape[-1]]
 
 
 def sample_logits(logits, allowed, key, temperature, top_k, top_p, span=None, noise=None):
@@ -254,14 +263,9 @@ def sample_logits(logits, allowed, key, temperature, top_k, top_p, span=None, no
 
     scaled = jax.lax.cond(jnp.any(top_k > 0) | jnp.any(top_p < 1.0), filtered, unfiltered,
                           None)
-    if noise is not None:
-        drawn = jnp.argmax(noise + scaled, axis=-1)
-    elif span is None:
-        drawn = jax.random.categorical(key, scaled)
-    else:
-        offset, width = span
-        noise = jax.random.gumbel(key, (*scaled.shape[:-1], width), scaled.dtype)
-        drawn = jnp.argmax(noise[..., offset:offset + scaled.shape[-1]] + scaled, axis=-1)
+    if noise is None:
+        noise = _gumbel(key, scaled.shape, span)
+    drawn = jnp.argmax(noise + scaled, axis=-1)
     return jnp.where(temperature == 0, greedy, drawn.astype(jnp.int32))
 
 
