@@ -30,7 +30,8 @@ def make_vocab(cfg) -> vocab_lib.Vocab:
     """The run's token space; RandAR adds one position-instruction id per grid index."""
     positions = derived.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
     return vocab_lib.Vocab(vocab_lib.text_size(cfg.vocab),
-                           derived.num_image_codes(cfg.image_tokenizer), positions)
+                           derived.num_image_codes(cfg.image_tokenizer), positions,
+                           derived.max_grid_side(cfg))
 
 
 def _validate_order(cfg) -> None:
@@ -44,6 +45,8 @@ def _validate_order(cfg) -> None:
                           f"[data.rar.anneal_start={rar.anneal_start}, 1]")
     with cfg.unlocked():
         cfg.model.num_targets = derived.codes_per_image(cfg) + 1 if order == "rar" else 0
+    if cfg.data.keep_aspect:
+        _validate_keep_aspect(cfg)
     if order == "raster":
         return
     if cfg.image_tokenizer.quantizer == "rq":
@@ -65,6 +68,26 @@ def _validate_order(cfg) -> None:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: data.image_order={order!r} "
                           f"needs at least {need} tokens for one image of {n} codes "
                           "(<bos> <boi> ... <eoi> <eos>), plus its caption")
+
+
+def _validate_keep_aspect(cfg) -> None:
+    """What images of any shape (rows of codes ending in <eol>) are not built for yet: one
+    ConfigError naming the field, rather than a model that trains on the wrong layout."""
+    if image_order(cfg) != "raster":
+        raise ConfigError(f"data.keep_aspect=True: images of any shape are written row by "
+                          f"row (raster); data.image_order={image_order(cfg)!r} is square-only")
+    if cfg.image_tokenizer.quantizer == "rq":
+        raise ConfigError("data.keep_aspect=True: image_tokenizer.quantizer='rq' is "
+                          "square-only (several codes per grid position)")
+    if cfg.sample.image_decoder != "plain":
+        raise ConfigError(f"sample.image_decoder={cfg.sample.image_decoder!r}: SJD / ZipAR "
+                          "decode square grids; data.keep_aspect=True samples with 'plain'")
+    h, w = derived.code_grid(cfg)
+    need = 2 + h * (w + 1) + 4 + derived.max_grid_side(cfg)   # the widest row count's <eol>s
+    if cfg.data.seq_len < need:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: data.keep_aspect=True needs at "
+                          f"least {need} tokens for one image of up to {h * w} codes with its "
+                          "size and <eol> ids (<bos> <boi> ... <eoi> <eos>), plus its caption")
 
 
 def validate(cfg) -> ml_collections.ConfigDict:

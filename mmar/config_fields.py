@@ -9,6 +9,7 @@ This module imports only mmar.errors: it is the bottom of the package graph.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 from mmar.errors import UserError
@@ -68,6 +69,11 @@ BOOL = dict(check=_bool, want="True or False")
 POSITIVE_FLOAT = dict(check=lambda v: isinstance(v, float) and v > 0, want="a float > 0")
 
 
+def _image_shape(v):
+    return isinstance(v, str) and (v == "" or re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", v)
+                                   is not None)
+
+
 def choice(*choices) -> dict:
     check, want = _one_of(*choices)
     return dict(check=check, want=want)
@@ -119,7 +125,14 @@ SCHEMA: dict[str, Any] = {
     "seed": Field(0, "initialisation and data order", **NONNEG_INT),
     "data": {
         "name": Field("shapes", "the built-in data set the single-source jobs read"),
-        "image_size": Field(32, "pixels per side", **POSITIVE),
+        "image_size": Field(32, "pixels per side (keep_aspect: of the square of the same area)",
+                            **POSITIVE),
+        "keep_aspect": Field(False, "images keep their aspect ratio: about image_size^2 "
+                             "pixels on the code grid, the grid's shape in the token stream "
+                             "(docs/data.md)", **BOOL),
+        "max_aspect_ratio": Field(2.0, "keep_aspect: wider or taller images are cropped to "
+                                  "this ratio", check=lambda v: _num(v) and v >= 1,
+                                  want="a number >= 1"),
         "grid": Field(4, "shapes: cells per side", **POSITIVE),
         "max_objects": Field(3, "shapes: objects per scene", **POSITIVE),
         "jitter": Field(0, "shapes: pixels of random offset", **NONNEG_INT),
@@ -308,6 +321,9 @@ SCHEMA: dict[str, Any] = {
                                     "[a, b)",
                                     check=lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 1,
                                     want="(a, b) with 0 <= a < b <= 1"),
+        "image_shape": Field("", "text-to-image 'HxW' in pixels (data.keep_aspect models; "
+                             "'' = square data.image_size)", check=_image_shape,
+                             want="'' or 'HxW' with positive ints, e.g. '256x512'"),
         "interleaved_tokens": Field(64, "new tokens per continued story", **POSITIVE),
         "max_text_len": Field(48, "longest generated caption", **POSITIVE),
         "batch_size": Field(50, "prompts per sampling batch", **POSITIVE),

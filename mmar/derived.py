@@ -53,8 +53,56 @@ def code_grid(cfg: Any) -> tuple[int, int]:
     return side, side
 
 
+def grid_for(height: int, width: int, cfg: Any) -> tuple[int, int]:
+    """The code grid (h, w) of a `height` x `width` image: `code_grid` unless
+    `data.keep_aspect`; then about the square's number of positions, A = side^2, at the
+    image's aspect ratio r = width / height clipped to `data.max_aspect_ratio`:
+    h = round(side / sqrt(r)), w = round(side * sqrt(r)), the longer side shortened while
+    h * w > A. So no image has more than A positions, a square keeps the square grid and
+    r and 1 / r give transposed grids. The one rule that resizing (mmar/data/ingest),
+    sampling (`sample.image_shape`) and the vocabulary's size ids (`max_grid_side`) share."""
+    side = code_grid(cfg)[0]
+    if not cfg.data.keep_aspect:
+        return side, side
+    return aspect_grid(height, width, side, float(cfg.data.max_aspect_ratio))
+
+
+def aspect_grid(height: int, width: int, side: int, limit: float) -> tuple[int, int]:
+    """`grid_for`'s rule alone: the grid of about side^2 positions for a `height` x `width`
+    image, its ratio clipped to [1 / limit, limit]."""
+    if height < 1 or width < 1:
+        raise ValueError(f"an image of {height}x{width} pixels has no grid")
+    ratio = min(max(width / height, 1.0 / limit), limit)
+    h, w = max(1, round(side / math.sqrt(ratio))), max(1, round(side * math.sqrt(ratio)))
+    while h * w > side * side:
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return h, w
+
+
+def max_grid_side(cfg: Any) -> int:
+    """The longest grid side `grid_for` can give (0 without `data.keep_aspect`): the number
+    of size ids in the vocabulary (mmar/vocab.py)."""
+    if not cfg.data.keep_aspect:
+        return 0
+    r = float(cfg.data.max_aspect_ratio)
+    tall, wide = grid_for(round(1000 * r), 1000, cfg), grid_for(1000, round(1000 * r), cfg)
+    return max(*tall, *wide)
+
+
+def parse_image_shape(text: str) -> tuple[int, int] | None:
+    """`sample.image_shape`: 'HxW' pixels -> (H, W); '' -> None (square)."""
+    if not text:
+        return None
+    h, _, w = text.partition("x")
+    return int(h), int(w)
+
+
 def codes_per_image(cfg: Any) -> int:
-    """Image codes of one image in a sequence: h * w positions times the RQ depth."""
+    """Image codes of one square image in a sequence: h * w positions times the RQ depth
+    (with `data.keep_aspect` also the most any image has: `grid_for`)."""
     h, w = code_grid(cfg)
     return h * w * quantizer_depth(cfg.image_tokenizer)
 

@@ -9,13 +9,18 @@
     [position_offset, + num_positions)  RandAR position instructions: id = position_offset + k
                                      means "the next code is the one at grid index k"
                                      (`data.image_order="randar"` only; 0 ids otherwise)
+    [layout_offset, + 1 + grid_sides)  `data.keep_aspect` only (0 ids otherwise): <eol>
+                                     (end of a row of codes), then the size ids:
+                                     id = layout_offset + s means "s rows" or "s columns"
     padded up to a multiple of 128   (unused ids; never sampled)
 
 Position ids come after the image codes so that a raster vocabulary (num_positions=0) keeps
 every id, and a RandAR model's text, special and code ids are those of a raster model.
 
 An image in a sequence is `<boi> c_1 ... c_n <eoi>` in raster order (other orders:
-mmar/data/orders.py). A text-to-image pair is
+mmar/data/orders.py). With `data.keep_aspect` its grid shape comes first and every row
+ends in `<eol>`, as Lumina-mGPT and Emu3 write images of any shape:
+`<boi> <h> <w> c_1 .. c_w <eol> ... c_(n-w+1) .. c_n <eol> <eoi>` (`image_body`). A text-to-image pair is
 `<bos> caption <boi> codes <eoi> <eos>`; image-to-text puts the image first:
 `<bos> <boi> codes <eoi> caption <eos>`.
 """
@@ -56,6 +61,7 @@ class Vocab:
     text_size: int
     num_image_codes: int
     num_positions: int = 0  # RandAR position-instruction ids (codes per image), else 0
+    grid_sides: int = 0     # data.keep_aspect: size ids 1..grid_sides (and <eol>), else 0
 
     @property
     def pad(self) -> int:
@@ -86,9 +92,22 @@ class Vocab:
         return self.image_offset + self.num_image_codes
 
     @property
-    def used(self) -> int:
-        """Ids in use (text, specials, codes, position instructions), before padding."""
+    def layout_offset(self) -> int:
         return self.position_offset + self.num_positions
+
+    @property
+    def eol(self) -> int:
+        """End of a row of codes (`grid_sides` > 0 only)."""
+        if not self.grid_sides:
+            raise ValueError("this vocabulary has no <eol>: images are square "
+                             "(data.keep_aspect=False)")
+        return self.layout_offset
+
+    @property
+    def used(self) -> int:
+        """Ids in use (text, specials, codes, position instructions, layout), before
+        padding."""
+        return self.layout_offset + (1 + self.grid_sides if self.grid_sides else 0)
 
     @property
     def size(self) -> int:
@@ -103,9 +122,55 @@ class Vocab:
                              f"position ids), got [{k.min()}, {k.max()}]")
         return k.astype(np.int32) + self.position_offset
 
+    def size_id(self, side: int) -> int:
+        """The id saying "`side` rows" (or columns), 1 <= side <= grid_sides."""
+        if not 1 <= int(side) <= self.grid_sides:
+            raise ValueError(f"a grid side must be in [1, {self.grid_sides}] (the "
+                             f"vocabulary's size ids), got {side}")
+        return self.layout_offset + int(side)
+
+    def is_layout(self, ids) -> np.ndarray:
+        """<eol> and the size ids."""
+        ids = np.asarray(ids)
+        return (ids >= self.layout_offset) & (ids < self.used) if self.grid_sides else (
+            np.zeros(ids.shape, bool))
+
+    def image_body(self, codes, grid=None) -> np.ndarray:
+        """The ids between an image's <boi> and <eoi>: its codes as ids, and with
+        `grid_sides` the grid (h, w) first and <eol> after each row (`grid` None: square)."""
+        ids = self.image_ids(np.asarray(codes).reshape(-1))
+        if not self.grid_sides:
+            return ids
+        h, w = grid if grid is not None else (int(round(np.sqrt(ids.size))),) * 2
+        if h * w != ids.size:
+            raise ValueError(f"{ids.size} codes do not fill a {h}x{w} grid")
+        rows = np.concatenate([ids.reshape(h, w), np.full((h, 1), self.eol, np.int32)], 1)
+        return np.concatenate([[self.size_id(h), self.size_id(w)], rows.reshape(-1)]
+                              ).astype(np.int32)
+
+    def parse_image_body(self, ids) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """`image_body` read back: (codes [n], (h, w) or None without `grid_sides`).
+        ValueError when the ids are not one whole image of that form."""
+        ids = np.asarray(ids, np.int32).reshape(-1)
+        if not self.grid_sides:
+            if not self.is_image(ids).all():
+                raise ValueError("an image holds only image codes")
+            return self.codes_from_ids(ids), None
+        if ids.size < 2 or not self.is_layout(ids[:2]).all() or self.eol in ids[:2]:
+            raise ValueError("an image starts with two size ids (its rows and columns)")
+        h, w = (int(i) - self.layout_offset for i in ids[:2])
+        body = ids[2:]
+        if body.size != h * (w + 1):
+            raise ValueError(f"a {h}x{w} image has {h * (w + 1)} ids after its size, got "
+                             f"{body.size}")
+        rows = body.reshape(h, w + 1)
+        if (rows[:, -1] != self.eol).any() or not self.is_image(rows[:, :-1]).all():
+            raise ValueError(f"each of the {h} rows must be {w} image codes and <eol>")
+        return self.codes_from_ids(rows[:, :-1].reshape(-1)), (h, w)
+
     def is_position(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
-        return (ids >= self.position_offset) & (ids < self.used)
+        return (ids >= self.position_offset) & (ids < self.layout_offset)
 
     def image_ids(self, codes) -> np.ndarray:
         codes = np.asarray(codes)

@@ -76,8 +76,10 @@ class ToDocument(grain.transforms.RandomMap):
         self.source_index = source_index
 
     def random_map(self, record, rng: np.random.Generator):
+        grids = record.get("grids")
         segs = [(sequences.TEXT, self.text.encode(s["text"])) if "text" in s else
-                (sequences.IMAGE, self.vocab.image_ids(record["codes"][s["image"]]))
+                (sequences.IMAGE, self.vocab.image_body(
+                    record["codes"][s["image"]], None if grids is None else grids[s["image"]]))
                 for s in record["segments"]]
         if record["kind"] == "caption" and rng.random() < self.i2t:
             segs = segs[::-1]

@@ -70,7 +70,7 @@ class PairToRow(grain.transforms.RandomMap):
     def segments(self, record, rng: np.random.Generator):
         """[caption, image] or [image, caption]; a t2i caption dropped by `caption_dropout`."""
         caption = (sequences.TEXT, self.text.encode(record["caption"]))
-        image = (sequences.IMAGE, self.vocab.image_ids(record["codes"]))
+        image = (sequences.IMAGE, self.vocab.image_body(record["codes"], record.get("grid")))
         if rng.random() < self.i2t:
             return [image, caption]
         return sequences.drop_captions([caption, image], self.caption_dropout, rng)

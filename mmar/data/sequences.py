@@ -4,6 +4,8 @@ One format for every kind of data: a *document* is a list of segments in any ord
 `("text", ids)` or `("image", ids)` (ids already in the unified token space, mmar/vocab.py):
 
     <bos> segment_1 ... segment_n <eos>        an image segment is <boi> c_1 ... c_n <eoi>
+                                               (keep-aspect: <boi> <h> <w> rows <eoi>,
+                                               `Vocab.image_body`)
 
 A text-to-image pair is `[text, image]`, image-to-text `[image, text]`, an interleaved story
 `[text, image, text, image, ...]`. `modality[t]` is 1 for image codes, 0 otherwise;
@@ -35,7 +37,10 @@ def document_tokens(segments: Sequence[tuple[str, Sequence[int]]], vocab: Vocab)
             modality.append(np.zeros(len(ids), np.int32))
         elif kind == IMAGE:
             tokens.append(np.concatenate([[vocab.boi], ids, [vocab.eoi]]).astype(np.int32))
-            modality.append(np.concatenate([[0], np.ones(len(ids), np.int32), [0]]))
+            # the size and <eol> ids of a keep-aspect image are text-like structure, as
+            # <boi> and <eoi> are (mixture-of-transformers weights, per-modality loss)
+            inner = (~vocab.is_layout(ids)).astype(np.int32)
+            modality.append(np.concatenate([[0], inner, [0]]))
         else:
             raise ValueError(f"segment kind must be {TEXT!r} or {IMAGE!r}, got {kind!r}")
     tokens.append(np.array([vocab.eos], np.int32))

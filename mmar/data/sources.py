@@ -44,28 +44,31 @@ def load(name: str, data_cfg, split: str = "train", log=print):
 
 
 def mixture_batches(data_cfg, encode, vocab, *, global_batch: int, seed: int, log=print,
-                    documents: dict | None = None, text=None):
+                    documents: dict | None = None, text=None, downsample: int = 0):
     """Packed batches of the configured mixture; every image tokenized once by `encode`,
     or read from token shards: `documents` maps each entry's name to its source of codes.
-    `text`: the run's text tokenizer (default: bytes, for a byte vocabulary)."""
+    `text`: the run's text tokenizer (default: bytes, for a byte vocabulary);
+    `downsample`: the image tokenizer's (data.keep_aspect resizes on its grid)."""
     entries = derived.parse_mixture(data_cfg.mixture)
     if documents is not None:
         sources = [documents[name] for name, _ in entries]
     else:
-        sources = [encoded(name, data_cfg, encode, log=log) for name, _ in entries]
+        sources = [encoded(name, data_cfg, encode, log=log, downsample=downsample)
+                   for name, _ in entries]
     for (name, _), src in zip(entries, sources):
         log(f"[data] mixture: {name} ({len(src)} documents)")
     return mixture.document_batches(sources, [w for _, w in entries], vocab, data_cfg,
                                     global_batch=global_batch, seed=seed, log=log, text=text)
 
 
-def encoded(name: str, data_cfg, encode, log=print) -> mixture.DocumentCodeSource:
+def encoded(name: str, data_cfg, encode, log=print,
+            downsample: int = 0) -> mixture.DocumentCodeSource:
     """One mixture entry's train documents with their images as codes, in memory: streamed
     sources straight from their files (mmar/data/ingest), the others via `load`."""
     if derived.stream_source(name) is None:
         return mixture.encode_documents(encode, load(name, data_cfg, log=log), log=log)
     ing = data_cfg.ingest
     return mixture.DocumentCodeSource(ingest_shards.encode_source(
-        name, encode, ingest_records.Options.from_config(data_cfg),
+        name, encode, ingest_records.Options.from_config(data_cfg, downsample),
         max_bad_fraction=data_cfg.max_bad_fraction, batch_size=ing.batch_size,
         threads=ing.decode_threads, log=log))

@@ -12,6 +12,8 @@ A record is one document, serialized without pickle:
     b"MMTK" | header length (uint32, little-endian) | header (UTF-8 JSON) | codes (int32 LE)
     header = {"index": the record's index in the split, "kind": "caption" | "document",
               "segments": [{"text": str} | {"image": k}, ...], "codes_shape": [k, n]}
+    keep-aspect (`data.keep_aspect`): "codes_shape": [total], "grids": [[h, w], ...], the
+    images' codes one after the other (each h * w)
 
 Images are stored as the tokenizer's codes (0..num_codes-1, not vocabulary ids: the pipeline
 adds the image offset), text as text: the byte/SentencePiece tokenizer is cheap and runs at
@@ -60,23 +62,40 @@ class TokensError(UserError, ValueError):
 
 # ---- records -------------------------------------------------------------------------------
 
-def encode_record(index: int, kind: str, segments, codes) -> bytes:
+def encode_record(index: int, kind: str, segments, codes, grids=None) -> bytes:
+    """`codes` [k, n], or with `grids` ([h, w] per image) k flat arrays of h * w codes."""
+    extra = {}
+    if grids is not None:
+        grids = [[int(h), int(w)] for h, w in grids]
+        if len(grids) != len(codes) or any(np.size(c) != h * w
+                                           for c, (h, w) in zip(codes, grids)):
+            raise ValueError(f"record {index}: {len(codes)} images' codes do not match "
+                             f"their grids {grids}")
+        codes, extra = np.concatenate([np.reshape(c, -1) for c in codes] or [[]]), {
+            "grids": grids}
     codes = np.ascontiguousarray(codes, dtype="<i4")
-    if codes.ndim != 2:
+    if grids is None and codes.ndim != 2:
         codes = codes.reshape(len(codes), -1) if codes.size else codes.reshape(0, 0)
     header = json.dumps({"index": int(index), "kind": kind, "segments": segments,
-                         "codes_shape": list(codes.shape)}, separators=(",", ":")).encode()
+                         "codes_shape": list(codes.shape), **extra},
+                        separators=(",", ":")).encode()
     return MAGIC + struct.pack("<I", len(header)) + header + codes.tobytes()
 
 
 def decode_record(data: bytes) -> dict:
-    """-> {"index", "kind", "segments", "codes": int32 [k, n]}; ValueError if not a record."""
+    """-> {"index", "kind", "segments", "codes": int32 [k, n]}, keep-aspect records with
+    "grids" and "codes" a list of k flat arrays; ValueError if not a record."""
     if data[:4] != MAGIC:
         raise ValueError(f"not an mmar token record (starts with {data[:4]!r})")
     (n,) = struct.unpack("<I", data[4:8])
     rec = json.loads(data[8:8 + n].decode())
     shape = rec.pop("codes_shape")
     rec["codes"] = np.frombuffer(data[8 + n:], "<i4").astype(np.int32).reshape(shape)
+    if "grids" in rec:
+        ends = np.cumsum([h * w for h, w in rec["grids"]])
+        if not len(ends) or ends[-1] != rec["codes"].size:
+            raise ValueError(f"grids {rec['grids']} do not hold {rec['codes'].size} codes")
+        rec["codes"] = np.split(rec["codes"], ends[:-1])
     return rec
 
 
@@ -171,9 +190,16 @@ def source_settings(name: str, data_cfg) -> dict:
     if derived.stream_source(name) is not None:   # streamed (mmar/data/ingest)
         keep = ("caption_field", "image_column", "text_column", "texts_column",
                 "images_column", "max_images", "max_text_bytes")
-        return {"image_size": data_cfg.image_size,
+        return {"image_size": data_cfg.image_size, **_aspect(data_cfg),
                 **{f"ingest.{k}": _jsonable(data_cfg.ingest[k]) for k in keep}}
     return {"image_size": data_cfg.image_size}
+
+
+def _aspect(data_cfg) -> dict:
+    """The keep-aspect fields, only when on (metadata from before them reads as square)."""
+    if not data_cfg.keep_aspect:
+        return {}
+    return {"keep_aspect": True, "max_aspect_ratio": float(data_cfg.max_aspect_ratio)}
 
 
 def code_settings(tok_config: dict, where: str = "") -> dict:
@@ -340,7 +366,10 @@ class CaptionView(grain.sources.RandomAccessDataSource):
 
     def __getitem__(self, i):
         rec = self.source[i]
-        return {"caption": rec["segments"][0]["text"], "codes": rec["codes"][0]}
+        out = {"caption": rec["segments"][0]["text"], "codes": rec["codes"][0]}
+        if "grids" in rec:
+            out["grid"] = rec["grids"][0]
+        return out
 
 
 def open_split(tokens_dir, name: str, split: str, *, identity: dict | None = None,

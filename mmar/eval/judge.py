@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import PIL.Image
 from scipy import ndimage
 
 from mmar.data.synthetic import COLOR_RGB, COUNT_WORDS, ShapeObject, ShapesSpec, article
@@ -86,13 +87,24 @@ def parse_caption(caption: str, spec: ShapesSpec) -> ParsedCaption | None:
     return None
 
 
+def square_view(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3] (bicubic; as is when already that size)."""
+    image = np.asarray(image)
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(PIL.Image.fromarray(image.astype(np.uint8)).resize(
+        (size, size), PIL.Image.Resampling.BICUBIC))
+
+
 def _expected_size(spec: ShapesSpec) -> int:
     return spec.object_size
 
 
 def read_image(image: np.ndarray, spec: ShapesSpec) -> list[Detected]:
-    """Reads an image back into objects (colour, shape, centroid), ignoring the grid."""
-    img = np.asarray(image, np.float32)[..., :3]
+    """Reads an image back into objects (colour, shape, centroid), ignoring the grid. An
+    image of another size or shape (a keep-aspect model's, `sample.image_shape`) is read
+    resized to the data's square, where the shapes were drawn."""
+    img = np.asarray(square_view(image, spec.image_size), np.float32)[..., :3]
     palette = np.array([COLOR_RGB[c] for c in spec.colors], np.float32)  # [K, 3]
     # Brightness-invariant nearest colour: distance from the pixel to the segment from
     # black to each palette colour. A blurred edge is the colour scaled towards black, so

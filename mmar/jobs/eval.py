@@ -52,7 +52,7 @@ def heldout_loss(cfg, models: Models, split: str = "test") -> dict:
     recs = models.records(split)
     codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
     text = models.text
-    rows = [sequences.pair_example(text.encode(r["caption"]), models.vocab.image_ids(c),
+    rows = [sequences.pair_example(text.encode(r["caption"]), models.vocab.image_body(c),
                                    models.vocab, cfg.data.seq_len, image_first=first)
             for r, c in zip(recs, codes) for first in (False, True)]
     # Other image orders are scored in raster order (RandAR: P c pairs in raster order).

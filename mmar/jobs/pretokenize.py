@@ -29,7 +29,9 @@ def run(cfg, workdir, log=print, split: str = "train") -> dict:
         if derived.stream_source(name) is not None:  # straight from the files: data/ingest
             out[name] = ingest_shards.write_source(
                 name, tokenizer.encode, source_dir,
-                opts=ingest_records.Options.from_config(cfg.data), identity=identity,
+                opts=ingest_records.Options.from_config(cfg.data,
+                                                        cfg.image_tokenizer.downsample),
+                identity=identity,
                 settings=settings, split=split, process_index=jax.process_index(),
                 process_count=jax.process_count(),
                 max_bad_fraction=cfg.data.max_bad_fraction,

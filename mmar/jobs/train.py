@@ -42,7 +42,8 @@ def train_batches(cfg, workdir, vocab, log=print):
                                         cfg.data, **pair_kw)
     tokenizer = rundir.load_tokenizer(cfg, workdir)
     if cfg.data.mixture:  # several sources, packed (mmar/data/sources.py)
-        return sources.mixture_batches(cfg.data, tokenizer.encode, vocab, log=log, **kw)
+        return sources.mixture_batches(cfg.data, tokenizer.encode, vocab, log=log,
+                                       downsample=cfg.image_tokenizer.downsample, **kw)
     captions, codes = encode_source(tokenizer, pipeline.shapes_split(cfg.data, "train"),
                                     log=log)
     source = pipeline.CaptionCodeSource(captions, codes)

@@ -8,6 +8,14 @@ or not, codes drawn so far, finished) and the state alone decides which ids may 
   (an image is never cut off by the step budget, so every image decodes);
 * after `<eos>`: `<eos>` again (the host cuts there).
 
+A keep-aspect vocabulary (`Vocab.grid_sides`, `data.keep_aspect`) writes an image as
+`<boi> <h> <w>` then h rows of w codes, each followed by `<eol>`, then `<eoi>`: the state
+adds the grid (h, w), and inside an image the count of ids after `<boi>` decides the slot:
+a size id for the rows (any side), one for the columns (h * w at most the `n` codes of the
+square), a code, `<eol>` at the end of a row, `<eoi>` after the last. Text-to-image asks
+for a shape by ending its prompt in `<boi> <h> <w>` (`Sampler.images(grid=...)`); in
+interleaved documents the model chooses the shape.
+
 Text-to-image is a prompt that ends in `<boi>`; image-to-text a prompt that ends in `<eoi>`
 with images not allowed; interleaved continues any document prefix. Prompts are left-padded
 to a bucket (mmar/sample/core.py); so are the sampling settings, guidance and its interval,
@@ -51,7 +59,8 @@ def prompt_targets(prompt, vocab: Vocab, n: int) -> np.ndarray:
 
 
 def prompt_state(prompt, vocab: Vocab):
-    """(inside an image, codes so far) at the end of a prompt, from its last <boi> / <eoi>."""
+    """(inside an image, ids after its <boi>: the codes so far of a square vocabulary) at
+    the end of a prompt, from its last <boi> / <eoi>."""
     prompt = list(prompt)
     last_boi = max((i for i, t in enumerate(prompt) if t == vocab.boi), default=-1)
     last_eoi = max((i for i, t in enumerate(prompt) if t == vocab.eoi), default=-1)
@@ -60,16 +69,56 @@ def prompt_state(prompt, vocab: Vocab):
     return False, 0
 
 
+def prompt_grid(prompt, vocab: Vocab) -> tuple[int, int]:
+    """Keep-aspect: the (h, w) size ids of the image a prompt ends inside (0 where not yet
+    given, or outside an image)."""
+    inside, k = prompt_state(prompt, vocab)
+    tail = list(prompt[len(prompt) - k:]) if inside else []
+    sides = [int(t) - vocab.layout_offset for t in tail[:2]]
+    return tuple(sides + [0] * (2 - len(sides)))
+
+
+def image_prompt(caption, vocab: Vocab, grid=None) -> list[int]:
+    """`<bos> caption <boi>`, then with a keep-aspect vocabulary the size ids of `grid`
+    (h, w), which it needs."""
+    prompt = core.image_prompt(caption, vocab)
+    if vocab.grid_sides:
+        prompt += [vocab.size_id(grid[0]), vocab.size_id(grid[1])]
+    return prompt
+
+
+def layout_slots(k, gh, gw):
+    """Keep-aspect, inside an image with `k` ids after its <boi> and grid (gh, gw): which
+    id comes next (code, <eol> or <eoi>; k < 2: a size id) and the codes drawn so far."""
+    j = k - 2
+    row_len = jnp.maximum(gw, 0) + 1
+    r, c = j // row_len, j % row_len
+    body = k >= 2
+    code = body & (r < gh) & (c < gw)
+    eol = body & (r < gh) & (c == gw)
+    eoi = body & (r >= gh)
+    drawn = jnp.where(body, jnp.minimum(r, gh) * gw + jnp.where(r < gh, jnp.minimum(c, gw), 0),
+                      0)
+    return code, eol, eoi, drawn
+
+
 def split_document(ids, vocab: Vocab) -> list[tuple[str, list[int]]]:
-    """Generated ids (up to <eos>) -> [("text", ids) | ("image", codes)], a cut image last."""
+    """Generated ids (up to <eos>) -> [("text", ids) | ("image", codes)], a cut image last.
+    Keep-aspect images: codes [h, w] (an array with its grid; a cut one: its codes, flat)."""
     out, text, image = [], [], None
     for t in ids:
         if t == vocab.eos:
             break
         if image is not None:
             if t == vocab.eoi:
-                out.append(("image", image))
+                if vocab.grid_sides:
+                    codes, grid = vocab.parse_image_body(image)
+                    out.append(("image", codes.reshape(grid)))
+                else:
+                    out.append(("image", image))
                 image = None
+            elif vocab.grid_sides:
+                image.append(int(t))
             else:
                 image.append(int(t) - vocab.image_offset)
         elif t == vocab.boi:
@@ -79,6 +128,8 @@ def split_document(ids, vocab: Vocab) -> list[tuple[str, list[int]]]:
         else:
             text.append(int(t))
     if image:
+        if vocab.grid_sides:
+            image = vocab.codes_from_ids([t for t in image if vocab.is_image(t)]).tolist()
         out.append(("image", image))
     if text:
         out.append(("text", text))
@@ -108,27 +159,41 @@ class Sampler:
         of its fields (`core.section`)."""
         return core.sampling_settings(core.section(self.cfg, **overrides))
 
-    def images(self, params, caption_ids, num_codes: int, key,
+    def images(self, params, caption_ids, num_codes: int, key, grid=None,
                **overrides) -> tuple[np.ndarray, int]:
         """(Image codes [B, num_codes] for each caption (ids without specials), forward passes
-        for the batch: one per code, the prefill included)."""
+        for the batch: one per code, the prefill included). Keep-aspect: codes [B, h * w] of
+        `grid` (h, w) (default: the square of `num_codes`), one pass per code and <eol>."""
         v = self.vocab
-        prompts = [core.image_prompt(c, v) for c in caption_ids]
-        ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,
+        if not v.grid_sides:
+            prompts = [core.image_prompt(c, v) for c in caption_ids]
+            ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,
+                           **overrides)
+            return v.codes_from_ids(ids), num_codes
+        h, w = grid if grid is not None else (int(round(np.sqrt(num_codes))),) * 2
+        if h * w > num_codes:
+            raise ValueError(f"a {h}x{w} grid has more than the {num_codes} codes the model "
+                             "was trained to draw (mmar.derived.grid_for)")
+        steps = h * (w + 1)
+        prompts = [image_prompt(c, v, (h, w)) for c in caption_ids]
+        ids = self.run(params, prompts, steps, key, n=num_codes, allow_images=False,
                        **overrides)
-        return v.codes_from_ids(ids), num_codes
+        rows = ids.reshape(len(ids), h, w + 1)[:, :, :w]
+        return v.codes_from_ids(rows.reshape(len(ids), -1)), steps
 
-    def captions(self, params, image_codes, key, **overrides) -> list[list[int]]:
+    def captions(self, params, image_codes, key, grid=None, **overrides) -> list[list[int]]:
         """Text ids per image (up to `<eos>`, at most sample.max_text_len). A RandAR
-        vocabulary (position ids) gets the image as P c pairs in raster order."""
+        vocabulary (position ids) gets the image as P c pairs in raster order; a
+        keep-aspect one its grid (`grid` (h, w) of every image, default square)."""
         v, positions = self.vocab, None
         if v.num_positions:
             prompts, positions = zip(*[core.raster_image_prompt(c, v) for c in image_codes])
         else:
-            prompts = [[v.bos, v.boi, *v.image_ids(c).tolist(), v.eoi] for c in image_codes]
+            prompts = [[v.bos, v.boi, *v.image_body(c, grid).tolist(), v.eoi]
+                       for c in image_codes]
+        n = self.num_codes if v.grid_sides and self.num_codes else len(image_codes[0])
         ids = self.run(params, list(prompts), int(self.cfg.max_text_len), key,
-                       n=len(image_codes[0]), allow_images=False, positions=positions,
-                       **overrides)
+                       n=n, allow_images=False, positions=positions, **overrides)
         return [row[:row.index(v.eos)] if v.eos in row else row for row in ids.tolist()]
 
     def continue_documents(self, params, prompts, steps: int, key, **overrides):
@@ -148,6 +213,8 @@ class Sampler:
         `positions`: per-prompt RoPE positions (default 0, 1, ...; not with guidance)."""
         v, s = self.vocab, self.settings(**overrides)
         starts = [prompt_state(p, v) for p in prompts]
+        grids = np.array([prompt_grid(p, v) if v.grid_sides else (0, 0) for p in prompts],
+                         np.int32).reshape(len(prompts), 2)
         guided = s["cfg_scale_image"] != 1.0 and any(inside for inside, _ in starts)
         if guided and positions is not None:
             raise ValueError("explicit prompt positions are for unguided prompts (captions)")
@@ -159,10 +226,16 @@ class Sampler:
             targets = np.zeros_like(tokens)
             for i, p in enumerate(prompts):
                 targets[i, tokens.shape[1] - len(p):] = prompt_targets(p, v, n)
-        state = (np.array([i for i, _ in starts]), np.array([c for _, c in starts], np.int32))
+        state = (np.array([i for i, _ in starts]), np.array([c for _, c in starts], np.int32),
+                 grids[:, 0], grids[:, 1])
         # Every drawn token an image code (text-to-image, and any prompts whose images all
         # need at least `steps` more codes): the model computes only the codes' logits.
-        codes_only = all(inside and n - c >= steps for inside, c in starts)
+        # Keep-aspect: every drawn token a code or an <eol> (which is set, not drawn).
+        if v.grid_sides:
+            codes_only = all(inside and c >= 2 and h * (w + 1) - (c - 2) >= steps
+                             for (inside, c), (h, w) in zip(starts, grids.tolist()))
+        else:
+            codes_only = all(inside and n - c >= steps for inside, c in starts)
         knobs = {"text": core.warp_knobs(s, "text"), "image": core.image_knobs(s)}
         return np.asarray(self._jitted(params, tokens, positions, segments, state, knobs, key,
                                        targets, steps=steps, guided=guided, n=n,
@@ -203,7 +276,64 @@ class Sampler:
                 k["temperature"], k["top_k"], k["top_p"], span=span, noise=noise)
             return core.twin_rows(tok, guided), (inside, codes + 1, done)
 
+        # keep-aspect ids (mmar/vocab.py): <eol>, and size ids saying how many rows / columns
+        sides = ids - v.layout_offset
+        size_ids = (sides >= 1) & (sides <= v.grid_sides) & (sides <= n)
+        eol_only = ids == (v.layout_offset if v.grid_sides else -1)
+
+        def pick_layout_code(logits, st, step_key, noise):
+            """codes_only, keep-aspect: a code where the row has room, else <eol> / <eoi>."""
+            inside, k, gh, gw, done = st
+            code, eol, _, drawn = layout_slots(k, gh, gw)
+            cond = core.guide(logits[:, -1], batch, guided, knobs["image"],
+                              drawn.astype(jnp.float32) / jnp.maximum(gh * gw, 1))
+            kn = knobs["image"]
+            drawn_id = v.image_offset + core.sample_logits(
+                cond, None, step_key, kn["temperature"], kn["top_k"], kn["top_p"], span=span,
+                noise=noise)
+            tok = jnp.where(code, drawn_id, jnp.where(eol, v.eol, v.eoi))
+            return core.twin_rows(tok, guided), (inside, k + 1, gh, gw, done)
+
+        def pick_layout(logits, st, t, step_key, noise):
+            """Keep-aspect (module doc): the slot after <boi> decides the allowed ids."""
+            inside, k, gh, gw, done = st
+            code, eol, eoi, drawn = layout_slots(k, gh, gw)
+            code, eol, eoi = code & inside, eol & inside, eoi & inside
+            cond = core.guide(logits[:, -1], batch, guided, knobs["image"],
+                              drawn.astype(jnp.float32) / jnp.maximum(gh * gw, 1), code)
+            room = steps - t >= n + v.grid_sides + 4   # <boi> <h> <w> codes, <eol>s, <eoi>
+            text_ok = text_ids[None] | (boi[None] & allow_images & room)
+            rows_ok = jnp.broadcast_to(size_ids[None], (batch, size_ids.shape[0]))
+            cols_ok = size_ids[None] & (sides[None] * gh[:, None] <= n)
+            allowed = jnp.where(
+                code[:, None], image_ids[None], jnp.where(
+                    eol[:, None], eol_only[None], jnp.where(
+                        eoi[:, None], eoi_only[None], jnp.where(
+                            (inside & (k == 0))[:, None], rows_ok, jnp.where(
+                                (inside & (k == 1))[:, None], cols_ok, text_ok)))))
+            allowed = jnp.where(done[:, None], eos_only[None], allowed)
+            knob = {key_: jnp.where(inside, knobs["image"][key_], knobs["text"][key_])
+                    for key_ in ("temperature", "top_k", "top_p")}
+            tok = core.sample_logits(cond, allowed, step_key, knob["temperature"],
+                                     knob["top_k"], knob["top_p"], noise=noise)
+            side = tok - v.layout_offset
+            new_state = (jnp.where(tok == v.boi, True, jnp.where(tok == v.eoi, False, inside)),
+                         jnp.where(tok == v.boi, 0, k + inside.astype(jnp.int32)),
+                         jnp.where(inside & (k == 0), side, gh),
+                         jnp.where(inside & (k == 1), side, gw),
+                         done | (tok == v.eos))
+            return core.twin_rows(tok, guided), new_state
+
         def pick(logits, st, t, step_key, noise):
+            if v.grid_sides:
+                if codes_only:
+                    return pick_layout_code(logits, st, step_key, noise)
+                return pick_layout(logits, st, t, step_key, noise)
+            st = st[:2] + st[4:]   # a square vocabulary needs no grid
+            tok, (inside, codes, done) = pick_square(logits, st, t, step_key, noise)
+            return tok, (inside, codes, jnp.zeros_like(codes), jnp.zeros_like(codes), done)
+
+        def pick_square(logits, st, t, step_key, noise):
             if codes_only:
                 return pick_code(logits, st, step_key, noise)
             inside, codes, done = st
@@ -228,6 +358,7 @@ class Sampler:
             return core.twin_rows(tok, guided), new_state
 
         st = (jnp.asarray(state[0], bool), jnp.asarray(state[1], jnp.int32),
+              jnp.asarray(state[2], jnp.int32), jnp.asarray(state[3], jnp.int32),
               jnp.zeros((batch,), bool))
         cache = model.init_cache(rows, plen + steps)
         logits, cache = model.decode(tokens, positions, segments, cache,
@@ -245,7 +376,7 @@ class Sampler:
             step_model = self.model_state.merge(params)  # NNX modules do not cross traces
             target = None
             if self.target_aware:  # RAR: what comes after tok (the state after drawing it)
-                inside, codes, _ = st
+                inside, codes = st[:2]
                 target = jnp.where(inside & (codes < n), codes + 1, 0).astype(jnp.int32)
                 target = core.twin_rows(target, guided)[:, None]
             logits, cache = step_model.decode(tok[:, None], pos[:, None], seg, cache,

@@ -25,6 +25,7 @@ import posixpath
 import numpy as np
 import PIL.Image
 
+from mmar import derived
 from mmar.errors import UserError
 
 MAX_EXAMPLES = 5   # bad records kept verbatim per tally (the counters keep counting)
@@ -45,14 +46,33 @@ class Options:
     images_column: str = "images"
     max_images: int = 32
     max_text_bytes: int = 65536
+    keep_aspect: bool = False        # data.keep_aspect: resize on the code grid (`pixels`)
+    max_aspect_ratio: float = 2.0
+    downsample: int = 0              # the image tokenizer's: pixels per code side
 
     @classmethod
-    def from_config(cls, data_cfg) -> "Options":
+    def from_config(cls, data_cfg, downsample: int = 0) -> "Options":
+        """`downsample` (image_tokenizer.downsample): what data.keep_aspect resizes on."""
         ing = data_cfg.ingest
         return cls(image_size=int(data_cfg.image_size), caption_field=ing.caption_field,
                    image_column=ing.image_column, text_column=ing.text_column,
                    texts_column=ing.texts_column, images_column=ing.images_column,
-                   max_images=int(ing.max_images), max_text_bytes=int(ing.max_text_bytes))
+                   max_images=int(ing.max_images), max_text_bytes=int(ing.max_text_bytes),
+                   keep_aspect=bool(data_cfg.keep_aspect),
+                   max_aspect_ratio=float(data_cfg.max_aspect_ratio),
+                   downsample=int(downsample))
+
+    def pixels(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) an image of `height` x `width` pixels is resized to: `image_size` square,
+        or with `keep_aspect` its code grid (mmar.derived.aspect_grid) times `downsample`."""
+        if not self.keep_aspect:
+            return self.image_size, self.image_size
+        if not self.downsample:
+            raise ValueError("data.keep_aspect=True: resizing needs the image tokenizer's "
+                             "downsample (Options.from_config(data_cfg, downsample))")
+        h, w = derived.aspect_grid(height, width, self.image_size // self.downsample,
+                                   self.max_aspect_ratio)
+        return h * self.downsample, w * self.downsample
 
 
 @dataclasses.dataclass
@@ -195,12 +215,21 @@ COMMON_FORMATS = ("JPEG", "PNG", "WEBP")   # tried first: PIL then skips probing
 
 def square(im: PIL.Image.Image, size: int) -> np.ndarray:
     """RGB uint8 [size, size, 3]: centre crop to a square, then resize (if needed)."""
+    return fit(im, size, size)
+
+
+def fit(im: PIL.Image.Image, height: int, width: int) -> np.ndarray:
+    """RGB uint8 [height, width, 3]: the centre crop of `im` at that aspect ratio (as
+    large as fits), resized (if needed)."""
     w, h = im.size
-    s = min(w, h)
-    if w != h:
-        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != size:
-        im = im.resize((size, size), PIL.Image.Resampling.BICUBIC)
+    if w * height > h * width:      # wider than the target: crop the sides
+        cw, ch = max(1, round(h * width / height)), h
+    else:
+        cw, ch = w, max(1, round(w * height / width))
+    if (cw, ch) != (w, h):
+        im = im.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+    if (cw, ch) != (width, height):
+        im = im.resize((width, height), PIL.Image.Resampling.BICUBIC)
     return np.asarray(im, np.uint8)
 
 
@@ -214,21 +243,24 @@ def _open(data):
         return PIL.Image.open(src)   # every format PIL knows
 
 
-def decode_image(data, size: int, name: str = "image") -> np.ndarray:
+def decode_image(data, size, name: str = "image") -> np.ndarray:
     """Encoded bytes (or a local file path) -> RGB uint8 [size, size, 3]; Skip if unreadable.
+    `size`: an int, or `Options` (keep-aspect images: [H, W, 3] by `Options.pixels`).
 
-    A JPEG much larger than `size` is decoded at a reduced scale by libjpeg (PIL's draft
-    mode: 1/2 to 1/8, never below `size`), which is most of the speed of real data sets.
+    A JPEG much larger than its target is decoded at a reduced scale by libjpeg (PIL's
+    draft mode: 1/2 to 1/8, never below the target), which is most of the speed of real
+    data sets.
     """
     try:
         with _open(data) as im:
             w, h = im.size
-            s = min(w, h)
-            if im.format == "JPEG" and s >= 2 * size:
-                im.draft("RGB", (math.ceil(w * size / s), math.ceil(h * size / s)))
+            th, tw = size.pixels(h, w) if isinstance(size, Options) else (size, size)
+            scale = min(w / tw, h / th)   # the crop's scale down to the target
+            if im.format == "JPEG" and scale >= 2:
+                im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
             im.load()  # decodes every byte: a truncated file fails here, not later
             rgb = im if im.mode == "RGB" else im.convert("RGB")
-            out = square(rgb, size)
+            out = fit(rgb, th, tw)
     except Exception as e:  # PIL raises several types for bad files
         raise Skip("unreadable_image", f"unreadable {name} ({why(e)})") from None
     return out

@@ -89,7 +89,7 @@ def write_source(name: str, encode: Callable, source_dir: str, *, opts: Options,
                  log=print, progress_every_s: float = 5.0, on_record=None) -> dict:
     """Writes this process's output shards of the streamed source `name` (see above).
 
-    `encode`: uint8 [batch_size, S, S, 3] -> codes. `on_record(file, j)` runs after each
+    `encode`: uint8 [batch_size, H, W, 3] -> codes. `on_record(file, j)` runs after each
     record written (tests interrupt a run with it). Returns counts and the tally."""
     kind, pattern = stream.parse(name)
     inputs = stream.list_inputs(pattern)
@@ -117,7 +117,7 @@ def write_source(name: str, encode: Callable, source_dir: str, *, opts: Options,
                     inputs[k], kind, encode, opts, tally, batch_size=batch_size,
                     threads=threads, position=position, log=log, logged=logged)):
                 writer.write(tokens.encode_record(j, doc["kind"], doc["segments"],
-                                                  doc["codes"]))
+                                                  doc["codes"], doc.get("grids")))
                 n_new += 1
                 if on_record is not None:
                     on_record(shard_name(k), j)
@@ -154,7 +154,7 @@ def encode_source(name: str, encode: Callable, opts: Options, *,
     t0 = time.perf_counter()
     for path in stream.list_inputs(pattern):
         tally = per_file[path] = Tally()
-        out += [{"kind": d["kind"], "segments": d["segments"], "codes": d["codes"]}
+        out += [{k: d[k] for k in ("kind", "segments", "codes", "grids") if k in d}
                 for d in stream.documents(path, kind, encode, opts, tally,
                                           batch_size=batch_size, threads=threads, log=log,
                                           logged=logged)]

@@ -4,9 +4,10 @@
       -> chunks of about `batch_size` images, decoded by `threads` threads while the
          reader goes on                                                       (a thread)
       -> a queue of at most 2 chunks
-      -> the image tokenizer, `batch_size` images per call (the last call padded, so one
-         compiled shape serves every call)                                    (the caller)
+      -> the image tokenizer, `batch_size` images of one size per call (the last call
+         padded, so one compiled shape serves every call of that size)        (the caller)
       -> {"where", "kind", "segments", "codes" [k, n]} per kept record, in file order
+         (keep-aspect: "codes" a list of k flat arrays, "grids" [[h, w], ...])
 
 Decoding runs beside encoding (PIL and XLA both release the GIL), so the encoder is the
 bottleneck when the decoders keep up. What is in memory at any time: the reader's current
@@ -83,7 +84,8 @@ def _chunks(entries: Iterator, batch_size: int) -> Iterator[list]:
 
 def decoded_chunks(entries: Iterator, size: int, *, batch_size: int = 256,
                    threads: int = 2, depth: int = 2) -> Iterator[list]:
-    """Chunks of (Item, [uint8 [size, size, 3]]) | Bad, decoded in a background thread."""
+    """Chunks of (Item, [uint8 [size, size, 3]]) | Bad, decoded in a background thread
+    (`size` an `Options` with keep_aspect: [H, W, 3] at each image's grid, `decode_image`)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -130,18 +132,24 @@ def decoded_chunks(entries: Iterator, size: int, *, batch_size: int = 256,
         thread.join(timeout=10)
 
 
-def encode_padded(encode: Callable, images: list, batch_size: int) -> np.ndarray:
-    """codes [N, n] for N images, `batch_size` per call, the last call padded with zeros."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        part = np.stack(images[i:i + batch_size])
-        n = len(part)
-        if n < batch_size:
-            part = np.concatenate([part, np.zeros((batch_size - n, *part.shape[1:]),
-                                                  np.uint8)])
-        codes = np.asarray(encode(part), np.int32)
-        out.append(codes.reshape(len(codes), -1)[:n])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.int32)
+def encode_shapes(encode, images: list, batch_size: int = 256) -> list[np.ndarray]:
+    """Images of any sizes (a list of uint8 [H, W, 3]) -> their codes, one flat int32 array
+    each, in order: `encode` (uint8 [N, H, W, 3] -> codes) is called on the images of one
+    size at a time, `batch_size` at most, the last call padded with zeros so that one
+    compiled shape serves each size (keep-aspect data has a few grid shapes, not many)."""
+    out: list = [None] * len(images)
+    by_shape: dict = {}
+    for i, im in enumerate(images):
+        by_shape.setdefault(np.shape(im), []).append(i)
+    for shape, idx in by_shape.items():
+        for s in range(0, len(idx), batch_size):
+            part = idx[s:s + batch_size]
+            batch = np.zeros((batch_size, *shape), np.uint8)
+            batch[:len(part)] = np.stack([images[i] for i in part])
+            codes = np.asarray(encode(batch), np.int32).reshape(len(batch), -1)
+            for i, c in zip(part, codes):
+                out[i] = c
+    return out
 
 
 def documents(path: str, kind: str, encode: Callable, opts: Options, tally: Tally, *,
@@ -151,8 +159,8 @@ def documents(path: str, kind: str, encode: Callable, opts: Options, tally: Tall
     `tally` (and logged, up to MAX_LOGGED over the list `logged` shared by a source)."""
     logged = [] if logged is None else logged
     entries = READERS[kind](path, opts, position)
-    for chunk in decoded_chunks(entries, opts.image_size, batch_size=batch_size,
-                                threads=threads):
+    for chunk in decoded_chunks(entries, opts if opts.keep_aspect else opts.image_size,
+                                batch_size=batch_size, threads=threads):
         good = []
         for entry in chunk:
             if isinstance(entry, Bad):
@@ -165,10 +173,20 @@ def documents(path: str, kind: str, encode: Callable, opts: Options, tally: Tall
             else:
                 good.append(entry)
         images = [im for _, ims in good for im in ims]
-        codes = encode_padded(encode, images, batch_size)
+        codes = encode_shapes(encode, images, batch_size)
         k = 0
         for item, ims in good:
             tally.add_kept()
             yield {"where": item.where, "kind": item.kind, "segments": item.segments,
-                   "codes": codes[k:k + len(ims)]}
+                   **codes_record(codes[k:k + len(ims)], [im.shape[:2] for im in ims],
+                                  opts.downsample if opts.keep_aspect else 0)}
             k += len(ims)
+
+
+def codes_record(codes: list, sizes: list, downsample: int) -> dict:
+    """{"codes"} of one document's images: [k, n] when they are square at one size, or
+    with `downsample` (keep-aspect) a list of k flat arrays and {"grids"}: [h, w] each."""
+    if not downsample:
+        return {"codes": np.stack(codes) if codes else np.zeros((0, 0), np.int32)}
+    return {"codes": list(codes),
+            "grids": [[int(h) // downsample, int(w) // downsample] for h, w in sizes]}

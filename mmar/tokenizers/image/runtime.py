@@ -53,16 +53,23 @@ class ImageTokenizer:
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out).reshape(len(images), -1)
 
-    def decode(self, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def decode(self, codes: np.ndarray, batch_size: int = 256, grid=None) -> np.ndarray:
         """codes [N, h*w*depth] -> uint8 [N, H, W, 3]; ValueError for a code outside
-        [0, num_codes) or, for RQ, outside its depth's range."""
+        [0, num_codes) or, for RQ, outside its depth's range. `grid`: (h, w) of every image
+        (default square); codes [N, h, w] carry their grid themselves."""
         codes = np.asarray(codes)
+        if codes.ndim == 3 and self.depth == 1:
+            grid, codes = codes.shape[1:], codes.reshape(len(codes), -1)
         if codes.size and (codes.min() < 0 or codes.max() >= self.num_codes):
             raise ValueError(f"image codes must be in [0, {self.num_codes}), got "
                              f"[{codes.min()}, {codes.max()}]")
         check_depths(codes, self.depth, self.codes_per_depth)
-        side = int(round(np.sqrt(codes.shape[1] // self.depth)))
-        codes = codes.reshape(len(codes), side, side, *([self.depth] if self.depth > 1 else []))
+        positions = codes.shape[1] // self.depth
+        h, w = grid if grid is not None else (int(round(np.sqrt(positions))),) * 2
+        if h * w != positions:
+            raise ValueError(f"{codes.shape[1]} codes per image do not fill a {h}x{w} grid"
+                             + (f" of depth {self.depth}" if self.depth > 1 else ""))
+        codes = codes.reshape(len(codes), h, w, *([self.depth] if self.depth > 1 else []))
         out = [np.asarray(self._decode(self.params, codes[i:i + batch_size]))
                for i in range(0, len(codes), batch_size)]
         return np.concatenate(out)
