@@ -129,6 +129,10 @@ def validate(cfg) -> ml_collections.ConfigDict:
     for group in (("data", "fsdp", "tensor"), ("dcn_data", "dcn_fsdp", "dcn_tensor")):
         if [cfg.mesh[a] for a in group].count(-1) > 1:
             raise ConfigError(f"mesh: at most one of {group} may be -1")
+    if cfg.sample.image_shape and not cfg.data.keep_aspect:
+        raise ConfigError(f"sample.image_shape={cfg.sample.image_shape!r}: the model is "
+                          "trained on square images (data.keep_aspect=False); leave it '' for "
+                          f"{cfg.data.image_size} pixels")
     decoder = cfg.sample.image_decoder
     if decoder != "plain" and image_order(cfg) != "raster":
         raise ConfigError(f"sample.image_decoder={decoder!r}: SJD / LANTERN / ZipAR decode "

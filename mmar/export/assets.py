@@ -86,6 +86,11 @@ def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape,
         "codes_shape": list(codes_shape) if codes_shape else None,
         "codes_per_image": int(np.prod(codes_shape)) if codes_shape else None,
         "image_tokenizer": IMAGE_DIR if codes_shape else None,
+        # data.keep_aspect (mmar/vocab.py): <boi> <h> <w> rows of codes each + <eol>, <eoi>;
+        # a size id is layout_offset + side; grids by mmar.derived.aspect_grid
+        "keep_aspect": bool(cfg.data.keep_aspect),
+        "layout_offset": vocab.layout_offset, "grid_sides": vocab.grid_sides,
+        "max_aspect_ratio": float(cfg.data.max_aspect_ratio),
     }
     (pathlib.Path(out_dir) / MMAR_JSON).write_text(json.dumps(layout, indent=1))
 
@@ -163,11 +168,35 @@ class ImageDecoder:
     def codes_per_image(self) -> int:
         return int(self.layout["codes_per_image"])
 
-    def image_prompt(self, caption_ids) -> list[int]:
-        """`<bos> caption <boi>` (a leading `<bos>` in caption_ids is kept, not doubled)."""
+    @property
+    def keep_aspect(self) -> bool:
+        return bool(self.layout.get("keep_aspect"))
+
+    def grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """The code grid (h, w) of an image of `height` x `width` pixels, as the model was
+        trained (square `codes_shape` unless keep-aspect; no size given: the square)."""
+        h, w = self.layout["codes_shape"][:2]
+        if not self.keep_aspect or height is None:
+            return int(h), int(w)
+        return derived.aspect_grid(int(height), int(width), int(h),
+                                   float(self.layout["max_aspect_ratio"]))
+
+    def image_prompt(self, caption_ids, grid=None) -> list[int]:
+        """`<bos> caption <boi>` (a leading `<bos>` in caption_ids is kept, not doubled);
+        keep-aspect: then the size ids of `grid` (h, w) (default: the square)."""
         ids = [int(i) for i in caption_ids]
         bos, boi = self.layout["special_ids"]["<bos>"], self.layout["special_ids"]["<boi>"]
-        return ([] if ids[:1] == [bos] else [bos]) + ids + [boi]
+        sizes = []
+        if self.keep_aspect:
+            h, w = grid if grid is not None else self.grid()
+            sizes = [self._size_id(h), self._size_id(w)]
+        return ([] if ids[:1] == [bos] else [bos]) + ids + [boi] + sizes
+
+    def _size_id(self, side: int) -> int:
+        if not 1 <= int(side) <= self.layout["grid_sides"]:
+            raise ValueError(f"a grid side must be in [1, {self.layout['grid_sides']}], got "
+                             f"{side}")
+        return self.layout["layout_offset"] + int(side)
 
     @property
     def depth(self) -> int:
@@ -175,12 +204,26 @@ class ImageDecoder:
         shape = self.layout["codes_shape"]
         return int(shape[2]) if len(shape) == 3 else 1
 
-    def generation_kwargs(self) -> dict:
+    def generation_kwargs(self, grid=None) -> dict:
         """`generate` arguments that draw exactly one image: codes only, codes_per_image.
         With RQ (`depth` codes per position, each depth in its own id range) a
-        `prefix_allowed_tokens_fn` allows at each step only the ids of that step's depth."""
+        `prefix_allowed_tokens_fn` allows at each step only the ids of that step's depth.
+        Keep-aspect: h rows of w codes, `<eol>` (only) closing each row, for the `grid` of
+        `image_prompt` (default: the square)."""
         lo = self.layout["image_offset"]
         hi = lo + self.layout["num_image_codes"]
+        if self.keep_aspect:
+            h, w = grid if grid is not None else self.grid()
+            codes, eol = list(range(lo, hi)), [self.layout["layout_offset"]]
+            boi = self.layout["special_ids"]["<boi>"]
+
+            def row_slot(batch_id, input_ids):   # ids since the size ids after <boi>
+                ids = input_ids.tolist()
+                k = len(ids) - 3 - max(i for i, t in enumerate(ids) if t == boi)
+                return eol if k % (w + 1) == w else codes
+            n = h * (w + 1)
+            return {"max_new_tokens": n, "min_new_tokens": n,
+                    "prefix_allowed_tokens_fn": row_slot}
         suppress = [i for i in range(self.layout["vocab_size"]) if not lo <= i < hi]
         n = self.codes_per_image
         kwargs = {"max_new_tokens": n, "min_new_tokens": n, "suppress_tokens": suppress}
@@ -196,9 +239,24 @@ class ImageDecoder:
             kwargs["prefix_allowed_tokens_fn"] = allowed
         return kwargs
 
-    def decode_ids(self, ids) -> np.ndarray:
-        """Image-code ids [N, codes_per_image] (offset included) -> uint8 [N, H, W, 3]."""
+    def decode_ids(self, ids, grid=None) -> np.ndarray:
+        """Image-code ids [N, codes_per_image] (offset included) -> uint8 [N, H, W, 3].
+        Keep-aspect: the ids `generation_kwargs(grid)` drew, [N, h * (w + 1)] (rows and their
+        <eol>), for the `grid` (h, w) of the prompt (default: the square)."""
         ids = np.asarray(ids)
+        if self.keep_aspect:
+            h, w = grid if grid is not None else self.grid()
+            if ids.ndim != 2 or ids.shape[1] != h * (w + 1):
+                raise ValueError(f"expected ids [N, {h * (w + 1)}] ({h} rows of {w} codes and "
+                                 f"<eol>), got {ids.shape}")
+            rows = ids.reshape(len(ids), h, w + 1)
+            if (rows[:, :, -1] != self.layout["layout_offset"]).any():
+                raise ValueError(f"each of the {h} rows must end in <eol> "
+                                 f"(id {self.layout['layout_offset']})")
+            codes = rows[:, :, :w].reshape(len(ids), -1) - self.layout["image_offset"]
+            if codes.min() < 0 or codes.max() >= self.layout["num_image_codes"]:
+                raise ValueError("ids outside the image-code range")
+            return self.decode_codes(codes, (h, w))
         codes = ids - self.layout["image_offset"]
         if ids.ndim != 2 or ids.shape[1] != self.codes_per_image:
             raise ValueError(f"expected ids [N, {self.codes_per_image}], got {ids.shape}")
@@ -209,11 +267,13 @@ class ImageDecoder:
         check_depths(codes, self.depth, self.layout["num_image_codes"] // self.depth)
         return self.decode_codes(codes)
 
-    def decode_codes(self, codes) -> np.ndarray:
+    def decode_codes(self, codes, grid=None) -> np.ndarray:
+        """Codes [N, n] of the square (or of `grid` (h, w)) -> uint8 [N, H, W, 3]."""
         if self._decode is None:
             self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
                 self._state.merge(p).decode_codes(c)))
-        codes = np.asarray(codes, np.int32).reshape(-1, *self.layout["codes_shape"])
+        shape = self.layout["codes_shape"] if grid is None else list(grid)
+        codes = np.asarray(codes, np.int32).reshape(-1, *shape)
         return np.asarray(self._decode(self._params, codes))
 
     @staticmethod

@@ -144,16 +144,26 @@ def provenance(models: Models, seed: int, index: int) -> dict:
             "seed": seed, "batch": batch, "row": row}
 
 
+def image_grid_of(cfg) -> tuple[int, int] | None:
+    """The code grid text-to-image asks for: `sample.image_shape` (H x W pixels) on a
+    keep-aspect model's grid (mmar.derived.grid_for), else None (the square)."""
+    shape = derived.parse_image_shape(cfg.sample.image_shape)   # validated with the config
+    return None if shape is None else derived.grid_for(*shape, cfg)
+
+
 def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np.ndarray:
-    """uint8 images [N, H, W, 3] for captions, batch by batch from key(seed)."""
+    """uint8 images [N, H, W, 3] for captions, batch by batch from key(seed)
+    (keep-aspect models: at `sample.image_shape`'s grid)."""
     text, key, images, passes = models.text, jax.random.key(seed), [], []
+    grid = image_grid_of(models.cfg)
+    shape = {} if grid is None else {"grid": grid}   # only the plain sampler draws grids
     for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
         ids = [text.encode(c) for c in chunk]
         codes, batch_passes = models.image_sampler.images(models.params, ids,
-                                                          models.num_codes, sub)
+                                                          models.num_codes, sub, **shape)
         passes.append(batch_passes)
-        images.append(models.tokenizer.decode(codes))
+        images.append(models.tokenizer.decode(codes, grid=grid))
     if config_lib.image_order(models.cfg) == "randar":
         log(f"[sample] RandAR: {len(captions)} images of {models.num_codes} codes in "
             f"{len(passes)} batches, {passes[0]} forward passes per batch")
@@ -232,7 +242,9 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
     labels = [i % 10 for i in range(n)]
     images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2,
                          log)
-    predicted = digits.classifier(cfg.data.image_size).predict(images)
+    size = cfg.data.image_size   # keep-aspect images are read at the square, as the judge does
+    predicted = digits.classifier(size).predict(
+        np.stack([judge.square_view(im, size) for im in images]))
     records = [{"index": i, "caption": f"the digit {k}", "label": k, "predicted": int(p),
                 "correct": bool(p == k), **provenance(models, cfg.sample.seed + 2, i)}
                for i, (k, p) in enumerate(zip(labels, predicted))]
@@ -254,7 +266,7 @@ def story_prompts(models, n: int):
     for story in stories.make_stories(spec, n, seed=1):
         t0, t1 = story["segments"][0]["text"], story["segments"][2]["text"]
         codes = models.tokenizer.encode(story["images"][0][None])[0]
-        ids = [v.bos, *text.encode(t0), v.boi, *v.image_ids(codes).tolist(), v.eoi,
+        ids = [v.bos, *text.encode(t0), v.boi, *v.image_body(codes).tolist(), v.eoi,
                *text.encode(t1), v.boi]
         out.append((ids, story))
     return out
@@ -264,7 +276,9 @@ def continue_stories(models, out_dir: pathlib.Path, log=print) -> list[dict]:
     cfg, v, text = models.cfg, models.vocab, models.text
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     items = story_prompts(models, cfg.eval.num_examples)
-    steps = max(int(cfg.sample.interleaved_tokens), models.num_codes + 1)
+    # the first image whole: its codes and <eoi> (keep-aspect: its size ids and <eol>s too)
+    steps = max(int(cfg.sample.interleaved_tokens), models.num_codes + 1 + (
+        2 + v.grid_sides if v.grid_sides else 0))
     key, seed = jax.random.key(cfg.sample.seed + 3), cfg.sample.seed + 3
     records, grid = [], []
     for chunk in _batches(items, cfg.sample.batch_size):
@@ -274,11 +288,13 @@ def continue_stories(models, out_dir: pathlib.Path, log=print) -> list[dict]:
         for (_, story), row in zip(chunk, ids.tolist()):
             row = row[:row.index(v.eos) + 1] if v.eos in row else row
             segments = split_document([v.boi] + row, v)
-            images = [np.asarray(c) for kind, c in segments if kind == "image"]
-            pictures = models.tokenizer.decode(np.stack(images)) if images else []
+            # keep-aspect images come as [h, w] grids, possibly of different shapes
+            pictures = [models.tokenizer.decode(np.asarray(c)[None])[0]
+                        for kind, c in segments if kind == "image"]
             truth = synthetic.objects_from_json(story["scenes"][1])
             first = pictures[0]
-            grid += [story["images"][0], story["images"][1], first]
+            grid += [story["images"][0], story["images"][1],
+                     judge.square_view(first, spec.image_size)]
             doc, k = [], 0
             for kind, ids_ in segments:
                 if kind == "text":

@@ -2,6 +2,7 @@
 what docs/data.md walks through, what the tests read and what benchmarks/ingest.py times.
 
     python -m mmar.data.ingest.example runs/raw [--records=64] [--files=2] [--bad]
+                                                [--aspects=1,1.6,0.625]
 
 runs/raw/webdataset/shard-00000.tar ...   img2dataset's layout: {key}.jpg + {key}.txt
                                           (+ {key}.json: caption, status)
@@ -11,7 +12,10 @@ runs/raw/obelics/docs-00000.parquet ...   OBELICS: texts / images lists, None wh
                                           other modality stands (images {bytes, path})
 
 With --bad every file also gets one record of several bad kinds (`BAD` below lists them by
-layout), so that the skipped-and-counted path shows.
+layout), so that the skipped-and-counted path shows. With --aspects the WebDataset and
+Parquet pictures are stretched to those width / height ratios in turn (what
+`data.keep_aspect` keeps; resized back to a square, each is its scene again, so the shape
+judge still reads what a keep-aspect model draws).
 """
 from __future__ import annotations
 
@@ -42,6 +46,15 @@ def encode(image: np.ndarray, fmt: str = "jpeg") -> bytes:
     return buf.getvalue()
 
 
+def stretch(image: np.ndarray, aspect: float) -> np.ndarray:
+    """A square picture resized to width / height = `aspect` (the height kept)."""
+    if aspect == 1:
+        return image
+    h = image.shape[0]
+    return np.asarray(PIL.Image.fromarray(image).resize(
+        (max(1, round(h * aspect)), h), PIL.Image.Resampling.BICUBIC))
+
+
 def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime = len(data), 0   # mtime 0: the same bytes on every run
@@ -49,8 +62,10 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_webdataset(folder, *, records: int = 64, files: int = 2, image_size: int = 64,
-                     seed: int = 0, bad: bool = False, fmt: str = "jpeg") -> list[str]:
-    """`files` tar shards of `records` samples each (keys numbered across shards)."""
+                     seed: int = 0, bad: bool = False, fmt: str = "jpeg",
+                     aspects=(1.0,)) -> list[str]:
+    """`files` tar shards of `records` samples each (keys numbered across shards), the
+    pictures stretched to `aspects` in turn."""
     os.makedirs(folder, exist_ok=True)
     spec, ext = ShapesSpec(image_size=image_size, seed=seed), {"jpeg": "jpg"}.get(fmt, fmt)
     examples = make_examples(spec, "train", records * files)
@@ -60,7 +75,8 @@ def write_webdataset(folder, *, records: int = 64, files: int = 2, image_size: i
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
             for i in range(records):
                 key, ex = f"{s:05d}{i:04d}", next(examples)
-                _add(tf, f"{key}.{ext}", encode(ex["image"], fmt))
+                picture = stretch(ex["image"], aspects[(s * records + i) % len(aspects)])
+                _add(tf, f"{key}.{ext}", encode(picture, fmt))
                 if i % 2:   # half with .txt, half with the caption in .json only
                     _add(tf, f"{key}.txt", ex["caption"].encode())
                 _add(tf, f"{key}.json", json.dumps({"caption": ex["caption"], "key": key,
@@ -80,8 +96,9 @@ def write_webdataset(folder, *, records: int = 64, files: int = 2, image_size: i
 
 def write_parquet(folder, *, records: int = 64, files: int = 1, image_size: int = 64,
                   seed: int = 1, bad: bool = False, row_group: int = 16,
-                  fmt: str = "png") -> list[str]:
-    """`files` Parquet files of `records` rows: image {bytes, path}, text."""
+                  fmt: str = "png", aspects=(1.0,)) -> list[str]:
+    """`files` Parquet files of `records` rows: image {bytes, path}, text (the pictures
+    stretched to `aspects` in turn)."""
     os.makedirs(folder, exist_ok=True)
     examples = make_examples(ShapesSpec(image_size=image_size, seed=seed), "train",
                              records * files)
@@ -91,7 +108,8 @@ def write_parquet(folder, *, records: int = 64, files: int = 1, image_size: int 
         images, texts = [], []
         for i in range(records):
             ex = next(examples)
-            images.append({"bytes": encode(ex["image"], fmt), "path": f"{f}_{i}.{fmt}"})
+            picture = stretch(ex["image"], aspects[(f * records + i) % len(aspects)])
+            images.append({"bytes": encode(picture, fmt), "path": f"{f}_{i}.{fmt}"})
             texts.append(ex["caption"])
         if bad:
             images[1:1] = [images[0], {"bytes": images[0]["bytes"][:40], "path": None}]
@@ -139,11 +157,12 @@ def write_obelics(folder, *, records: int = 16, files: int = 1, image_size: int 
     return paths
 
 
-def write_all(folder, *, records: int = 64, files: int = 2, bad: bool = False) -> dict:
+def write_all(folder, *, records: int = 64, files: int = 2, bad: bool = False,
+              aspects=(1.0,)) -> dict:
     return {"webdataset": write_webdataset(os.path.join(folder, "webdataset"), records=records,
-                                           files=files, bad=bad),
+                                           files=files, bad=bad, aspects=aspects),
             "parquet": write_parquet(os.path.join(folder, "parquet"), records=records,
-                                     files=files, bad=bad),
+                                     files=files, bad=bad, aspects=aspects),
             "obelics": write_obelics(os.path.join(folder, "obelics"),
                                      records=max(records // 4, 1), files=files, bad=bad)}
 
@@ -155,9 +174,11 @@ def main(argv=None):
     p.add_argument("--records", type=int, default=64, help="per file")
     p.add_argument("--files", type=int, default=2, help="per layout")
     p.add_argument("--bad", action="store_true", help="add bad records of several kinds")
+    p.add_argument("--aspects", default="1", help="width / height ratios, comma-separated")
     a = p.parse_args(argv)
-    for kind, paths in write_all(a.folder, records=a.records, files=a.files,
-                                 bad=a.bad).items():
+    aspects = tuple(float(x) for x in a.aspects.split(","))
+    for kind, paths in write_all(a.folder, records=a.records, files=a.files, bad=a.bad,
+                                 aspects=aspects).items():
         print(f"{kind}: {len(paths)} files in {os.path.dirname(paths[0])}")
 
 
