@@ -141,7 +141,7 @@ class Vocab:
         ids = self.image_ids(np.asarray(codes).reshape(-1))
         if not self.grid_sides:
             return ids
-        h, w = grid if grid is not None else (int(round(np.sqrt(ids.size))),) * 2
+        h, w = grid if grid is not None else square_grid(ids.size)
         if h * w != ids.size:
             raise ValueError(f"{ids.size} codes do not fill a {h}x{w} grid")
         rows = np.concatenate([ids.reshape(h, w), np.full((h, 1), self.eol, np.int32)], 1)
@@ -189,6 +189,13 @@ class Vocab:
     def is_text(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
         return (ids >= 0) & (ids < self.text_size)
+
+
+def square_grid(positions: int) -> tuple[int, int]:
+    """(side, side) of a square image of `positions` grid positions (the default grid
+    wherever one is not given)."""
+    side = int(round(np.sqrt(positions)))
+    return side, side
 
 
 def text_or_bytes(text, vocab: Vocab):

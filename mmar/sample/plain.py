@@ -38,7 +38,7 @@ import numpy as np
 
 from mmar import schema
 from mmar.sample import core
-from mmar.vocab import Vocab
+from mmar.vocab import Vocab, square_grid
 
 
 def prompt_targets(prompt, vocab: Vocab, n: int) -> np.ndarray:
@@ -170,7 +170,7 @@ class Sampler:
             ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,
                            **overrides)
             return v.codes_from_ids(ids), num_codes
-        h, w = grid if grid is not None else (int(round(np.sqrt(num_codes))),) * 2
+        h, w = grid if grid is not None else square_grid(num_codes)
         if h * w > num_codes:
             raise ValueError(f"a {h}x{w} grid has more than the {num_codes} codes the model "
                              "was trained to draw (mmar.derived.grid_for)")

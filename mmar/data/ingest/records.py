@@ -213,11 +213,6 @@ def inside(root, relative: str) -> str:
 COMMON_FORMATS = ("JPEG", "PNG", "WEBP")   # tried first: PIL then skips probing the rest
 
 
-def square(im: PIL.Image.Image, size: int) -> np.ndarray:
-    """RGB uint8 [size, size, 3]: centre crop to a square, then resize (if needed)."""
-    return fit(im, size, size)
-
-
 def fit(im: PIL.Image.Image, height: int, width: int) -> np.ndarray:
     """RGB uint8 [height, width, 3]: the centre crop of `im` at that aspect ratio (as
     large as fits), resized (if needed)."""

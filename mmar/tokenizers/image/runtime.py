@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from mmar import derived
+from mmar import vocab as vocab_lib
 from mmar.tokenizers.image import autoencoder
 
 
@@ -65,7 +66,7 @@ class ImageTokenizer:
                              f"[{codes.min()}, {codes.max()}]")
         check_depths(codes, self.depth, self.codes_per_depth)
         positions = codes.shape[1] // self.depth
-        h, w = grid if grid is not None else (int(round(np.sqrt(positions))),) * 2
+        h, w = grid if grid is not None else vocab_lib.square_grid(positions)
         if h * w != positions:
             raise ValueError(f"{codes.shape[1]} codes per image do not fill a {h}x{w} grid"
                              + (f" of depth {self.depth}" if self.depth > 1 else ""))
