@@ -270,6 +270,11 @@ SCHEMA: dict[str, Any] = {
         "rope_theta": Field(10000.0, "RoPE base", check=lambda v: _num(v) and v > 0,
                             want="a number > 0"),
         "qk_norm": Field(True, "RMSNorm on queries and keys", **BOOL),
+        "qk_norm_kind": Field("rms", "'rms': one RMSNorm over head_dim shared by the heads "
+                              "(Qwen3); 'head_layernorm': a LayerNorm with its own weight and "
+                              "bias per head (Chameleon)", **choice("rms", "head_layernorm")),
+        "norm_placement": Field("pre", "'pre': x + f(norm(x)) (Llama); 'swin': x + norm(f(x)) "
+                                "(Chameleon's swin_norm)", **choice("pre", "swin")),
         "tie_embeddings": Field(False, "output head = embedding matrix", **BOOL),
         "norm_eps": Field(1e-5, "RMSNorm epsilon", check=lambda v: _num(v) and v > 0,
                           want="a number > 0"),

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mmar.model.attention import attend_cache
-from mmar.model.layers import project, rms_norm, rotate
+from mmar.model.layers import head_layer_norm, project, rms_norm, rotate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +47,17 @@ class Spec:
     rope_theta: float
     dtype: jnp.dtype
     qk_norm: bool
+    qk_norm_kind: str = "rms"   # or "head_layernorm" (layers.HeadLayerNorm)
+    swin: bool = False          # model.norm_placement == "swin"
 
 
 class Layer(NamedTuple):
     attn_norm: jax.Array     # [E] float32
     qkv: jax.Array           # [E, (H + 2 KVH) * D]
-    q_norm: jax.Array        # [D] float32, or [0] without QK-norm
+    q_norm: jax.Array        # [D] float32 ([H, D] head_layernorm), or [0] without QK-norm
     k_norm: jax.Array
+    q_bias: jax.Array        # head_layernorm: [H, D] float32, else [0]
+    k_bias: jax.Array
     o: jax.Array             # [H * D, E]
     mlp_norm: jax.Array      # [E] float32
     gate_up: jax.Array       # [E, 2 M]
@@ -86,8 +90,11 @@ def prepare(model, spec: Spec, logits_ids: tuple[int, int] | None = None) -> Wei
     none = jnp.zeros((n_layers, 0), jnp.float32)
     q_norm = f32(b.attn.q_norm.scale) if spec.qk_norm else none
     k_norm = f32(b.attn.k_norm.scale) if spec.qk_norm else none
-    layers = tuple(Layer(f32(b.attn_norm.scale)[i], qkv[i], q_norm[i], k_norm[i], o[i],
-                         f32(b.mlp_norm.scale)[i], gate_up[i], down[i])
+    biased = spec.qk_norm and spec.qk_norm_kind == "head_layernorm"
+    q_bias = f32(b.attn.q_norm.bias) if biased else none
+    k_bias = f32(b.attn.k_norm.bias) if biased else none
+    layers = tuple(Layer(f32(b.attn_norm.scale)[i], qkv[i], q_norm[i], k_norm[i], q_bias[i],
+                         k_bias[i], o[i], f32(b.mlp_norm.scale)[i], gate_up[i], down[i])
                    for i in range(n_layers))
     head = (model.embed.embedding[...].T if model.head is None else model.head[...])
     if logits_ids is not None:
@@ -105,20 +112,26 @@ def run(spec: Spec, w: Weights, x, sin, cos, mask, ks, vs, index):
     h, kvh, d, eps, dt = spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.eps, spec.dtype
     new_ks, new_vs = [], []
     for layer, k_cache, v_cache in zip(w.layers, ks, vs):
-        qkv = project(rms_norm(x, layer.attn_norm, eps, dt), layer.qkv)
+        qkv = project(x if spec.swin else rms_norm(x, layer.attn_norm, eps, dt), layer.qkv)
         qkv = qkv.reshape(b, s, h + 2 * kvh, d)
         q, k, v = qkv[:, :, :h], qkv[:, :, h:h + kvh], qkv[:, :, h + kvh:]
-        if spec.qk_norm:
+        if spec.qk_norm and spec.qk_norm_kind == "head_layernorm":
+            q = head_layer_norm(q, layer.q_norm, layer.q_bias, dt)
+            k = head_layer_norm(k, layer.k_norm, layer.k_bias, dt)
+        elif spec.qk_norm:
             q, k = rms_norm(q, layer.q_norm, eps, dt), rms_norm(k, layer.k_norm, eps, dt)
         q, k = rotate(q, sin, cos), rotate(k, sin, cos)
         k_cache, v_cache = (jax.lax.dynamic_update_slice(
             c, new.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, index, 0))
             for c, new in ((k_cache, k), (v_cache, v)))
         out = attend_cache(q, k_cache, v_cache, mask)
-        x = x + project(out.reshape(b, s, h * d), layer.o)
-        gate_up = project(rms_norm(x, layer.mlp_norm, eps, dt), layer.gate_up)
+        attn = project(out.reshape(b, s, h * d), layer.o)
+        x = x + (rms_norm(attn, layer.attn_norm, eps, dt) if spec.swin else attn)
+        gate_up = project(x if spec.swin else rms_norm(x, layer.mlp_norm, eps, dt),
+                          layer.gate_up)
         gate, up = gate_up[..., :spec.mlp_dim], gate_up[..., spec.mlp_dim:]
-        x = x + project(jax.nn.silu(gate) * up, layer.down)
+        mlp = project(jax.nn.silu(gate) * up, layer.down)
+        x = x + (rms_norm(mlp, layer.mlp_norm, eps, dt) if spec.swin else mlp)
         new_ks.append(k_cache)
         new_vs.append(v_cache)
     logits = project(rms_norm(x, w.final_norm, eps, dt), w.head, out_dtype=jnp.float32)

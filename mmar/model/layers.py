@@ -60,6 +60,46 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype) -> jax.Array:
     return (x32 * scale.astype(jnp.float32)).astype(dtype)
 
 
+HEAD_LAYERNORM_EPS = 1e-5  # Chameleon's, fixed in its code (not its config's rms_norm_eps)
+
+
+class HeadLayerNorm(nnx.Module):
+    """LayerNorm over head_dim with a weight and a bias per head ([heads, head_dim]):
+    Chameleon's QK-norm (`model.qk_norm_kind='head_layernorm'`). Its statistics are per
+    head, as RMSNorm's; what differs is the mean subtraction and that each head has its own
+    affine (the released model was trained with one per tensor-parallel shard)."""
+
+    def __init__(self, heads: int, head_dim: int, heads_name: str, *, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        names = (heads_name, "head_dim")
+        self.scale = param(rngs, nnx.initializers.ones, (heads, head_dim), names, param_dtype)
+        self.bias = param(rngs, nnx.initializers.zeros, (heads, head_dim), names, param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return head_layer_norm(x, self.scale[...], self.bias[...], self.dtype)
+
+
+def head_layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, dtype) -> jax.Array:
+    """`HeadLayerNorm`'s arithmetic on x [..., heads, head_dim], in float32."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + HEAD_LAYERNORM_EPS)
+    return (x32 * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
+
+
+def qk_norms(cfg, dtype, param_dtype, rngs: nnx.Rngs):
+    """(q_norm, k_norm) modules of `model.qk_norm_kind`, or (None, None) without QK-norm."""
+    if not cfg.qk_norm:
+        return None, None
+    if cfg.qk_norm_kind == "head_layernorm":
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        return (HeadLayerNorm(cfg.n_heads, cfg.head_dim, "heads", **kw),
+                HeadLayerNorm(cfg.n_kv_heads, cfg.head_dim, "kv_heads", **kw))
+    norm = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return RMSNorm(cfg.head_dim, **norm), RMSNorm(cfg.head_dim, **norm)
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary position embedding of x [B, S, N, D] at integer `positions` [B, S].
 
@@ -112,8 +152,9 @@ class Context(NamedTuple):
 class Attention(nnx.Module):
     """Multi-head attention with GQA (n_kv_heads <= n_heads), RoPE, optional QK-norm.
 
-    QK-norm (RMSNorm over head_dim of each q and k head, before RoPE) is what kept
-    Chameleon's mixed-modal training from diverging: it bounds the attention logits.
+    QK-norm (a norm over head_dim of each q and k head, before RoPE) is what kept
+    Chameleon's mixed-modal training from diverging: it bounds the attention logits. Qwen3's
+    is an RMSNorm shared by the heads, Chameleon's a LayerNorm per head (`qk_norms`).
     """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
@@ -127,11 +168,7 @@ class Attention(nnx.Module):
         self.k = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.v = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.o = param(rngs, out_init, (h, hd, d), ("heads", "head_dim", "embed"), pdt)
-        if cfg.qk_norm:
-            norm = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=pdt, rngs=rngs)
-            self.q_norm, self.k_norm = RMSNorm(hd, **norm), RMSNorm(hd, **norm)
-        else:
-            self.q_norm = self.k_norm = None
+        self.q_norm, self.k_norm = qk_norms(cfg, dtype, pdt, rngs)
         self.rope_theta = cfg.rope_theta
         self.dtype = dtype
         self.kernel = attention.implementation(cfg)

@@ -2,6 +2,7 @@
 
     tokens -> Embed -> n_layers x Block -> RMSNorm -> logits (tied embedding or own head)
     Block: x + Attention(RMSNorm(x)), then x + MLP(RMSNorm(x))
+           (norm_placement='swin': x + RMSNorm(Attention(x)), then x + RMSNorm(MLP(x)))
 
 `model.mot.enabled=True` swaps Block for model/mot.py's MoTBlock (per-modality weights, global
 attention); the call then needs the `modality` array, and the residual stream runs in
@@ -60,13 +61,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                          f"model.n_heads={cfg.n_heads} (grouped-query attention)")
     if cfg.head_dim % 2:
         raise ValueError(f"model.head_dim={cfg.head_dim} must be even (RoPE rotates pairs)")
+    if cfg.mot.enabled and (cfg.norm_placement != "pre" or (
+            cfg.qk_norm and cfg.qk_norm_kind != "rms")):
+        field = "norm_placement" if cfg.norm_placement != "pre" else "qk_norm_kind"
+        raise ValueError(f"model.{field}={cfg[field]!r}: Mixture-of-Transformers blocks "
+                         "(model.mot.enabled) have pre-norm and RMS QK-norm only")
     if cfg.mot.num_modalities < 2:
         raise ValueError(f"model.mot.num_modalities must be an int >= 2, "
                          f"got {cfg.mot.num_modalities!r}")
 
 
 class Block(nnx.Module):
-    """One pre-norm transformer layer."""
+    """One transformer layer: pre-norm (Llama), or with `model.norm_placement='swin'` the
+    norms on the branch outputs, x + norm(f(x)) (Chameleon-30B's swin_norm, which it needed
+    on top of QK-norm to keep the residual stream bounded). The two norms keep their names
+    either way (they are transformers' input_layernorm / post_attention_layernorm)."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         norm = dict(eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
@@ -75,12 +84,18 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.d_model, **norm)
         self.mlp = MLP(cfg, rngs=rngs)
+        self.swin = cfg.norm_placement == "swin"
 
     def __call__(self, x, ctx: Context, cache=None):
         """Returns (x, (k, v)); see `Attention.__call__` for the cache."""
-        h, kv = self.attn(self.attn_norm(x), ctx.positions, ctx.visible, cache)
-        x = x + h
-        x = x + self.mlp(self.mlp_norm(x))
+        if self.swin:
+            h, kv = self.attn(x, ctx.positions, ctx.visible, cache)
+            x = x + self.attn_norm(h)
+            x = x + self.mlp_norm(self.mlp(x))
+        else:
+            h, kv = self.attn(self.attn_norm(x), ctx.positions, ctx.visible, cache)
+            x = x + h
+            x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed")), kv
 
 
@@ -120,7 +135,8 @@ class Decoder(nnx.Module):
         self.num_modalities, self.mot_tile = cfg.mot.num_modalities, cfg.mot.tile
         self.kv_spec = None if self.mot else kv_decode.Spec(
             cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.norm_eps,
-            cfg.rope_theta, self.dtype, cfg.qk_norm)
+            cfg.rope_theta, self.dtype, cfg.qk_norm, cfg.qk_norm_kind,
+            cfg.norm_placement == "swin")
 
     # ---- the two entry points ----
 

@@ -38,6 +38,11 @@ def np_rope(x, positions, theta=10000.0):
                            x2 * np.cos(angles) + x1 * np.sin(angles)], axis=-1)
 
 
+def np_head_layer_norm(x, scale, bias, eps=1e-5):
+    x = x - x.mean(-1, keepdims=True)
+    return x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + eps) * scale + bias
+
+
 def np_forward(model, cfg, tokens, positions, segments):
     p = jax.tree.map(lambda a: np.asarray(a, np.float64),
                      nnx.to_pure_dict(nnx.state(model, nnx.Param)))
@@ -47,11 +52,15 @@ def np_forward(model, cfg, tokens, positions, segments):
     i, j = np.arange(s)[:, None], np.arange(s)[None, :]
     for layer in range(cfg.n_layers):
         w = jax.tree.map(lambda a: a[layer], p["blocks"])
-        h = np_norm(x, w["attn_norm"]["scale"])
+        swin = cfg.get("norm_placement", "pre") == "swin"
+        h = x if swin else np_norm(x, w["attn_norm"]["scale"])
         q = np.einsum("bse,ehd->bshd", h, w["attn"]["q"])
         k = np.einsum("bse,ehd->bshd", h, w["attn"]["k"])
         v = np.einsum("bse,ehd->bshd", h, w["attn"]["v"])
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.get("qk_norm_kind", "rms") == "head_layernorm":
+            q = np_head_layer_norm(q, w["attn"]["q_norm"]["scale"], w["attn"]["q_norm"]["bias"])
+            k = np_head_layer_norm(k, w["attn"]["k_norm"]["scale"], w["attn"]["k_norm"]["bias"])
+        elif cfg.qk_norm:
             q = np_norm(q, w["attn"]["q_norm"]["scale"])
             k = np_norm(k, w["attn"]["k_norm"]["scale"])
         q, k = np_rope(q, positions), np_rope(k, positions)
@@ -63,10 +72,12 @@ def np_forward(model, cfg, tokens, positions, segments):
                 logits = np.where(mask, logits, -np.inf)
                 probs = np.exp(logits - logits.max(-1, keepdims=True))
                 out[bi, :, hi] = probs / probs.sum(-1, keepdims=True) @ v[bi, :, hi // group]
-        x = x + np.einsum("bshd,hde->bse", out, w["attn"]["o"])
-        h = np_norm(x, w["mlp_norm"]["scale"])
+        attn = np.einsum("bshd,hde->bse", out, w["attn"]["o"])
+        x = x + (np_norm(attn, w["attn_norm"]["scale"]) if swin else attn)
+        h = x if swin else np_norm(x, w["mlp_norm"]["scale"])
         gate = h @ w["mlp"]["gate"]
-        x = x + (gate / (1 + np.exp(-gate)) * (h @ w["mlp"]["up"])) @ w["mlp"]["down"]
+        mlp = (gate / (1 + np.exp(-gate)) * (h @ w["mlp"]["up"])) @ w["mlp"]["down"]
+        x = x + (np_norm(mlp, w["mlp_norm"]["scale"]) if swin else mlp)
     x = np_norm(x, p["final_norm"]["scale"])
     return x @ (p["embed"]["embedding"].T if cfg.tie_embeddings else p["head"])
 
@@ -87,6 +98,42 @@ def test_logits_match_numpy_forward(qk_norm, tie):
     assert logits.shape == (2, 7, 48) and logits.dtype == jnp.float32
     np.testing.assert_allclose(logits, np_forward(model, cfg, tokens, positions, segments),
                                atol=1e-4)
+
+
+CHAMELEON = dict(qk_norm=True, qk_norm_kind="head_layernorm", norm_placement="swin")
+
+
+@functools.lru_cache(maxsize=None)
+def make_perturbed(**overrides):
+    """A model whose norm weights and biases are random too (ones and zeros would hide a
+    missing per-head weight or bias)."""
+    model = Decoder(tiny_cfg(**overrides), rngs=nnx.Rngs(3))
+    params = nnx.state(model, nnx.Param)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(4), len(leaves))
+    nnx.update(model, jax.tree.unflatten(tree, [
+        x + 0.3 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
+    return model
+
+
+@pytest.mark.parametrize("options", [
+    dict(qk_norm=True, qk_norm_kind="head_layernorm"), dict(norm_placement="swin"), CHAMELEON],
+    ids=["head_layernorm", "swin", "both"])
+def test_chameleon_options_match_numpy_forward_and_kv_cache(options):
+    """Chameleon's per-head LayerNorm QK-norm and swin-norm: the training forward equals the
+    numpy forward, and the KV-cache path (model/kv_decode.py) equals the training forward."""
+    model = make_perturbed(**options)
+    tokens, positions, segments = one_doc(9, seed=6, batch=2)
+    full = forward(model, tokens, positions, segments)
+    np.testing.assert_allclose(full, np_forward(model, tiny_cfg(**options), tokens, positions,
+                                                segments), atol=1e-4)
+    np.testing.assert_allclose(decode_in_steps(model, tokens, positions, segments, 4), full,
+                               atol=1e-4)
+
+
+def test_chameleon_options_are_refused_with_mot():
+    with pytest.raises(ValueError, match="model.norm_placement='swin'"):
+        Decoder(tiny_cfg(norm_placement="swin", mot=dict(enabled=True)), rngs=nnx.Rngs(0))
 
 
 def test_packed_documents_do_not_see_each_other():
