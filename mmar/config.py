@@ -29,9 +29,42 @@ def image_order(cfg) -> str:
 def make_vocab(cfg) -> vocab_lib.Vocab:
     """The run's token space; RandAR adds one position-instruction id per grid index."""
     positions = derived.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
-    return vocab_lib.Vocab(vocab_lib.text_size(cfg.vocab),
-                           derived.num_image_codes(cfg.image_tokenizer), positions,
-                           derived.max_grid_side(cfg))
+    vocab = vocab_lib.Vocab(vocab_lib.text_size(cfg.vocab),
+                            derived.num_image_codes(cfg.image_tokenizer), positions,
+                            derived.max_grid_side(cfg), _pinned(cfg))
+    if vocab.pinned:
+        _check_pinned(cfg, vocab)
+    return vocab
+
+
+def _pinned(cfg) -> tuple:
+    """(pad, bos, eos, boi, eoi, image_offset) of a checkpoint's own layout, or ()."""
+    ids, offset = tuple(cfg.vocab.special_ids), int(cfg.vocab.image_offset)
+    if bool(ids) != (offset >= 0):
+        raise ConfigError(f"vocab.special_ids={ids!r}, vocab.image_offset={offset}: a "
+                          "checkpoint's layout sets both (five ids and an offset >= 0), "
+                          "mmar's neither")
+    return ids + (offset,) if ids else ()
+
+
+def _check_pinned(cfg, vocab) -> None:
+    """A pinned layout holds every id inside the tokenizer's, codes apart from specials;
+    RandAR positions and keep-aspect layout ids have no place in it (yet)."""
+    stop = vocab.image_offset + vocab.num_image_codes
+    if stop > vocab.text_size:
+        raise ConfigError(f"vocab.image_offset={vocab.image_offset}: {vocab.num_image_codes} "
+                          f"image codes end at {stop}, past the tokenizer's {vocab.text_size} "
+                          "ids")
+    for name, i in zip(vocab_lib.SPECIALS, vocab.pinned[:5]):
+        if i >= vocab.text_size or vocab.image_offset <= i < stop:
+            raise ConfigError(f"vocab.special_ids: {name}={i} must be a tokenizer id "
+                              f"(< {vocab.text_size}) outside the image codes "
+                              f"[{vocab.image_offset}, {stop})")
+    if vocab.num_positions or vocab.grid_sides:
+        field = "data.image_order" if vocab.num_positions else "data.keep_aspect"
+        raise ConfigError(f"{field}={cfg.data[field.split('.')[1]]!r}: a checkpoint's own "
+                          "vocabulary (vocab.special_ids) has no ids for RandAR positions or "
+                          "mmar's grid sizes")
 
 
 def _validate_order(cfg) -> None:

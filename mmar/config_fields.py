@@ -199,6 +199,14 @@ SCHEMA: dict[str, Any] = {
             "ids, more keeps the rest unused. The special ids come after the text ids",
             check=lambda v: _int(v) and (v == 0 or v >= 256),
             want="0 or an int >= 256 (a byte-level tokenizer starts from the 256 bytes)"),
+        "special_ids": Field(
+            (), "a checkpoint's own ids of <pad> <bos> <eos> <boi> <eoi> (`mmar import` of "
+            "Chameleon / Emu3 sets them, docs/pretrained.md); () = mmar's layout",
+            check=lambda v: len(v) in (0, 5) and all(_int(x) and x >= 0 for x in v),
+            want="() or five ints >= 0 (pad, bos, eos, boi, eoi)"),
+        "image_offset": Field(
+            -1, "with special_ids: the id of image code 0 (codes contiguous); -1 = mmar's "
+            "layout", check=lambda v: _int(v) and v >= -1, want="an int >= -1"),
     },
     "image_tokenizer": {
         "quantizer": Field("fsq", "docs/tokenizers.md", **choice("fsq", "vq", "lfq", "rq")),
@@ -209,6 +217,9 @@ SCHEMA: dict[str, Any] = {
         "channel_mult": Field((1, 2, 4), "conv: channel multiplier per stride-2 stage"),
         "num_res_blocks": Field(0, "conv: residual blocks per stage", **NONNEG_INT),
         "norm": Field("group", "conv: normalisation", **choice("group", "none")),
+        "pretrained": Field("", "a released image tokenizer (`mmar import`: WORKDIR/tokenizer/"
+                            "pretrained/, docs/pretrained.md), used as it is; '' = mmar's own",
+                            **choice("", "chameleon_vqgan", "emu3_vqvae")),
         "loss": Field("l2", "reconstruction loss", **choice("l2", "l1", "l1+l2")),
         "aux_loss_weight": Field(1.0, "weight of the quantizer's aux loss", **NONNEG),
         "train": _train_section(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100,
@@ -270,6 +281,9 @@ SCHEMA: dict[str, Any] = {
         "rope_theta": Field(10000.0, "RoPE base", check=lambda v: _num(v) and v > 0,
                             want="a number > 0"),
         "qk_norm": Field(True, "RMSNorm on queries and keys", **BOOL),
+        "hf_class": Field("", "the transformers class `mmar import` read and `mmar export` "
+                          "writes back: '' = Llama (Qwen3 with QK-norm), 'chameleon', 'emu3'",
+                          **choice("", "chameleon", "emu3")),
         "qk_norm_kind": Field("rms", "'rms': one RMSNorm over head_dim shared by the heads "
                               "(Qwen3); 'head_layernorm': a LayerNorm with its own weight and "
                               "bias per head (Chameleon)", **choice("rms", "head_layernorm")),

@@ -14,6 +14,12 @@
                                      id = layout_offset + s means "s rows" or "s columns"
     padded up to a multiple of 128   (unused ids; never sampled)
 
+A pretrained unified model (Chameleon / Anole, Emu3: `mmar import`, docs/pretrained.md)
+keeps its own layout instead (`Vocab.pinned`, from `vocab.special_ids` and
+`vocab.image_offset`): its tokenizer names every id, the specials and the image codes sit
+where the checkpoint put them (the codes contiguous, id = image_offset + code), and nothing
+is appended or padded, so its embedding rows keep their meaning.
+
 Position ids come after the image codes so that a raster vocabulary (num_positions=0) keeps
 every id, and a RandAR model's text, special and code ids are those of a raster model.
 
@@ -62,30 +68,41 @@ class Vocab:
     num_image_codes: int
     num_positions: int = 0  # RandAR position-instruction ids (codes per image), else 0
     grid_sides: int = 0     # data.keep_aspect: size ids 1..grid_sides (and <eol>), else 0
+    # A checkpoint's own layout: (pad, bos, eos, boi, eoi, image_offset); () = mmar's. Its
+    # text ids are all `text_size` ids of its tokenizer except the specials and the codes.
+    pinned: tuple = ()
+
+    def _special(self, i: int) -> int:
+        return int(self.pinned[i]) if self.pinned else self.text_size + i
 
     @property
     def pad(self) -> int:
-        return self.text_size
+        return self._special(0)
 
     @property
     def bos(self) -> int:
-        return self.text_size + 1
+        return self._special(1)
 
     @property
     def eos(self) -> int:
-        return self.text_size + 2
+        return self._special(2)
 
     @property
     def boi(self) -> int:
-        return self.text_size + 3
+        return self._special(3)
 
     @property
     def eoi(self) -> int:
-        return self.text_size + 4
+        return self._special(4)
 
     @property
     def image_offset(self) -> int:
-        return self.text_size + len(SPECIALS)
+        return int(self.pinned[5]) if self.pinned else self.text_size + len(SPECIALS)
+
+    @property
+    def image_stop(self) -> int:
+        """One past the last id of image modality (codes, RandAR positions, layout ids)."""
+        return self.image_offset + self.num_image_codes if self.pinned else self.used
 
     @property
     def position_offset(self) -> int:
@@ -106,12 +123,17 @@ class Vocab:
     @property
     def used(self) -> int:
         """Ids in use (text, specials, codes, position instructions, layout), before
-        padding."""
+        padding (a pinned layout: all of its tokenizer's ids)."""
+        if self.pinned:
+            return self.text_size
         return self.layout_offset + (1 + self.grid_sides if self.grid_sides else 0)
 
     @property
     def size(self) -> int:
-        """Vocabulary size padded to a multiple of 128 (the model's embedding rows)."""
+        """Vocabulary size padded to a multiple of 128 (the model's embedding rows; a pinned
+        layout: the checkpoint's rows, unpadded)."""
+        if self.pinned:
+            return self.text_size
         return -(-self.used // PAD_MULTIPLE) * PAD_MULTIPLE
 
     def position_ids(self, grid_index) -> np.ndarray:
@@ -188,7 +210,10 @@ class Vocab:
 
     def is_text(self, ids) -> np.ndarray:
         ids = np.asarray(ids)
-        return (ids >= 0) & (ids < self.text_size)
+        text = (ids >= 0) & (ids < self.text_size)
+        if self.pinned:   # the checkpoint's tokenizer also names the specials and the codes
+            text &= ~self.is_image(ids) & ~np.isin(ids, np.asarray(self.pinned[:5]))
+        return text
 
 
 def square_grid(positions: int) -> tuple[int, int]:

@@ -50,7 +50,10 @@ def write_text_tokenizer(out_dir, vocab, cfg, text=None) -> dict[str, str]:
                          "needs the run's tokenizer.json")
     else:
         data = json.loads(text.json_text)
-    data, names = text_export.with_specials(data, vocab.text_size)
+    if vocab.pinned:   # a checkpoint's own tokenizer: its specials are already in it
+        names = _token_names(data, dict(zip(SPECIALS, vocab.pinned)))
+    else:
+        data, names = text_export.with_specials(data, vocab.text_size)
     out_dir = pathlib.Path(out_dir)
     (out_dir / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=1))
     (out_dir / "tokenizer_config.json").write_text(json.dumps(
@@ -64,6 +67,19 @@ def write_text_tokenizer(out_dir, vocab, cfg, text=None) -> dict[str, str]:
     return names
 
 
+def _token_names(data: dict, ids: dict[str, int]) -> dict[str, str]:
+    """special name -> the string of its id in a parsed tokenizer.json."""
+    strings = {int(t["id"]): t["content"] for t in data.get("added_tokens") or []}
+    model_vocab = data["model"]["vocab"]
+    if isinstance(model_vocab, dict):
+        strings = {**{int(i): s for s, i in model_vocab.items()}, **strings}
+    missing = [name for name, i in ids.items() if i not in strings]
+    if missing:
+        raise ValueError(f"the text tokenizer has no token for {missing} (ids "
+                         f"{[ids[n] for n in missing]}, vocab.special_ids)")
+    return {name: strings[i] for name, i in ids.items()}
+
+
 def write_generation_config(out_dir, vocab) -> None:
     (pathlib.Path(out_dir) / "generation_config.json").write_text(json.dumps({
         "bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad,
@@ -75,7 +91,8 @@ def write_mmar_json(out_dir, cfg, vocab, *, fmt, step, codes_shape,
     layout = {
         "format": fmt, "step": step, "text_tokenizer": cfg.vocab.text_tokenizer,
         "text_size": vocab.text_size,
-        "special_ids": {name: vocab.text_size + i for i, name in enumerate(SPECIALS)},
+        "special_ids": dict(zip(SPECIALS, (vocab.pad, vocab.bos, vocab.eos, vocab.boi,
+                                            vocab.eoi))),
         # the strings of the specials in tokenizer.json (their names unless the file had them)
         "special_tokens": special_tokens or {name: name for name in SPECIALS},
         "image_offset": vocab.image_offset, "num_image_codes": vocab.num_image_codes,

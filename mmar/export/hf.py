@@ -9,6 +9,8 @@ the layout: mmar keeps heads as an axis ([embed, heads, head_dim]) and stacks la
 leading axis; transformers has one [out, in] matrix per layer.
 
     QK-norm off -> LlamaForCausalLM        QK-norm on -> Qwen3ForCausalLM
+    model.hf_class='chameleon' / 'emu3' (an import of one) -> ChameleonForConditionalGeneration /
+    Emu3ForConditionalGeneration, with its image tokenizer (mmar/export/unified.py)
     Mixture-of-Transformers or any parameter not in the table -> no transformers
     equivalent: `--format mmar` (mmar's own safetensors layout, docs/export.md).
 
@@ -24,10 +26,12 @@ import shutil
 import numpy as np
 
 from mmar import config as config_lib
+from mmar import derived
 from mmar import vocab as vocab_lib
 from mmar.export import assets
 from mmar.export import orbax_reader
 from mmar.export import safetensors_io as st
+from mmar.export import unified
 from mmar.tokenizers import text as text_lib
 from mmar.tokenizers.text import model as text_model
 
@@ -43,6 +47,8 @@ LAYER_MAP = {
     "blocks.attn.o": ("self_attn.o_proj.weight", "heads_out"),
     "blocks.attn.q_norm.scale": ("self_attn.q_norm.weight", "copy"),
     "blocks.attn.k_norm.scale": ("self_attn.k_norm.weight", "copy"),
+    "blocks.attn.q_norm.bias": ("self_attn.q_norm.bias", "copy"),   # Chameleon's per head
+    "blocks.attn.k_norm.bias": ("self_attn.k_norm.bias", "copy"),
     "blocks.mlp_norm.scale": ("post_attention_layernorm.weight", "copy"),
     "blocks.mlp.gate": ("mlp.gate_proj.weight", "transpose"),
     "blocks.mlp.up": ("mlp.up_proj.weight", "transpose"),
@@ -75,16 +81,32 @@ def to_mmar(kind: str, w: np.ndarray, mmar_shape) -> np.ndarray:
     return w.T.reshape(mmar_shape)
 
 
+def hf_names(model_cfg) -> tuple[str, dict[str, str]]:
+    """(the prefix of layer i's tensors before `{i}.`, mmar global name -> transformers name)
+    of the class `architecture` names: Emu3 nests its decoder in `model.text_model.`."""
+    arch = unified.ARCHS.get(model_cfg.hf_class)
+    prefix = arch.prefix if arch else "model."
+    names = {mmar: name.replace("model.", prefix, 1) for mmar, (name, _) in GLOBAL_MAP.items()}
+    if arch:
+        names["head"] = arch.head
+    return prefix + "layers.", names
+
+
 def expected_names(model_cfg) -> set[str]:
     names = set(LAYER_MAP) | set(GLOBAL_MAP)
     if not model_cfg.qk_norm:
         names -= {"blocks.attn.q_norm.scale", "blocks.attn.k_norm.scale"}
+    if not (model_cfg.qk_norm and model_cfg.qk_norm_kind == "head_layernorm"):
+        names -= {"blocks.attn.q_norm.bias", "blocks.attn.k_norm.bias"}
     if model_cfg.tie_embeddings:
         names.discard("head")
     return names
 
 
 def architecture(model_cfg) -> tuple[str, str]:
+    if model_cfg.hf_class:
+        arch = unified.ARCHS[model_cfg.hf_class]
+        return arch.model_type, arch.hf_class
     return ("qwen3", "Qwen3ForCausalLM") if model_cfg.qk_norm else ("llama", "LlamaForCausalLM")
 
 
@@ -99,7 +121,14 @@ def check_order(cfg) -> None:
 
 
 def check_mappable(model_cfg, names) -> None:
-    """Raises ValueError unless the checkpoint maps exactly onto Llama / Qwen3."""
+    """Raises ValueError unless the checkpoint maps exactly onto Llama / Qwen3 (or the
+    Chameleon / Emu3 class it was imported from)."""
+    if not model_cfg.hf_class and (model_cfg.norm_placement != "pre" or (
+            model_cfg.qk_norm and model_cfg.qk_norm_kind != "rms")):
+        field = ("norm_placement" if model_cfg.norm_placement != "pre" else "qk_norm_kind")
+        raise ValueError(f"model.{field}={model_cfg[field]!r}: Llama and Qwen3 have pre-norm "
+                         "and an RMS QK-norm; only a Chameleon import (model.hf_class="
+                         "'chameleon') exports it, or --format mmar (docs/export.md)")
     if model_cfg.mot.enabled:
         raise ValueError("model.mot.enabled=True: a Mixture-of-Transformers decoder has no "
                          "transformers equivalent; export it with --format mmar (docs/export.md)")
@@ -149,6 +178,7 @@ def _plan_hf(reader, cfg, dtype) -> list[st.Planned]:
     """The transformers tensors in order, each produced from one layer slice when asked."""
     m = cfg.model
     plan = []
+    layers, names = hf_names(m)
 
     def add(hf_name, mmar_name, kind, index=None):
         shape = reader.shape(mmar_name)[0 if index is None else 1:]
@@ -156,14 +186,14 @@ def _plan_hf(reader, cfg, dtype) -> list[st.Planned]:
         plan.append(st.Planned(hf_name, hf_shape, dtype,
                                lambda: to_hf(kind, reader.read(mmar_name, index))))
 
-    add("model.embed_tokens.weight", "embed.embedding", "copy")
+    add(names["embed.embedding"], "embed.embedding", "copy")
     for i in range(m.n_layers):
         for name, (hf_name, kind) in LAYER_MAP.items():
             if name in reader.names:
-                add(f"model.layers.{i}.{hf_name}", name, kind, i)
-    add("model.norm.weight", "final_norm.scale", "copy")
+                add(f"{layers}{i}.{hf_name}", name, kind, i)
+    add(names["final_norm.scale"], "final_norm.scale", "copy")
     if not m.tie_embeddings:
-        add("lm_head.weight", "head", "transpose")
+        add(names["head"], "head", "transpose")
     return plan
 
 
@@ -197,18 +227,30 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
     for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob(f"*{st.INDEX}")):
         old.unlink()  # a re-export with other shard counts must not leave stale shards
     plan = _plan_hf(reader, cfg, np_dtype) if fmt == "hf" else _plan_mmar(reader, np_dtype)
+    arch = unified.ARCHS.get(cfg.model.hf_class) if fmt == "hf" else None
+    if arch is not None:   # the imported image tokenizer goes back in, as it came
+        plan += unified.vq_plan(_pretrained_dir(step_dir, image_tokenizer), arch)
     files = st.write_sharded(out_dir, plan, parse_size(max_shard_size))
     if fmt == "hf":
-        (out_dir / "config.json").write_text(json.dumps(hf_config(cfg, vocab, dtype), indent=1))
+        config = (unified.hf_config(_imported_config(step_dir), cfg, dtype) if arch else
+                  hf_config(cfg, vocab, dtype))
+        (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     elif (out_dir / "config.json").exists():
         (out_dir / "config.json").unlink()  # only a transformers export has one
     (out_dir / "mmar_config.json").write_text(cfg.to_json(indent=1))
     assets.write_generation_config(out_dir, vocab)
     text = _text_tokenizer(cfg, vocab, step_dir, text_tokenizer)
     special_tokens = assets.write_text_tokenizer(out_dir, vocab, cfg, text)
-    tok_dir = _tokenizer_step_dir(step_dir, image_tokenizer)
+    tok_dir = (None if cfg.image_tokenizer.pretrained else
+               _tokenizer_step_dir(step_dir, image_tokenizer))
     codes_shape = None
-    if tok_dir is not None:
+    if cfg.image_tokenizer.pretrained:
+        codes_shape = derived.code_grid(cfg)
+        shutil.rmtree(out_dir / assets.IMAGE_DIR, ignore_errors=True)
+        if arch is None:
+            log(f"[export] image_tokenizer.pretrained={cfg.image_tokenizer.pretrained!r}: "
+                "not exported with --format mmar (it is in the hf export, model.vqmodel.*)")
+    elif tok_dir is not None:
         codes_shape = assets.export_image_tokenizer(tok_dir, out_dir / assets.IMAGE_DIR, cfg)
     else:
         shutil.rmtree(out_dir / assets.IMAGE_DIR, ignore_errors=True)
@@ -252,6 +294,30 @@ def _text_tokenizer(cfg, vocab, step_dir, path):
                 f"(WORKDIR/{text_lib.RUN_SUBDIR}/{text_lib.FILENAME}, from `mmar "
                 "text-tokenizer-train`); pass --text_tokenizer=PATH")
     return text_model.load(path, kind=kind, vocab_size=vocab.text_size)
+
+
+def _imported_config(step_dir) -> dict:
+    """The config.json `mmar import` kept (WORKDIR/decoder/hf_config.json)."""
+    run_dir = orbax_reader.run_dir_of(step_dir, "decoder")
+    path = run_dir / "decoder" / unified.HF_CONFIG if run_dir else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"model.hf_class: no {unified.HF_CONFIG} near {step_dir} "
+                                "(`mmar import` writes WORKDIR/decoder/hf_config.json): export "
+                                "from the run directory the import made")
+    return json.loads(path.read_text())
+
+
+def _pretrained_dir(step_dir, image_tokenizer) -> pathlib.Path:
+    """The imported image tokenizer: `--image_tokenizer DIR` or WORKDIR/tokenizer/pretrained."""
+    if image_tokenizer:
+        return pathlib.Path(image_tokenizer)
+    run_dir = orbax_reader.run_dir_of(step_dir, "decoder")
+    path = run_dir / "tokenizer" / unified.PRETRAINED_DIR if run_dir else None
+    if path is None or not path.is_dir():
+        raise FileNotFoundError(f"image_tokenizer.pretrained: no tokenizer/"
+                                f"{unified.PRETRAINED_DIR} near {step_dir}; pass "
+                                "--image_tokenizer=DIR")
+    return path
 
 
 def _tokenizer_step_dir(decoder_step_dir, image_tokenizer):

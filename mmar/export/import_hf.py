@@ -31,7 +31,7 @@ import numpy as np
 from mmar import config as config_lib
 from mmar import derived, schema
 from mmar import vocab as vocab_lib
-from mmar.export import assets, hf
+from mmar.export import assets, hf, unified
 from mmar.export import safetensors_io as st
 from mmar.model.transformer import Decoder
 from mmar.parallel import mesh as mesh_lib
@@ -40,7 +40,8 @@ from mmar.train import checkpoint as checkpoint_lib
 from mmar.train import state as state_lib
 from mmar.vocab import PAD_MULTIPLE, SPECIALS
 
-SUPPORTED = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+             **{name: arch.hf_class for name, arch in unified.ARCHS.items()}}
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -54,13 +55,18 @@ def _read_json(path: pathlib.Path) -> dict:
 
 def model_section(hf_cfg: dict, path) -> dict:
     """mmar `model` fields from a transformers config.json; errors name the field."""
+    model_type = hf_cfg.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ValueError(f"{path}: model_type={model_type!r} cannot be imported (one of "
+                         f"{sorted(SUPPORTED)})")
+    full, hf_cfg = hf_cfg, unified.text_config(hf_cfg)   # Emu3: the decoder's own fields
+
     def need(field, ok, want):
         value = hf_cfg.get(field)
         if not ok(value):
             raise ValueError(f"{path}: {field}={value!r} cannot be imported ({want})")
         return value
 
-    model_type = need("model_type", lambda v: v in SUPPORTED, f"one of {sorted(SUPPORTED)}")
     need("hidden_act", lambda v: v in (None, "silu"), "mmar's MLP is SwiGLU (silu)")
     need("attention_bias", lambda v: not v, "mmar's attention has no biases")
     need("mlp_bias", lambda v: not v, "mmar's MLP has no biases")
@@ -72,17 +78,21 @@ def model_section(hf_cfg: dict, path) -> dict:
     need("partial_rotary_factor", lambda v: v in (None, 1, 1.0), "mmar rotates all of head_dim")
     d, heads = hf_cfg.get("hidden_size"), hf_cfg.get("num_attention_heads")
     rope = hf_cfg.get("rope_parameters") or {}
-    return {
+    out = {
         "d_model": d, "n_layers": hf_cfg.get("num_hidden_layers"), "n_heads": heads,
         "n_kv_heads": hf_cfg.get("num_key_value_heads") or heads,
         "head_dim": hf_cfg.get("head_dim") or d // heads,
         "mlp_dim": hf_cfg.get("intermediate_size"),
         "rope_theta": float(rope.get("rope_theta") or hf_cfg.get("rope_theta") or 10000.0),
         "norm_eps": float(hf_cfg.get("rms_norm_eps", 1e-6)),
-        "qk_norm": model_type == "qwen3",
+        "qk_norm": model_type == "qwen3", "qk_norm_kind": "rms", "norm_placement": "pre",
+        "hf_class": "",
         "tie_embeddings": bool(hf_cfg.get("tie_word_embeddings", False)),
         "init_std": float(hf_cfg.get("initializer_range", 0.02)),
     }
+    if model_type in unified.ARCHS:
+        out.update(unified.model_fields(full, path))
+    return out
 
 
 def _config(hf_dir: pathlib.Path, base_cfg):
@@ -100,6 +110,8 @@ def _config(hf_dir: pathlib.Path, base_cfg):
     if base_cfg is None:
         raise ValueError(f"{hf_dir} is not an mmar export: pass --config=configs/FILE.py:PRESET "
                          "for the image tokenizer, data and training sections")
+    if unified.arch_of(hf_cfg) is not None:
+        return _unified_config(hf_dir, hf_cfg, hf_cfg_path, base_cfg)
     text_size = hf_cfg.get("vocab_size")
     if not isinstance(text_size, int) or text_size <= 0:
         raise ValueError(f"{hf_cfg_path}: vocab_size={text_size!r} must be a positive int")
@@ -116,6 +128,37 @@ def _config(hf_dir: pathlib.Path, base_cfg):
                      vocab_size=-(-used // PAD_MULTIPLE) * PAD_MULTIPLE)
     cfg.model.param_dtype = "float32"
     return config_lib.validate(cfg), text_size, text_size
+
+
+def _unified_config(hf_dir, hf_cfg, hf_cfg_path, base_cfg):
+    """Chameleon / Emu3: the checkpoint's vocabulary kept as it is (mmar/export/unified.py),
+    its tokenizer.json the run's text tokenizer, its image tokenizer the run's."""
+    tokenizer_json = hf_dir / text_lib.FILENAME
+    if not tokenizer_json.is_file():
+        raise FileNotFoundError(
+            f"{tokenizer_json}: missing; mmar reads the model's text tokenizer from it (save "
+            "one with transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
+    data = _read_json(tokenizer_json)
+    strings = {t["content"]: int(t["id"]) for t in data.get("added_tokens") or []}
+    if isinstance(data.get("model", {}).get("vocab"), dict):
+        strings = {**data["model"]["vocab"], **strings}
+    size = unified.text_config(hf_cfg).get("vocab_size")
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"{hf_cfg_path}: vocab_size={size!r} must be a positive int")
+    vocab_fields, _ = unified.vocab_fields(hf_cfg, hf_cfg_path, strings, size)
+    tok_fields, resolution = unified.image_tokenizer_fields(hf_cfg, hf_cfg_path)
+    cfg = ml_collections.ConfigDict(base_cfg.to_dict())
+    own = vocab_lib.ids_in_tokenizer_json(data)   # 0: exactly the file's ids
+    cfg.vocab.update(text_tokenizer=str(tokenizer_json.absolute()),
+                     text_vocab_size=0 if own == size else size, **vocab_fields)
+    vq = tok_fields.pop("vq")
+    cfg.image_tokenizer.update(tok_fields)
+    cfg.image_tokenizer.vq.update(vq)
+    if resolution:   # Chameleon's VQ-GAN was trained at one size (512)
+        cfg.data.image_size = int(resolution)
+    cfg.model.update(model_section(hf_cfg, hf_cfg_path), vocab_size=size,
+                     param_dtype="float32")
+    return config_lib.validate(cfg), None, size
 
 
 def _abstract_params(model_cfg):
@@ -142,7 +185,7 @@ def load_params(hf_dir, base_cfg=None, seed: int = 0):
     native = "embed.embedding" in tensors  # an mmar-layout (--format mmar) export
     dtype = np.dtype(m.param_dtype)
     rng = np.random.default_rng(seed)
-    hf_names = {mmar: name for mmar, (name, _) in {**hf.GLOBAL_MAP, **hf.LAYER_MAP}.items()}
+    layers, hf_names = hf.hf_names(m)
 
     def get(name, shape):
         if name not in tensors:
@@ -161,7 +204,7 @@ def load_params(hf_dir, base_cfg=None, seed: int = 0):
             hf_name, kind = hf.LAYER_MAP[name]
             layer_shape = leaf.shape[1:]
             hf_shape = hf.to_hf(kind, np.empty(layer_shape, np.bool_)).shape
-            return np.stack([hf.to_mmar(kind, get(f"model.layers.{i}.{hf_name}", hf_shape),
+            return np.stack([hf.to_mmar(kind, get(f"{layers}{i}.{hf_name}", hf_shape),
                                         layer_shape) for i in range(m.n_layers)])
         if name not in hf.GLOBAL_MAP:
             raise ValueError(f"mmar parameter {name!r} has no transformers equivalent")
@@ -191,13 +234,24 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=p
         ckpt.save(step, params=params, config=cfg, force=True)
     finally:
         ckpt.close()
-    text = text_size if text_size is not None else 256
+    vocab = config_lib.make_vocab(cfg)
+    text = vocab.text_size
     layout = {"text_size": text,
-              "special_ids": {name: text + i for i, name in enumerate(SPECIALS)},
-              "image_offset": text + len(SPECIALS),
+              "special_ids": dict(zip(SPECIALS, (vocab.pad, vocab.bos, vocab.eos, vocab.boi,
+                                                 vocab.eoi))),
+              "image_offset": vocab.image_offset,
               "num_image_codes": derived.num_image_codes(cfg.image_tokenizer),
               "vocab_size": cfg.model.vocab_size}
     (out / "vocab.json").write_text(json.dumps(layout, indent=1))
+    hf_cfg_path = pathlib.Path(hf_dir) / "config.json"
+    if cfg.model.hf_class:
+        # Chameleon / Emu3: their image tokenizer, and the config export writes back
+        hf_cfg = _read_json(hf_cfg_path)
+        (out / unified.HF_CONFIG).write_text(json.dumps(hf_cfg, indent=1))
+        n_vq = unified.copy_vq_tensors(st.SafetensorsDir(hf_dir), hf_cfg, out.parent /
+                                       "tokenizer" / unified.PRETRAINED_DIR)
+        log(f"[import] {unified.ARCHS[cfg.model.hf_class].hf_class}: {n_vq} image tokenizer "
+            f"tensors -> {out.parent / 'tokenizer' / unified.PRETRAINED_DIR}")
     kept = pathlib.Path(hf_dir) / text_lib.RUN_SUBDIR / text_lib.FILENAME
     if vocab_lib.text_kind(cfg.vocab) in vocab_lib.TRAINED_KINDS and kept.is_file():
         # an mmar export of a bpe / unigram run: its trained text tokenizer, as it was

@@ -56,7 +56,8 @@ def write_file(path, tensors: Sequence[Planned], metadata: dict | None = None) -
     with open(path, "wb") as f:
         f.write(_header(tensors, metadata or {"format": "pt"}))
         for t in tensors:
-            array = np.ascontiguousarray(t.produce(), dtype=t.dtype)
+            array = np.asarray(t.produce(), dtype=t.dtype)
+            array = np.ascontiguousarray(array).reshape(array.shape)  # 0-d stays 0-d
             if array.shape != tuple(t.shape):
                 raise ValueError(f"{t.name}: produced shape {array.shape}, planned {t.shape}")
             f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -121,6 +122,9 @@ class SafetensorsDir:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entries[name][1]["shape"])
 
+    def dtype(self, name: str) -> np.dtype:
+        return DTYPES[self._entries[name][1]["dtype"]]
+
     def get(self, name: str) -> np.ndarray:
         if name not in self._entries:
             raise KeyError(f"tensor {name!r} is not in the checkpoint")
@@ -129,7 +133,8 @@ class SafetensorsDir:
         dtype = DTYPES[entry["dtype"]].newbyteorder("<")
         base = 8 + int.from_bytes(path.open("rb").read(8), "little")
         mm = np.memmap(path, dtype=np.uint8, mode="r", offset=base + start, shape=(end - start,))
-        return np.array(mm.view(dtype).reshape(entry["shape"]))
+        # copied out of the map first: a 0-d view of a memmap keeps shape (1,)
+        return np.array(mm).view(dtype).reshape(tuple(entry["shape"]))
 
 
 def read_header(path) -> dict:

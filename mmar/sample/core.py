@@ -101,14 +101,14 @@ def id_masks(vocab: Vocab, vocab_rows: int) -> dict[str, np.ndarray]:
     ids = np.arange(vocab_rows)
     return {"image": (ids >= vocab.image_offset) & (ids < vocab.image_offset +
                                                     vocab.num_image_codes),
-            "text": (ids < vocab.text_size) | (ids == vocab.eos)}
+            "text": vocab.is_text(ids) | (ids == vocab.eos)}
 
 
 def modality(tokens, vocab: Vocab):
     """0 text / 1 image per token, as in training data (mmar/data/sequences.py: image codes
     are 1, `<boi>` / `<eoi>` and text 0); Mixture-of-Transformers decoders route by it.
     RandAR position ids (after the codes; none in a raster vocabulary) are image too."""
-    return ((tokens >= vocab.image_offset) & (tokens < vocab.used)).astype(jnp.int32)
+    return ((tokens >= vocab.image_offset) & (tokens < vocab.image_stop)).astype(jnp.int32)
 
 
 # ---- sampling settings -----------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""`mmar import` / `mmar export` of transformers' unified models (Chameleon, Emu3): logits
+parity after import, the checkpoint's own vocabulary kept, and a byte-identical round trip.
+
+Each model is a tiny random transformers model (every weight perturbed, QK-norm biases
+included) with a vocabulary map and a tokenizer.json the test makes up: the released
+models' form (named image tokens, contiguous ids in code order) at toy size.
+"""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from mmar import config as config_lib  # noqa: E402
+from mmar.export import hf, import_hf, unified  # noqa: E402
+from mmar.export import safetensors_io as st  # noqa: E402
+from tests.helpers import export_runs as helpers  # noqa: E402
+
+VOCAB, CODES, IMAGE_AT = 128, 64, 40
+
+
+def _letters(code: int) -> str:
+    return "".join("ABCDEFGHIJ"[int(c)] for c in str(code))
+
+
+def vocabulary(kind: str) -> dict[str, int]:
+    """token -> id: specials, then the image tokens at IMAGE_AT.., the rest plain words."""
+    names = {}
+    if kind == "chameleon":
+        specials = ["<unk>", "<s>", "</s>", "<pad>", "<racm3:break>", "<eoss>", "<image>"]
+        code_name = "IMGIMG{}Z"
+    else:
+        specials = ["<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|image start|>",
+                    "<|image end|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>",
+                    "<image>"]
+        code_name = "<|visual token {:06d}|>"
+    for i, s in enumerate(specials):
+        names[s] = i
+    for c in range(CODES):
+        names[code_name.format(_letters(c) if kind == "chameleon" else c)] = IMAGE_AT + c
+    for i in range(VOCAB):
+        if i not in names.values():
+            names[f"w{i}"] = i
+    return names
+
+
+def save_unified(directory, kind: str):
+    """A random tiny Chameleon (swin-norm on) or Emu3 saved as transformers does, plus a
+    WordLevel tokenizer.json holding the same ids."""
+    names = vocabulary(kind)
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                rms_norm_eps=1e-5)
+    if kind == "chameleon":
+        vq = dict(embed_dim=8, num_embeddings=CODES, latent_channels=8, resolution=32,
+                  base_channels=32, channel_multiplier=[1, 1, 2, 2], num_res_blocks=1,
+                  attn_resolutions=[])
+        config = transformers.ChameleonConfig(**text, swin_norm=True, vq_config=vq,
+                                              vocabulary_map=names, bos_token_id=1,
+                                              eos_token_id=2, pad_token_id=3)
+        cls = transformers.ChameleonForConditionalGeneration
+    else:
+        vq = dict(codebook_size=CODES, embed_dim=4, latent_channels=4, base_channels=32,
+                  channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[],
+                  hidden_size=32, num_attention_heads=1, temporal_downsample_factor=4)
+        config = transformers.Emu3Config(
+            text_config=dict(text, head_dim=8, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+            vq_config=vq, vocabulary_map=names)
+        cls = transformers.Emu3ForConditionalGeneration
+    torch.manual_seed(0)
+    model = cls(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(names, unk_token=list(names)[0]))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.save(str(directory / "tokenizer.json"))
+    return model
+
+
+@pytest.fixture(scope="module", params=["chameleon", "emu3"])
+def imported(request, tmp_path_factory):
+    kind = request.param
+    root = tmp_path_factory.mktemp(kind)
+    model = save_unified(root / "hf", kind)
+    import_hf.import_hf(root / "hf", root / "run", helpers.make_config(), log=lambda _: None)
+    return kind, model, root
+
+
+def test_logits_match_transformers_after_import(imported):
+    kind, model, root = imported
+    cfg, params, _ = import_hf.load_params(root / "hf", helpers.make_config())
+    assert cfg.model.hf_class == kind and cfg.model.vocab_size == VOCAB
+    if kind == "chameleon":
+        assert (cfg.model.qk_norm_kind, cfg.model.norm_placement) == ("head_layernorm", "swin")
+    # text and image ids, and the image markers
+    tokens = np.random.default_rng(1).integers(0, VOCAB, (2, 30)).astype(np.int32)
+    tokens[:, 5:5 + 16] = IMAGE_AT + np.arange(16)
+    want = helpers.mmar_logits(cfg, params, tokens)
+    with torch.no_grad():   # the head on the last hidden state: Chameleon's forward sets
+        # the image codes' logits to the float minimum (it answers in text only)
+        hidden = model.model(input_ids=torch.tensor(tokens, dtype=torch.long)).last_hidden_state
+        got = model.lm_head(hidden).numpy()
+    diff = float(np.abs(got - want).max())
+    print(f"\n[parity] {kind}: max |logit diff| = {diff:.3g}")
+    assert diff < 1e-4
+
+
+def test_the_checkpoints_vocabulary_is_kept(imported):
+    kind, _, root = imported
+    cfg, _, _ = import_hf.load_params(root / "hf", helpers.make_config())
+    vocab = config_lib.make_vocab(cfg)
+    names = vocabulary(kind)
+    boi, eoi = ((names["<racm3:break>"], names["<eoss>"]) if kind == "chameleon" else
+                (names["<|image start|>"], names["<|image end|>"]))
+    assert (vocab.boi, vocab.eoi, vocab.bos, vocab.eos) == (boi, eoi, 1, 2)
+    assert vocab.image_offset == IMAGE_AT and vocab.num_image_codes == CODES
+    assert vocab.size == VOCAB
+    assert not vocab.is_text([boi, IMAGE_AT, IMAGE_AT + CODES - 1]).any()
+    assert vocab.is_text([IMAGE_AT + CODES]).all()
+    assert cfg.image_tokenizer.pretrained == unified.ARCHS[kind].vq_kind
+
+
+def test_export_round_trip_is_byte_identical(imported):
+    kind, model, root = imported
+    hf.export(root / "run", root / "out", log=lambda _: None)
+    src, out = st.SafetensorsDir(root / "hf"), st.SafetensorsDir(root / "out")
+    assert sorted(src.keys()) == sorted(out.keys())
+    for name in src.keys():
+        assert src.get(name).tobytes() == out.get(name).tobytes(), name
+    config = json.loads((root / "out" / "config.json").read_text())
+    assert config["architectures"] == [unified.ARCHS[kind].hf_class]
+    back = type(model).from_pretrained(root / "out", dtype=torch.float32).eval()
+    tokens = torch.tensor(np.random.default_rng(2).integers(0, VOCAB, (1, 12)))
+    with torch.no_grad():
+        np.testing.assert_array_equal(back(input_ids=tokens).logits.numpy(),
+                                      model(input_ids=tokens).logits.numpy())
+
+
+def test_non_contiguous_image_tokens_are_refused(tmp_path):
+    save_unified(tmp_path / "hf", "chameleon")
+    cfg_path = tmp_path / "hf" / "config.json"
+    hf_cfg = json.loads(cfg_path.read_text())
+    vmap = hf_cfg["vocabulary_map"]
+    a, b = "IMGIMGAZ", "IMGIMGBZ"   # codes 0 and 1 swapped
+    vmap[a], vmap[b] = vmap[b], vmap[a]
+    cfg_path.write_text(json.dumps(hf_cfg))
+    with pytest.raises(ValueError, match="not contiguous ids in code order"):
+        import_hf.load_params(tmp_path / "hf", helpers.make_config())
