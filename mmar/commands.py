@@ -106,7 +106,7 @@ COMMANDS: dict[str, Command] = {
         "CHECKPOINT --format hf --out DIR: transformers/safetensors (docs/export.md)",
         "", "", "", usage="mmar export CHECKPOINT --out DIR [--format hf|mmar] [...]"),
     "import": Command(
-        "HF_DIR --out DIR: a transformers Llama/Qwen3 checkpoint -> mmar params",
+        "HF_DIR --out DIR: a transformers Llama/Qwen3/Chameleon/Emu3 checkpoint -> mmar params",
         "", "", "", usage="mmar import HF_DIR --out RUN_DIR [--config FILE.py:PRESET]"),
     "launch": Command(
         "{tpu,gke,slurm,local} [--dry-run] -- train --config=... --workdir=...: "

@@ -19,7 +19,8 @@ def _export(argv) -> int:
     p.add_argument("checkpoint", help="run workdir, its decoder/ dir, or a checkpoint step dir")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="hf", choices=("hf", "mmar"),
-                   help="hf: Llama/Qwen3 for transformers; mmar: mmar's own layout")
+                   help="hf: Llama/Qwen3 (or the Chameleon/Emu3 class imported) for "
+                   "transformers; mmar: mmar's own layout")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                    help="weight dtype (default: the checkpoint's)")
     p.add_argument("--max_shard_size", default="5GB", help="split above this (e.g. 200MB)")
@@ -37,7 +38,8 @@ def _export(argv) -> int:
 
 def _import(argv) -> int:
     p = argparse.ArgumentParser(prog="mmar import", description=(
-        "A transformers Llama/Qwen3 checkpoint (safetensors) -> RUN_DIR/decoder/checkpoints, "
+        "A transformers Llama/Qwen3/Chameleon/Emu3 checkpoint (safetensors) -> "
+        "RUN_DIR/decoder/checkpoints, "
         "vocabulary extended by mmar's special and image-code ids. See docs/export.md."))
     p.add_argument("hf_dir", help="directory with config.json and *.safetensors")
     p.add_argument("--out", required=True, help="run directory to write decoder/ into")
