@@ -30,6 +30,7 @@ from mmar.data import pretokenize, tokens
 from mmar.errors import MissingStageError
 from mmar.parallel import mesh as mesh_lib
 from mmar.tokenizers import text as text_lib
+from mmar.tokenizers.image import pretrained as pretrained_tokenizer
 from mmar.tokenizers.image.runtime import ImageTokenizer
 from mmar.tokenizers.text import model as text_model
 from mmar.tokenizers.image.train import tokenizer_task
@@ -75,7 +76,15 @@ def require(workdir, stage: str) -> list[int]:
 def load_tokenizer(cfg, workdir, devices=None) -> ImageTokenizer:
     """The image tokenizer of `WORKDIR/tokenizer`, newest checkpoint. `devices`: the mesh's
     devices (default all; `mmar pretokenize` gives each process its local ones, so that
-    every host encodes its own images alone)."""
+    every host encodes its own images alone). An imported one (`image_tokenizer.pretrained`)
+    is read from WORKDIR/tokenizer/pretrained/ (mmar/tokenizers/image/pretrained.py)."""
+    if cfg.image_tokenizer.pretrained:
+        directory = epath.Path(workdir) / TOKENIZER / pretrained_tokenizer.SUBDIR
+        if not directory.is_dir():
+            raise MissingStageError(f"image_tokenizer.pretrained="
+                                    f"{cfg.image_tokenizer.pretrained!r}: no {directory} "
+                                    "(`mmar import` writes it)")
+        return pretrained_tokenizer.load(directory, cfg.image_tokenizer)
     require(workdir, TOKENIZER)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh, devices)
     model_state, params, step = trainer.load_params(

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from mmar import config as config_lib  # noqa: E402
+from mmar import rundir  # noqa: E402
 from mmar.export import hf, import_hf, unified  # noqa: E402
 from mmar.export import safetensors_io as st  # noqa: E402
 from tests.helpers import export_runs as helpers  # noqa: E402
@@ -151,3 +152,23 @@ def test_non_contiguous_image_tokens_are_refused(tmp_path):
     cfg_path.write_text(json.dumps(hf_cfg))
     with pytest.raises(ValueError, match="not contiguous ids in code order"):
         import_hf.load_params(tmp_path / "hf", helpers.make_config())
+
+
+def test_the_imported_image_tokenizer_encodes_as_transformers(imported):
+    """The run's runtime tokenizer (mmar.rundir.load_tokenizer, what pretokenize and train
+    call) built from WORKDIR/tokenizer/pretrained: codes equal to transformers' encoder."""
+    kind, model, root = imported
+    cfg, _, _ = import_hf.load_params(root / "hf", helpers.make_config())
+    tok = rundir.load_tokenizer(cfg, root / "run")
+    images = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    got = tok.encode(images)
+    pixels = torch.tensor(images.transpose(0, 3, 1, 2) / 127.5 - 1.0, dtype=torch.float32)
+    with torch.no_grad():
+        if kind == "chameleon":
+            want = model.model.vqmodel.encode(pixels).image_tokens
+        else:
+            want = model.model.vqmodel.encode(pixels, torch.tensor([[32, 32]] * 3)).image_tokens
+    want = (torch.stack(list(want)) if isinstance(want, (list, tuple)) else want)
+    want = want.reshape(3, -1).numpy()
+    assert got.shape == (3, 16) and len(np.unique(got)) > 1
+    np.testing.assert_array_equal(got, want)

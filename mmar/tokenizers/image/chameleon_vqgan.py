@@ -466,7 +466,7 @@ def from_torch_names(tensors: Mapping[str, Any], vq_cfg: Mapping[str, Any], pref
     return nnx.merge(graphdef, state)
 
 
-def _read_safetensors(files: Sequence[pathlib.Path], prefix: str) -> dict[str, np.ndarray]:
+def read_safetensors(files: Sequence[pathlib.Path], prefix: str) -> dict[str, np.ndarray]:
     """The tensors named `prefix*` of some safetensors files, float32 numpy. Read through
     the "flax" framework: numpy has no bfloat16, the dtype of transformers checkpoints."""
     from safetensors import safe_open   # optional heavy dependency
@@ -501,5 +501,5 @@ def load(directory: str | pathlib.Path, *, decoder: bool | None = None,
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{directory}: no *.safetensors file (expected model.safetensors)")
-    return from_torch_names(_read_safetensors(files, prefix), vq_cfg, prefix,
+    return from_torch_names(read_safetensors(files, prefix), vq_cfg, prefix,
                             decoder=decoder, precision=precision)
