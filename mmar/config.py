@@ -31,7 +31,12 @@ def make_vocab(cfg) -> vocab_lib.Vocab:
     positions = derived.codes_per_image(cfg) if image_order(cfg) == "randar" else 0
     vocab = vocab_lib.Vocab(vocab_lib.text_size(cfg.vocab),
                             derived.num_image_codes(cfg.image_tokenizer), positions,
-                            derived.max_grid_side(cfg), _pinned(cfg))
+                            derived.max_grid_side(cfg), _pinned(cfg),
+                            tuple(int(i) for i in cfg.vocab.emu3_layout_ids))
+    if vocab.emu3 and not vocab.pinned:
+        raise ConfigError(f"vocab.emu3_layout_ids={vocab.emu3!r}: Emu3's layout is a "
+                          "checkpoint's own vocabulary (set vocab.special_ids too, as "
+                          "`mmar import` of Emu3 does)")
     if vocab.pinned:
         _check_pinned(cfg, vocab)
     return vocab
@@ -60,6 +65,23 @@ def _check_pinned(cfg, vocab) -> None:
             raise ConfigError(f"vocab.special_ids: {name}={i} must be a tokenizer id "
                               f"(< {vocab.text_size}) outside the image codes "
                               f"[{vocab.image_offset}, {stop})")
+    for i in vocab.emu3:
+        if i >= vocab.text_size or vocab.is_image(i) or i in vocab.pinned[:5]:
+            raise ConfigError(f"vocab.emu3_layout_ids: {i} must be a tokenizer id "
+                              f"(< {vocab.text_size}), not an image code or a special")
+    if vocab.emu3:   # what Emu3's rows are built for: raster, plain decoding, square grids
+        if image_order(cfg) != "raster" or cfg.sample.image_decoder != "plain":
+            field = ("data.image_order" if image_order(cfg) != "raster" else
+                     "sample.image_decoder")
+            raise ConfigError(f"{field}={cfg[field.split('.')[0]][field.split('.')[1]]!r}: "
+                              "Emu3's image layout (rows with <eol>) is written in raster "
+                              "order and sampled with 'plain'")
+        h, w = derived.code_grid(cfg)
+        need = len(vocab.image_prefix(h, w)) + h * (w + 1) + 1 + 4
+        if cfg.data.seq_len < need:
+            raise ConfigError(f"data.seq_len={cfg.data.seq_len}: Emu3's layout needs at least "
+                              f"{need} tokens for one {h}x{w} image (<bos> <boi> h*w <image "
+                              "token>, rows with <eol>, <eof> <eoi> <eos>), plus its caption")
     if vocab.num_positions or vocab.grid_sides:
         field = "data.image_order" if vocab.num_positions else "data.keep_aspect"
         raise ConfigError(f"{field}={cfg.data[field.split('.')[1]]!r}: a checkpoint's own "

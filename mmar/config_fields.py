@@ -83,6 +83,10 @@ def _mesh_axis(v):
     return _int(v) and (v == -1 or v > 0)
 
 
+# The projections of a block that `model.lora.targets` may name (mmar/model/lora.py).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
 # ---- the sections -------------------------------------------------------------------------
 
 def _train_section(**defaults) -> dict:
@@ -207,6 +211,11 @@ SCHEMA: dict[str, Any] = {
         "image_offset": Field(
             -1, "with special_ids: the id of image code 0 (codes contiguous); -1 = mmar's "
             "layout", check=lambda v: _int(v) and v >= -1, want="an int >= -1"),
+        "emu3_layout_ids": Field(
+            (), "with special_ids: Emu3's image layout, the ids of <eol> <eof> <image token> "
+            "'*' '0'..'9' (`mmar import` of Emu3 sets them, mmar/vocab.py); () = none",
+            check=lambda v: len(v) in (0, 14) and all(_int(x) and x >= 0 for x in v),
+            want="() or 14 ints >= 0 (eol, eof, image token, '*', the digits 0 to 9)"),
     },
     "image_tokenizer": {
         "quantizer": Field("fsq", "docs/tokenizers.md", **choice("fsq", "vq", "lfq", "rq")),
@@ -310,6 +319,16 @@ SCHEMA: dict[str, Any] = {
             "matmul": Field("auto", "grouped matmul ('auto': ragged on TPU, else tiled)",
                             **choice("auto", "tiled", "ragged")),
             "tile": Field(128, "tiled: rows per window", **POSITIVE),
+        },
+        "lora": {  # LoRA fine-tuning (docs/training.md): base frozen, adapters trained
+            "rank": Field(0, "adapter rank (0 = off: every parameter trained)", **NONNEG_INT),
+            "alpha": Field(16.0, "the update is scaled by alpha / rank",
+                           check=lambda v: _num(v) and v > 0, want="a number > 0"),
+            "targets": Field(LORA_TARGETS, "projections that get adapters",
+                             check=lambda v: not isinstance(v, str) and len(v) > 0
+                             and set(v) <= set(LORA_TARGETS),
+                             want="a non-empty tuple of " + ", ".join(
+                                 repr(t) for t in LORA_TARGETS)),
         },
     },
     "train": _train_section(),

@@ -183,10 +183,15 @@ def latest_tokenizer_step(workdir) -> int:
 
 def tokenizer_identity(cfg, workdir, step: int | None = None) -> dict:
     """What made (or would make) the run's codes (`tokens.tokenizer_identity`): its config and
-    the hash of `WORKDIR/tokenizer`'s checkpoint `step` (default: the newest), and the text
-    tokenizer's identity (kind, size, sha256 of its tokenizer.json)."""
-    step = latest_tokenizer_step(workdir) if step is None else int(step)
-    params = os.path.join(os.fspath(workdir), TOKENIZER, "checkpoints", str(step), "params")
+    the hash of `WORKDIR/tokenizer`'s checkpoint `step` (default: the newest; an imported
+    tokenizer: the files of WORKDIR/tokenizer/pretrained/), and the text tokenizer's identity (kind, size, sha256 of its tokenizer.json)."""
+    if cfg.image_tokenizer.pretrained:   # an imported one: its files, step 0
+        step = 0
+        params = os.path.join(os.fspath(workdir), TOKENIZER, pretrained_tokenizer.SUBDIR)
+    else:
+        step = latest_tokenizer_step(workdir) if step is None else int(step)
+        params = os.path.join(os.fspath(workdir), TOKENIZER, "checkpoints", str(step),
+                              "params")
     identity = tokens.tokenizer_identity(cfg, params, step)
     identity["text_tokenizer"] = load_text_tokenizer(cfg, workdir).identity()
     return identity

@@ -22,7 +22,11 @@ from mmar.config_fields import (OPTIONAL_SECTIONS, RENAMED, SCHEMA, ConfigError,
 
 __all__ = ["OPTIONAL_SECTIONS", "RENAMED", "SCHEMA", "ConfigError", "Field", "positive_int",
            "check", "closest", "complete", "is_field", "migrate",
-           "render", "unknown_field_error"]
+           "render", "unknown_field_error", "RUN_CONFIG"]
+
+# WORKDIR/config.json: a run's whole effective config, written by `mmar import` and
+# `mmar train`; `--config=configs/run.py:WORKDIR` reads it back (JSON, never executed).
+RUN_CONFIG = "config.json"
 
 
 # ---- filling, migrating, checking ---------------------------------------------------------
@@ -112,6 +116,8 @@ def _fill(tree: dict, spec: dict, where: str) -> None:
             _fill(tree.setdefault(name, {}), sub, f"{where}{name}.")
         elif name not in tree:
             tree[name] = sub.default
+        elif isinstance(sub.default, tuple) and isinstance(tree[name], list):
+            tree[name] = tuple(tree[name])   # JSON (a saved config) has lists for tuples
 
 
 def complete(cfg, section: str = "") -> ml_collections.ConfigDict:

@@ -18,7 +18,8 @@ A pretrained unified model (Chameleon / Anole, Emu3: `mmar import`, docs/pretrai
 keeps its own layout instead (`Vocab.pinned`, from `vocab.special_ids` and
 `vocab.image_offset`): its tokenizer names every id, the specials and the image codes sit
 where the checkpoint put them (the codes contiguous, id = image_offset + code), and nothing
-is appended or padded, so its embedding rows keep their meaning.
+is appended or padded, so its embedding rows keep their meaning. Emu3's images also carry
+their size and row ends (`Vocab.emu3`, `image_body`).
 
 Position ids come after the image codes so that a raster vocabulary (num_positions=0) keeps
 every id, and a RandAR model's text, special and code ids are those of a raster model.
@@ -71,6 +72,9 @@ class Vocab:
     # A checkpoint's own layout: (pad, bos, eos, boi, eoi, image_offset); () = mmar's. Its
     # text ids are all `text_size` ids of its tokenizer except the specials and the codes.
     pinned: tuple = ()
+    # Emu3's image layout (with `pinned`): the ids of <eol> <eof> <image token> '*' and the
+    # digits '0'..'9' of its tokenizer; () = none. See `image_body`.
+    emu3: tuple = ()
 
     def _special(self, i: int) -> int:
         return int(self.pinned[i]) if self.pinned else self.text_size + i
@@ -113,12 +117,57 @@ class Vocab:
         return self.position_offset + self.num_positions
 
     @property
+    def has_rows(self) -> bool:
+        """Images written row by row, each row ending in <eol>: keep-aspect (`grid_sides`)
+        or Emu3's layout (`emu3`)."""
+        return bool(self.grid_sides or self.emu3)
+
+    @property
     def eol(self) -> int:
-        """End of a row of codes (`grid_sides` > 0 only)."""
+        """End of a row of codes (`has_rows` only)."""
+        if self.emu3:
+            return int(self.emu3[0])
         if not self.grid_sides:
             raise ValueError("this vocabulary has no <eol>: images are square "
                              "(data.keep_aspect=False)")
         return self.layout_offset
+
+    def image_prefix(self, h: int, w: int) -> list[int]:
+        """The ids between <boi> and an image's first row: its size. Keep-aspect: the size
+        ids of h and w; Emu3: "h*w" as text (its tokenizer's digit ids) then <image token>."""
+        if self.emu3:
+            digits = lambda n: [int(self.emu3[4 + int(c)]) for c in str(int(n))]  # noqa: E731
+            return [*digits(h), int(self.emu3[3]), *digits(w), int(self.emu3[2])]
+        return [self.size_id(h), self.size_id(w)]
+
+    def image_suffix(self) -> list[int]:
+        """The ids between an image's last row and <eoi>: Emu3's <eof>, else none."""
+        return [int(self.emu3[1])] if self.emu3 else []
+
+    def parse_image_prefix(self, ids) -> tuple[int, int, int] | None:
+        """(h, w, number of prefix ids) of the `image_prefix` that `ids` (the ids after an
+        image's <boi>) start with; None while it is not whole yet. ValueError when the ids
+        cannot start one."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if not self.emu3:
+            if len(ids) < 2:
+                return None
+            if not self.is_layout(ids[:2]).all() or self.eol in ids[:2]:
+                raise ValueError("an image starts with two size ids (its rows and columns)")
+            return ids[0] - self.layout_offset, ids[1] - self.layout_offset, 2
+        digit = {int(i): d for d, i in enumerate(self.emu3[4:])}
+        star, wrapper = int(self.emu3[3]), int(self.emu3[2])
+        if wrapper not in ids:
+            if any(i not in digit and i != star for i in ids):
+                raise ValueError("an Emu3 image starts with its size as text (h*w) and "
+                                 "<image token>")
+            return None
+        lead = ids.index(wrapper)
+        text = "".join("*" if i == star else str(digit.get(i, "?")) for i in ids[:lead])
+        h, _, w = text.partition("*")
+        if not (h.isdigit() and w.isdigit()) or int(h) < 1 or int(w) < 1:
+            raise ValueError(f"an Emu3 image's size must read h*w, got {text!r}")
+        return int(h), int(w), lead + 1
 
     @property
     def used(self) -> int:
@@ -152,36 +201,46 @@ class Vocab:
         return self.layout_offset + int(side)
 
     def is_layout(self, ids) -> np.ndarray:
-        """<eol> and the size ids."""
+        """<eol> and the size ids (Emu3: its layout ids, digits included: inside an image
+        they are structure, like <boi>)."""
         ids = np.asarray(ids)
+        if self.emu3:
+            return np.isin(ids, np.asarray(self.emu3))
         return (ids >= self.layout_offset) & (ids < self.used) if self.grid_sides else (
             np.zeros(ids.shape, bool))
 
     def image_body(self, codes, grid=None) -> np.ndarray:
         """The ids between an image's <boi> and <eoi>: its codes as ids, and with
-        `grid_sides` the grid (h, w) first and <eol> after each row (`grid` None: square)."""
+        `has_rows` the size first (`image_prefix`), <eol> after each row and
+        `image_suffix` last (`grid` (h, w); None: square). Emu3 writes
+        `<|image start|> h*w <|image token|> rows <|extra_201|> <|image end|>`, each row
+        ending in `<|extra_200|>`, as its processor and `convert_img2bpe` do."""
         ids = self.image_ids(np.asarray(codes).reshape(-1))
-        if not self.grid_sides:
+        if not self.has_rows:
             return ids
         h, w = grid if grid is not None else square_grid(ids.size)
         if h * w != ids.size:
             raise ValueError(f"{ids.size} codes do not fill a {h}x{w} grid")
         rows = np.concatenate([ids.reshape(h, w), np.full((h, 1), self.eol, np.int32)], 1)
-        return np.concatenate([[self.size_id(h), self.size_id(w)], rows.reshape(-1)]
-                              ).astype(np.int32)
+        return np.concatenate([self.image_prefix(h, w), rows.reshape(-1),
+                               self.image_suffix()]).astype(np.int32)
 
     def parse_image_body(self, ids) -> tuple[np.ndarray, tuple[int, int] | None]:
-        """`image_body` read back: (codes [n], (h, w) or None without `grid_sides`).
+        """`image_body` read back: (codes [n], (h, w) or None without `has_rows`).
         ValueError when the ids are not one whole image of that form."""
         ids = np.asarray(ids, np.int32).reshape(-1)
-        if not self.grid_sides:
+        if not self.has_rows:
             if not self.is_image(ids).all():
                 raise ValueError("an image holds only image codes")
             return self.codes_from_ids(ids), None
-        if ids.size < 2 or not self.is_layout(ids[:2]).all() or self.eol in ids[:2]:
-            raise ValueError("an image starts with two size ids (its rows and columns)")
-        h, w = (int(i) - self.layout_offset for i in ids[:2])
-        body = ids[2:]
+        prefix = self.parse_image_prefix(ids)
+        if prefix is None:
+            raise ValueError("an image's size is cut off")
+        h, w, lead = prefix
+        suffix = self.image_suffix()
+        if suffix and list(ids[ids.size - len(suffix):]) != suffix:
+            raise ValueError(f"an Emu3 image ends in <eof> (id {suffix[0]}) before <eoi>")
+        body = ids[lead:ids.size - len(suffix)]
         if body.size != h * (w + 1):
             raise ValueError(f"a {h}x{w} image has {h * (w + 1)} ids after its size, got "
                              f"{body.size}")

@@ -11,7 +11,8 @@ from mmar.model import flops
 from mmar.model.transformer import Decoder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
+# configs/run.py takes a run directory, not a preset (tests/export/test_pretrained_finetune.py)
+CONFIG_FILES = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "run.py")
 
 
 def _presets(path):

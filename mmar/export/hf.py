@@ -212,6 +212,11 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
         raise ValueError(f"--format={fmt!r}: one of {FORMATS}")
     step_dir = orbax_reader.find_step_dir(checkpoint, "decoder")
     reader = orbax_reader.CheckpointReader(step_dir)
+    lora_rank = reader.config().model.lora.rank
+    if lora_rank:   # the adapters go into the weights: the export is the plain model
+        reader = orbax_reader.LoRAMergedReader(reader, reader.config().model.lora.alpha)
+        log(f"[export] model.lora.rank={lora_rank}: merged the LoRA adapters into "
+            f"{len(reader.adapted)} weights (W + alpha / rank * A @ B)")
     cfg = reader.config()
     vocab = config_lib.make_vocab(cfg)
     if fmt == "hf":

@@ -221,10 +221,18 @@ def load_params(hf_dir, base_cfg=None, seed: int = 0):
     return cfg, params, text_size
 
 
-def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=print):
+def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0,
+              image_decoder=None, log=print):
     """Writes `<out>/decoder/checkpoints/<step>` (params + config), the layout that the
-    mmar jobs and `mmar export` read; plus `<out>/decoder/vocab.json` (the id layout)."""
+    mmar jobs and `mmar export` read; plus `<out>/decoder/vocab.json` (the id layout) and
+    `<out>/config.json`. `image_decoder`: a Chameleon VQ-GAN converted by convert_vqgan,
+    whose decoder the import adds (transformers' Chameleon holds the encoder only)."""
+    if image_decoder is not None and not pathlib.Path(image_decoder).is_dir():
+        raise FileNotFoundError(f"--image_decoder={image_decoder}: not a directory")
     cfg, params, text_size = load_params(hf_dir, base_cfg, seed)
+    if image_decoder is not None and cfg.model.hf_class != "chameleon":
+        raise ValueError(f"--image_decoder={image_decoder}: only a Chameleon / Anole import "
+                         "takes one (Emu3's checkpoint holds its decoder)")
     out = pathlib.Path(out) / "decoder"
     ckpt = checkpoint_lib.Checkpointer(out / "checkpoints", async_save=False)
     try:
@@ -243,6 +251,8 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=p
               "num_image_codes": derived.num_image_codes(cfg.image_tokenizer),
               "vocab_size": cfg.model.vocab_size}
     (out / "vocab.json").write_text(json.dumps(layout, indent=1))
+    # The config to train, sample and export from: --config=configs/run.py:<out>
+    (out.parent / schema.RUN_CONFIG).write_text(cfg.to_json(indent=1))
     hf_cfg_path = pathlib.Path(hf_dir) / "config.json"
     if cfg.model.hf_class:
         # Chameleon / Emu3: their image tokenizer, and the config export writes back
@@ -252,13 +262,20 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0, log=p
                                        "tokenizer" / unified.PRETRAINED_DIR)
         log(f"[import] {unified.ARCHS[cfg.model.hf_class].hf_class}: {n_vq} image tokenizer "
             f"tensors -> {out.parent / 'tokenizer' / unified.PRETRAINED_DIR}")
+        if image_decoder is not None:
+            n_dec = unified.add_vq_decoder(image_decoder,
+                                           out.parent / "tokenizer" / unified.PRETRAINED_DIR)
+            log(f"[import] the VQ-GAN decoder of {image_decoder}: {n_dec} tensors")
     kept = pathlib.Path(hf_dir) / text_lib.RUN_SUBDIR / text_lib.FILENAME
     if vocab_lib.text_kind(cfg.vocab) in vocab_lib.TRAINED_KINDS and kept.is_file():
         # an mmar export of a bpe / unigram run: its trained text tokenizer, as it was
         (out.parent / text_lib.RUN_SUBDIR).mkdir(exist_ok=True)
         shutil.copyfile(kept, out.parent / text_lib.RUN_SUBDIR / text_lib.FILENAME)
     n = sum(x.size for x in jax.tree.leaves(params))
+    specials = (f"specials {list(layout['special_ids'].values())}" if cfg.vocab.special_ids
+                else f"specials at {text}")
     log(f"[import] {hf_dir} -> {ckpt.directory}/{step} ({n:,} parameters, vocabulary "
-        f"{cfg.model.vocab_size}: text {text}, specials at {text}, image codes at "
-        f"{layout['image_offset']})")
+        f"{cfg.model.vocab_size}: text {text}, {specials}, image codes at "
+        f"{layout['image_offset']}); config: {out.parent / schema.RUN_CONFIG} "
+        f"(--config=configs/run.py:{out.parent})")
     return ckpt.directory / str(step)

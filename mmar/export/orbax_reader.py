@@ -19,6 +19,7 @@ import numpy as np
 import tensorstore as ts
 
 from mmar import schema
+from mmar.model import lora
 
 
 def find_step_dir(path, kind: str = "decoder") -> pathlib.Path:
@@ -104,3 +105,39 @@ class CheckpointReader:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the checkpoint has no saved config")
         return schema.complete(json.loads(path.read_text()))
+
+
+class LoRAMergedReader:
+    """A `CheckpointReader` of a LoRA run (model/lora.py) seen as the plain model it
+    stands for: the adapters `<name>_lora_a` / `<name>_lora_b` are not listed, and reading a
+    weight that has them returns W + alpha / r * A @ B (`lora.merged_weight`, float32, in
+    W's dtype), one layer slice at a time like the plain reader. An export therefore writes
+    the fine-tuned weights into the base model's tensors: transformers, and any tool of the
+    released model, loads them with no adapter code."""
+
+    def __init__(self, reader: CheckpointReader, alpha: float):
+        self.reader, self.alpha = reader, float(alpha)
+        self.step_dir = reader.step_dir
+        suffixes = (lora.A_SUFFIX, lora.B_SUFFIX)
+        self.names = [n for n in reader.names if not n.endswith(suffixes)]
+        self.adapted = {n for n in self.names if n + lora.A_SUFFIX in reader.names}
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.reader.shape(name)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.reader.dtype(name)
+
+    def read(self, name: str, index: int | None = None) -> np.ndarray:
+        w = self.reader.read(name, index)
+        if name not in self.adapted:
+            return w
+        a = self.reader.read(name + lora.A_SUFFIX, index)
+        b = self.reader.read(name + lora.B_SUFFIX, index)
+        return lora.merged_weight(w, a, b, self.alpha / a.shape[-1])
+
+    def config(self) -> ml_collections.ConfigDict:
+        """The run's config with `model.lora.rank` = 0: what the merged weights are."""
+        cfg = self.reader.config()
+        cfg.model.lora.rank = 0
+        return cfg

@@ -28,6 +28,8 @@ import json
 import pathlib
 import re
 
+import numpy as np
+
 from mmar.export import safetensors_io as st
 
 PRETRAINED_DIR = "pretrained"        # WORKDIR/tokenizer/pretrained/
@@ -46,6 +48,9 @@ class Arch:
     code_name: re.Pattern        # an image token's name -> its code (group 1)
     head: str = "lm_head.weight"
     vq_prefix: str = "model.vqmodel."
+    # Tokens of an image layout with rows (`vocab.emu3_layout_ids`, mmar/vocab.py): <eol>,
+    # <eof>, <image token>, then the size's characters '*' '0'..'9'; () = codes only.
+    layout_tokens: tuple = ()
 
     def code_of(self, name: str) -> int | None:
         match = self.code_name.fullmatch(name)
@@ -64,7 +69,9 @@ ARCHS = {
     "emu3": Arch("emu3", "Emu3ForConditionalGeneration", "text_model.model.", "emu3_vqvae",
                  "<|image start|>", "<|image end|>",
                  re.compile(r"<\|visual token (\d+)\|>"), head="text_model.lm_head.weight",
-                 vq_prefix="vqmodel."),
+                 vq_prefix="vqmodel.",
+                 layout_tokens=("<|extra_200|>", "<|extra_201|>", "<|image token|>", "*",
+                                *"0123456789")),
 }
 
 
@@ -90,9 +97,9 @@ def model_fields(hf_cfg: dict, path) -> dict:
 
 def vocab_fields(hf_cfg: dict, path, tokenizer_vocab: dict[str, int] | None,
                  vocab_size: int) -> tuple[dict, int]:
-    """({special_ids, image_offset}, number of image codes) from the config's
-    `vocabulary_map`, checked against the tokenizer's own ids; ValueError naming the file
-    and the token otherwise."""
+    """({special_ids, image_offset[, emu3_layout_ids]}, number of image codes) from the
+    config's `vocabulary_map`, checked against the tokenizer's own ids; ValueError naming
+    the file and the token otherwise."""
     arch = ARCHS[hf_cfg["model_type"]]
     names = hf_cfg.get("vocabulary_map")
     if not isinstance(names, dict) or not names:
@@ -136,7 +143,15 @@ def vocab_fields(hf_cfg: dict, path, tokenizer_vocab: dict[str, int] | None,
             if tokenizer_vocab.get(token) != i:
                 raise ValueError(f"{path}: vocabulary_map says {token!r} is id {i}, the "
                                  f"tokenizer.json beside it says {tokenizer_vocab.get(token)}")
-    return {"special_ids": tuple(specials), "image_offset": offset}, len(codes)
+    fields = {"special_ids": tuple(specials), "image_offset": offset}
+    if arch.layout_tokens:   # Emu3: its size prefix and row ends, by the tokenizer's ids
+        where = tokenizer_vocab if tokenizer_vocab is not None else names
+        missing = [t for t in arch.layout_tokens if t not in where]
+        if missing:
+            raise ValueError(f"{path}: the tokenizer has no {missing[0]!r} (Emu3 writes an "
+                             "image's size as text and ends its rows with <|extra_200|>)")
+        fields["emu3_layout_ids"] = tuple(int(where[t]) for t in arch.layout_tokens)
+    return fields, len(codes)
 
 
 def image_tokenizer_fields(hf_cfg: dict, path) -> tuple[dict, int | None]:
@@ -178,10 +193,57 @@ def copy_vq_tensors(tensors: st.SafetensorsDir, hf_cfg: dict, out_dir) -> int:
     return len(names)
 
 
+DECODER_FILE = "decoder.safetensors"   # WORKDIR/tokenizer/pretrained/: Chameleon's decoder
+# The VQ-GAN config fields that must agree between the transformers checkpoint and the
+# converted release for the decoder to belong to the encoder.
+_VQ_SHAPE_FIELDS = ("embed_dim", "num_embeddings", "latent_channels", "base_channels",
+                    "channel_multiplier", "resolution")
+
+
+def add_vq_decoder(converted_dir, out_dir) -> int:
+    """Chameleon's decoder half (`decoder.*`, `post_quant_conv.*`) from a VQ-GAN converted by
+    `python -m mmar.tokenizers.image.convert_vqgan` -> out_dir/decoder.safetensors, beside the
+    encoder `copy_vq_tensors` wrote. transformers' Chameleon holds the encoder only; images
+    are drawn with the released VQ-GAN's decoder. Refused, naming the file, when the
+    converted VQ-GAN is not the imported one (another config, or another codebook). Returns
+    the tensor count."""
+    converted_dir, out_dir = pathlib.Path(converted_dir), pathlib.Path(out_dir)
+    imported = json.loads((out_dir / "config.json").read_text())
+    if imported.get("kind") != ARCHS["chameleon"].vq_kind:
+        raise ValueError(f"--image_decoder: only a Chameleon / Anole import takes one (the "
+                         f"imported image tokenizer is {imported.get('kind')!r}, which has its "
+                         "decoder in the checkpoint)")
+    config_path = converted_dir / "config.json"
+    try:
+        converted = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{config_path}: cannot read the converted VQ-GAN's config ({e}); "
+                         "write it with python -m mmar.tokenizers.image.convert_vqgan") from None
+    vq = imported.get("vq_config") or {}
+    for field in _VQ_SHAPE_FIELDS:
+        if field in vq and field in converted and list(np.ravel(vq[field])) != list(
+                np.ravel(converted[field])):
+            raise ValueError(f"{config_path}: {field}={converted[field]!r}, the imported "
+                             f"checkpoint's vq_config has {vq[field]!r}: not its VQ-GAN")
+    tensors, encoder = st.SafetensorsDir(converted_dir), st.SafetensorsDir(out_dir)
+    codebook = "quantize.embedding.weight"
+    if codebook in tensors and codebook in encoder and not np.array_equal(
+            tensors.get(codebook).astype(np.float32), encoder.get(codebook).astype(np.float32)):
+        raise ValueError(f"{converted_dir}: its codebook ({codebook}) differs from the imported "
+                         "checkpoint's: the decoder of another VQ-GAN would draw other images")
+    names = [n for n in tensors.keys() if n.startswith(("decoder.", "post_quant_conv."))]
+    if not names:
+        raise ValueError(f"{converted_dir}: no decoder.* tensors (a converted release has them)")
+    st.write_file(out_dir / DECODER_FILE, [
+        st.Planned(n, tensors.shape(n), tensors.dtype(n), lambda n=n: tensors.get(n))
+        for n in names])
+    return len(names)
+
+
 def vq_plan(pretrained_dir, arch: Arch) -> list[st.Planned]:
     """The image tokenizer's tensors to write back under `model.vqmodel.`: the ones the
     transformers class holds (Chameleon's has no decoder: the released VQ-GAN's decoder
-    weights, converted by mmar/tokenizers/image/convert_vqgan.py, stay out)."""
+    weights, in DECODER_FILE when the import added them, stay out)."""
     tensors = st.SafetensorsDir(pretrained_dir)
     plan = []
     for name in tensors.keys():

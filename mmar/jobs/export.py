@@ -47,9 +47,13 @@ def _import(argv) -> int:
                    help="mmar config (FILE.py:PRESET) for the sections a text LLM lacks "
                         "(image tokenizer, data, train); not needed for an mmar export")
     p.add_argument("--seed", type=int, default=0, help="seed of the new embedding rows")
+    p.add_argument("--image_decoder", default=None,
+                   help="Chameleon / Anole: the released VQ-GAN converted by `python -m "
+                        "mmar.tokenizers.image.convert_vqgan` (its decoder draws the images; "
+                        "transformers' checkpoint holds the encoder only)")
     a = p.parse_args(argv)
     base = config_lib.load(a.config) if a.config else None
-    import_hf.import_hf(a.hf_dir, a.out, base, seed=a.seed)
+    import_hf.import_hf(a.hf_dir, a.out, base, seed=a.seed, image_decoder=a.image_decoder)
     return 0
 
 

@@ -227,7 +227,10 @@ def run(cfg, workdir, log=print, models: Models | None = None) -> dict[str, list
     out = {"t2i_test": text_to_image(models, "test", out_dir, log),
            "t2i_unseen": text_to_image(models, "unseen", out_dir, log),
            "i2t_test": image_to_text(models, "test", out_dir, log)}
-    if "stories" in cfg.eval.tasks:
+    if "stories" in cfg.eval.tasks and models.vocab.emu3:
+        log("[sample] interleaved stories: skipped (Emu3's image layout, the model writing "
+            "an image's size as text, is not sampled in documents yet: docs/pretrained.md)")
+    elif "stories" in cfg.eval.tasks:
         out["stories_test"] = continue_stories(models, out_dir, log)
     if "digits" in cfg.eval.tasks:
         out["digits_test"] = digits_to_image(models, out_dir, log)

@@ -15,6 +15,7 @@ from etils import epath
 
 from mmar import config as config_lib
 from mmar import rundir
+from mmar import schema
 from mmar.data import pipeline, sources, tokens
 from mmar.parallel import mesh as mesh_lib
 from mmar.tokenizers.image.runtime import encode_source
@@ -52,6 +53,9 @@ def train_batches(cfg, workdir, vocab, log=print):
 
 def run(cfg, workdir, log=print) -> trainer.Result:
     workdir = epath.Path(workdir)
+    if jax.process_index() == 0:   # the effective config: --config=configs/run.py:WORKDIR
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / schema.RUN_CONFIG).write_text(cfg.to_json(indent=1))
     vocab = config_lib.make_vocab(cfg)
     batches = train_batches(cfg, workdir, vocab, log=log)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh)

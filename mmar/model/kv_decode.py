@@ -32,6 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mmar.model import lora
 from mmar.model.attention import attend_cache
 from mmar.model.layers import head_layer_norm, project, rms_norm, rotate
 
@@ -75,17 +76,21 @@ class Weights(NamedTuple):
 def prepare(model, spec: Spec, logits_ids: tuple[int, int] | None = None) -> Weights:
     """The decode weights of a dense `Decoder` (values already merged): see the module doc.
     `logits_ids=(start, stop)` keeps only those output ids: `decode`'s logits are then
-    [..., stop - start], column j being id start + j."""
+    [..., stop - start], column j being id start + j. LoRA adapters (model/lora.py) are
+    folded into their weights here (W + alpha / rank * A @ B, `lora.folded`), so the step
+    itself costs what it costs without them."""
     dt, b = spec.dtype, model.blocks
     n_layers = b.attn.q.shape[0]
+    q, k, v, o = (lora.folded(b.attn, name) for name in ("q", "k", "v", "o"))
+    gate, up, down = (lora.folded(b.mlp, name) for name in ("gate", "up", "down"))
 
     def flat(w):  # [L, E, heads, D] -> [L, E, heads * D]
-        return w[...].reshape(n_layers, w.shape[1], -1)
+        return w.reshape(n_layers, w.shape[1], -1)
 
-    qkv = jnp.concatenate([flat(b.attn.q), flat(b.attn.k), flat(b.attn.v)], -1).astype(dt)
-    gate_up = jnp.concatenate([b.mlp.gate[...], b.mlp.up[...]], -1).astype(dt)
-    o = b.attn.o[...].reshape(n_layers, -1, b.attn.o.shape[-1]).astype(dt)
-    down = b.mlp.down[...].astype(dt)
+    qkv = jnp.concatenate([flat(q), flat(k), flat(v)], -1).astype(dt)
+    gate_up = jnp.concatenate([gate, up], -1).astype(dt)
+    o = o.reshape(n_layers, -1, o.shape[-1]).astype(dt)
+    down = down.astype(dt)
     f32 = lambda x: x[...].astype(jnp.float32)  # noqa: E731
     none = jnp.zeros((n_layers, 0), jnp.float32)
     q_norm = f32(b.attn.q_norm.scale) if spec.qk_norm else none

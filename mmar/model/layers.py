@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmar.model import attention
+from mmar.model import lora
 from mmar.model.attention import Visible
 from mmar.parallel.rules import constrain
 
@@ -139,6 +140,20 @@ def project(x: jax.Array, w: jax.Array, n_contract: int = 1, out_dtype=None) -> 
     return y.reshape(*lead, *w.shape[n_contract:])
 
 
+def lora_project(module: nnx.Module, name: str, x: jax.Array, dtype,
+                 n_contract: int = 1) -> jax.Array:
+    """`project` of x by the module's weight `name`, plus its LoRA update when it has
+    adapters (model/lora.py): x @ W + lora_scale * (x @ A) @ B, every factor in `dtype`.
+    x @ A is [..., rank]: the adapters cost 2 x rank x (in + out) FLOPs per token."""
+    y = project(x, getattr(module, name)[...].astype(dtype), n_contract)
+    a = getattr(module, name + lora.A_SUFFIX, None)
+    if a is None:
+        return y
+    b = getattr(module, name + lora.B_SUFFIX)
+    h = project(x, a[...].astype(dtype), n_contract)
+    return y + module.lora_scale * project(h, b[...].astype(dtype))
+
+
 class Context(NamedTuple):
     """What every block of one decoder call reads besides the residual stream, the same for
     all layers: `positions` [B, S] for RoPE (restarting at each packed document), `visible`
@@ -168,6 +183,7 @@ class Attention(nnx.Module):
         self.k = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.v = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.o = param(rngs, out_init, (h, hd, d), ("heads", "head_dim", "embed"), pdt)
+        lora.add(self, cfg.lora, rngs, {"q": 1, "k": 1, "v": 1, "o": 2})
         self.q_norm, self.k_norm = qk_norms(cfg, dtype, pdt, rngs)
         self.rope_theta = cfg.rope_theta
         self.dtype = dtype
@@ -186,13 +202,11 @@ class Attention(nnx.Module):
         Mixture-of-Transformers blocks come here.)
         """
         dt = self.dtype
-        q = project(x, self.q[...].astype(dt))
-        k = project(x, self.k[...].astype(dt))
-        v = project(x, self.v[...].astype(dt))
+        q, k, v = (lora_project(self, name, x, dt) for name in ("q", "k", "v"))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         out, kv = self.mix(q, k, v, positions, visible, cache)
-        out = project(out, self.o[...].astype(dt), n_contract=2)
+        out = lora_project(self, "o", out, dt, n_contract=2)
         return constrain(out, ("batch", "length", "act_embed")), kv
 
     def mix(self, q, k, v, positions, visible: Visible, cache=None):
@@ -230,14 +244,15 @@ class MLP(nnx.Module):
         self.gate = param(rngs, init, (d, m), ("embed", "mlp"), pdt)
         self.up = param(rngs, init, (d, m), ("embed", "mlp"), pdt)
         self.down = param(rngs, out_init, (m, d), ("mlp", "embed"), pdt)
+        lora.add(self, cfg.lora, rngs, {"gate": 1, "up": 1, "down": 1})
         self.dtype = jnp.dtype(cfg.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate = project(x, self.gate[...].astype(dt))
-        up = project(x, self.up[...].astype(dt))
+        gate = lora_project(self, "gate", x, dt)
+        up = lora_project(self, "up", x, dt)
         h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        out = project(h, self.down[...].astype(dt))
+        out = lora_project(self, "down", h, dt)
         return constrain(out, ("batch", "length", "act_embed"))
 
 

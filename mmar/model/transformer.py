@@ -66,6 +66,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         field = "norm_placement" if cfg.norm_placement != "pre" else "qk_norm_kind"
         raise ValueError(f"model.{field}={cfg[field]!r}: Mixture-of-Transformers blocks "
                          "(model.mot.enabled) have pre-norm and RMS QK-norm only")
+    if cfg.lora.rank and cfg.mot.enabled:
+        raise schema.ConfigError(f"model.lora.rank={cfg.lora.rank}: LoRA adapters are built for the "
+                         "dense blocks only, not with model.mot.enabled=True (set "
+                         "model.lora.rank=0)")
     if cfg.mot.num_modalities < 2:
         raise ValueError(f"model.mot.num_modalities must be an int >= 2, "
                          f"got {cfg.mot.num_modalities!r}")

@@ -8,6 +8,9 @@ or not, codes drawn so far, finished) and the state alone decides which ids may 
   (an image is never cut off by the step budget, so every image decodes);
 * after `<eos>`: `<eos>` again (the host cuts there).
 
+Emu3's layout (`Vocab.emu3`: an imported Emu3) writes `<boi> h*w <image token>` (its size
+as text), the same rows, then `<eof> <eoi>`; text-to-image gives the size in its prompt and
+draws the rows as keep-aspect does (`prefix_length` ids before them instead of 2).
 A keep-aspect vocabulary (`Vocab.grid_sides`, `data.keep_aspect`) writes an image as
 `<boi> <h> <w>` then h rows of w codes, each followed by `<eol>`, then `<eoi>`: the state
 adds the grid (h, w), and inside an image the count of ids after `<boi>` decides the slot:
@@ -71,29 +74,39 @@ def prompt_state(prompt, vocab: Vocab):
 
 def prompt_grid(prompt, vocab: Vocab) -> tuple[int, int]:
     """Keep-aspect: the (h, w) size ids of the image a prompt ends inside (0 where not yet
-    given, or outside an image)."""
+    given, or outside an image). Emu3's layout: its whole size prefix, or (0, 0)."""
     inside, k = prompt_state(prompt, vocab)
     tail = list(prompt[len(prompt) - k:]) if inside else []
+    if vocab.emu3:
+        prefix = vocab.parse_image_prefix(tail) if inside else None
+        return (0, 0) if prefix is None else prefix[:2]
     sides = [int(t) - vocab.layout_offset for t in tail[:2]]
     return tuple(sides + [0] * (2 - len(sides)))
 
 
+def prefix_length(vocab: Vocab, grid) -> int:
+    """Ids between <boi> and an image's first row (`Vocab.image_prefix`): 2 size ids with
+    keep-aspect; Emu3's "h*w" text and <image token>."""
+    return len(vocab.image_prefix(*grid)) if vocab.emu3 else 2
+
+
 def image_prompt(caption, vocab: Vocab, grid=None) -> list[int]:
-    """`<bos> caption <boi>`, then with a keep-aspect vocabulary the size ids of `grid`
-    (h, w), which it needs."""
+    """`<bos> caption <boi>`, then with rows (keep-aspect, Emu3) the size of `grid` (h, w),
+    which it needs (`Vocab.image_prefix`)."""
     prompt = core.image_prompt(caption, vocab)
-    if vocab.grid_sides:
-        prompt += [vocab.size_id(grid[0]), vocab.size_id(grid[1])]
+    if vocab.has_rows:
+        prompt += vocab.image_prefix(*grid)
     return prompt
 
 
-def layout_slots(k, gh, gw):
-    """Keep-aspect, inside an image with `k` ids after its <boi> and grid (gh, gw): which
-    id comes next (code, <eol> or <eoi>; k < 2: a size id) and the codes drawn so far."""
-    j = k - 2
+def layout_slots(k, gh, gw, lead: int = 2):
+    """Rows, inside an image with `k` ids after its <boi>, `lead` of them its size, and grid
+    (gh, gw): which id comes next (code, <eol> or <eoi>; k < lead: a size id) and the codes
+    drawn so far."""
+    j = k - lead
     row_len = jnp.maximum(gw, 0) + 1
     r, c = j // row_len, j % row_len
-    body = k >= 2
+    body = k >= lead
     code = body & (r < gh) & (c < gw)
     eol = body & (r < gh) & (c == gw)
     eoi = body & (r >= gh)
@@ -151,8 +164,8 @@ class Sampler:
                              "depths")
         self.depth = depth
         self.allowed = core.id_masks(vocab, vocab_rows)
-        self._jitted = jax.jit(self._generate, static_argnames=("steps", "guided", "n",
-                                                                "allow_images", "codes_only"))
+        self._jitted = jax.jit(self._generate, static_argnames=(
+            "steps", "guided", "n", "allow_images", "codes_only", "lead"))
 
     def settings(self, **overrides) -> dict:
         """The warp and guidance settings of the `sample` section, with per-call overrides
@@ -165,7 +178,7 @@ class Sampler:
         for the batch: one per code, the prefill included). Keep-aspect: codes [B, h * w] of
         `grid` (h, w) (default: the square of `num_codes`), one pass per code and <eol>."""
         v = self.vocab
-        if not v.grid_sides:
+        if not v.has_rows:
             prompts = [core.image_prompt(c, v) for c in caption_ids]
             ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,
                            **overrides)
@@ -202,6 +215,9 @@ class Sampler:
         at `<eos>`. No guidance here (a document has no single caption to drop)."""
         if self.num_codes is None:
             raise ValueError("Sampler(num_codes=...) is needed for interleaved documents")
+        if self.vocab.emu3:
+            raise ValueError("interleaved documents with Emu3's image layout (the model "
+                             "choosing an image's size as text) are not built yet")
         ids = self.run(params, prompts, steps, key, n=self.num_codes, allow_images=True,
                        **dict(overrides, cfg_scale_image=1.0))
         v = self.vocab
@@ -213,8 +229,14 @@ class Sampler:
         `positions`: per-prompt RoPE positions (default 0, 1, ...; not with guidance)."""
         v, s = self.vocab, self.settings(**overrides)
         starts = [prompt_state(p, v) for p in prompts]
-        grids = np.array([prompt_grid(p, v) if v.grid_sides else (0, 0) for p in prompts],
+        grids = np.array([prompt_grid(p, v) if v.has_rows else (0, 0) for p in prompts],
                          np.int32).reshape(len(prompts), 2)
+        # ids of each image's size before its rows (the same for every prompt that needs it)
+        leads = {prefix_length(v, g) for (inside, _), g in zip(starts, grids.tolist())
+                 if inside and min(g) > 0} if v.has_rows else set()
+        if len(leads) > 1:
+            raise ValueError("one call draws images whose sizes take the same number of ids")
+        lead = leads.pop() if leads else 2
         guided = s["cfg_scale_image"] != 1.0 and any(inside for inside, _ in starts)
         if guided and positions is not None:
             raise ValueError("explicit prompt positions are for unguided prompts (captions)")
@@ -231,18 +253,24 @@ class Sampler:
         # Every drawn token an image code (text-to-image, and any prompts whose images all
         # need at least `steps` more codes): the model computes only the codes' logits.
         # Keep-aspect: every drawn token a code or an <eol> (which is set, not drawn).
-        if v.grid_sides:
-            codes_only = all(inside and c >= 2 and h * (w + 1) - (c - 2) >= steps
-                             for (inside, c), (h, w) in zip(starts, grids.tolist()))
+        if v.has_rows:
+            codes_only = all(
+                inside and c >= lead and h * (w + 1) - (c - lead) >= steps
+                for (inside, c), (h, w) in zip(starts, grids.tolist()))
+            if v.emu3 and not codes_only and any(inside for inside, _ in starts):
+                raise ValueError("Emu3's layout: a prompt inside an image must hold its whole "
+                                 "size (h*w <image token>), and every row is drawn in one "
+                                 "call")
         else:
             codes_only = all(inside and n - c >= steps for inside, c in starts)
         knobs = {"text": core.warp_knobs(s, "text"), "image": core.image_knobs(s)}
         return np.asarray(self._jitted(params, tokens, positions, segments, state, knobs, key,
                                        targets, steps=steps, guided=guided, n=n,
-                                       allow_images=allow_images, codes_only=codes_only))
+                                       allow_images=allow_images, codes_only=codes_only,
+                                       lead=lead))
 
     def _generate(self, params, tokens, positions, segments, state, knobs, key, targets, *,
-                  steps, guided, n, allow_images, codes_only):
+                  steps, guided, n, allow_images, codes_only, lead):
         v = self.vocab
         model = self.model_state.merge(params)
         rows, plen = tokens.shape
@@ -284,7 +312,7 @@ class Sampler:
         def pick_layout_code(logits, st, step_key, noise):
             """codes_only, keep-aspect: a code where the row has room, else <eol> / <eoi>."""
             inside, k, gh, gw, done = st
-            code, eol, _, drawn = layout_slots(k, gh, gw)
+            code, eol, _, drawn = layout_slots(k, gh, gw, lead)
             cond = core.guide(logits[:, -1], batch, guided, knobs["image"],
                               drawn.astype(jnp.float32) / jnp.maximum(gh * gw, 1))
             kn = knobs["image"]
@@ -325,10 +353,11 @@ class Sampler:
             return core.twin_rows(tok, guided), new_state
 
         def pick(logits, st, t, step_key, noise):
+            if v.has_rows and codes_only:
+                return pick_layout_code(logits, st, step_key, noise)
             if v.grid_sides:
-                if codes_only:
-                    return pick_layout_code(logits, st, step_key, noise)
                 return pick_layout(logits, st, t, step_key, noise)
+            # Emu3's rows outside an image: text only (images are drawn codes_only)
             st = st[:2] + st[4:]   # a square vocabulary needs no grid
             tok, (inside, codes, done) = pick_square(logits, st, t, step_key, noise)
             return tok, (inside, codes, jnp.zeros_like(codes), jnp.zeros_like(codes), done)

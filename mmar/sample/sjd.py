@@ -51,7 +51,9 @@ from mmar.vocab import Vocab
 
 def code_vectors(tokenizer) -> np.ndarray:
     """[num_codes, dim] latent vector of every code of a trained runtime image tokenizer."""
-    quantizer = tokenizer.model_state.merge(tokenizer.params).quantizer
+    model = tokenizer.model_state.merge(tokenizer.params)
+    # mmar's autoencoder has `quantizer`; an imported VQ (Chameleon, Emu3) `quantize`
+    quantizer = model.quantizer if hasattr(model, "quantizer") else model.quantize
     if getattr(quantizer, "depth", 1) > 1:
         raise ValueError("sample.sjd.lantern_delta: LANTERN needs one latent vector per code id; "
                          "residual (rq) codes are depth-major ids, not supported")

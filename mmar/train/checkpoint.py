@@ -10,6 +10,9 @@ done), so a `kill -9` mid-save leaves the previous checkpoint as the newest one;
 temporary directories are removed at start. A checkpoint that is complete but unreadable
 (a lost or truncated file) is moved aside with a warning by `restore_newest_good`, which falls
 back to the one before.
+A LoRA run (mmar/model/lora.py) may start from a checkpoint without its adapters (an
+imported or pretrained base model): `restore(fresh=...)` restores the rest and keeps the
+given adapters.
 No pickle anywhere: arrays go through Orbax/TensorStore, the config and the iterator state
 are JSON.
 """
@@ -21,6 +24,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from mmar.errors import CheckpointError
@@ -59,24 +63,49 @@ class Checkpointer:
             items["config"] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
         self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+    def saved_param_paths(self, step: int) -> frozenset:
+        """The flat paths (key tuples) of the params saved at `step` (metadata only)."""
+        tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "params")
+        return frozenset(traverse_util.flatten_dict(getattr(tree, "tree", tree)))
+
     def restore(self, step: int | None = None, *, params, param_shardings, opt_state=None,
-                opt_shardings=None, data_iter=None):
+                opt_shardings=None, data_iter=None, fresh: frozenset = frozenset()):
         """Restores into the given (possibly abstract) trees; returns a dict of items.
 
         A checkpoint that holds params only (written by `mmar import`) restores just those:
         the result then has no "opt_state" / "data", and the caller starts both afresh.
+        `fresh`: flat param paths the checkpoint may lack (a LoRA run's adapters). When it
+        lacks some of them, their values are the given `params`' (concrete), the rest is
+        restored, and the checkpoint counts as params-only (its optimizer state and data
+        order belong to a model without them); "fresh" in the result lists what was kept.
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         saved = {p.name for p in (self.directory / str(step)).iterdir()}
+        kept = {}
+        if fresh:
+            flat = traverse_util.flatten_dict(params)
+            missing = frozenset(flat) - self.saved_param_paths(step)
+            if missing and missing <= fresh:
+                kept = {k: flat[k] for k in missing}
+                flat_shardings = traverse_util.flatten_dict(param_shardings)
+                params, param_shardings = (traverse_util.unflatten_dict(
+                    {k: v for k, v in tree.items() if k not in missing})
+                    for tree in (flat, flat_shardings))
+                saved -= {"opt_state", "data"}
         items = {"params": ocp.args.StandardRestore(_abstract(params, param_shardings))}
         if opt_state is not None and "opt_state" in saved:
             items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state, opt_shardings))
         if data_iter is not None and "data" in saved:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return {"step": step, **{k: restored[k] for k in items}}
+        out = {"step": step, **{k: restored[k] for k in items}}
+        if kept:
+            out["params"] = traverse_util.unflatten_dict(
+                {**traverse_util.flatten_dict(out["params"]), **kept})
+            out["fresh"] = sorted("/".join(map(str, k)) for k in kept)
+        return out
 
     def restore_newest_good(self, *, log=print, move_aside: bool = True, **targets):
         """`restore` of the newest checkpoint that reads back, or None when there is none.

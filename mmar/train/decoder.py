@@ -3,10 +3,13 @@ batch layout and FLOPs.
 
 `mmar train` trains it (mmar/jobs/train.py); `mmar train --dry-run` compiles its step
 (dry_run.py); a run directory's decoder checkpoint is loaded as it (mmar/rundir.py).
+With `model.lora.rank` > 0 the task trains the LoRA adapters only (`trainable`, see
+mmar/model/lora.py): the base weights are frozen and the optimizer holds no state for them.
 """
 from __future__ import annotations
 
 from mmar.model import flops
+from mmar.model import lora
 from mmar.model.transformer import Decoder
 from mmar.train import loss as loss_lib
 from mmar.train import step as step_lib
@@ -35,4 +38,5 @@ def decoder_task(cfg) -> step_lib.Task:
         tokens_per_example=seq_len,
         flops_per_example=seq_len * flops.flops_per_token(model_cfg, seq_len),
         batch_weight=loss_lib.scored_weight,
+        trainable=lora.LoRAParam if model_cfg.lora.rank else None,
     )

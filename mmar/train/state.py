@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
 from mmar.parallel import rules
@@ -62,6 +62,27 @@ def create_abstract(make_module: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh,
     if jax.tree.leaves(other):
         raise ValueError("create_abstract: the module has non-Param state; use create()")
     return ModelState(graphdef, abstract, shardings, other), nnx.to_pure_dict(abstract)
+
+
+def paths(model_state: ModelState, var_filter) -> frozenset:
+    """The flat paths (key tuples of the pure params dict) of the Params that `var_filter`
+    (an nnx filter, e.g. a Variable type) selects."""
+    selected, _ = nnx.split_state(model_state.abstract, var_filter, ...)
+    return frozenset(traverse_util.flatten_dict(nnx.to_pure_dict(selected)))
+
+
+def select(tree: dict, keep: frozenset, inside: bool = True) -> dict:
+    """The leaves of a pure params-like dict (params, shardings, abstract params) whose path
+    is in `keep` (`inside=False`: the others), as a nested dict of the same layout."""
+    flat = traverse_util.flatten_dict(tree)
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items()
+                                         if (k in keep) == inside})
+
+
+def combine(a: dict, b: dict) -> dict:
+    """The union of two `select`ed parts of one tree (disjoint leaves)."""
+    return traverse_util.unflatten_dict({**traverse_util.flatten_dict(a),
+                                         **traverse_util.flatten_dict(b)})
 
 
 def param_count(params) -> int:

@@ -10,6 +10,11 @@ and nothing else changes with accumulation: the optimizer sees one update per st
 learning rate schedule counts steps, and the loss, gradients and metrics are the microbatch
 ones averaged with the task's `batch_weight` (the decoder's: its scored tokens), which is
 what the whole batch at once would give.
+
+A task with a `trainable` filter (LoRA: only the adapters, mmar/model/lora.py) trains only
+the Params it selects: the step differentiates with respect to those alone (the frozen
+ones enter the loss as constants, so no gradient is computed for them), and the optimizer
+state is built for them alone (`trained`), so frozen weights cost no Adam moments.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmar.parallel import rules
+from mmar.train import state as state_lib
 
 
 @dataclasses.dataclass
@@ -42,6 +48,21 @@ class Task:
     # The optimizer for a train-like config section; None: optim.make_optimizer (AdamW).
     # The image tokenizer uses it for parameter groups (buffers, discriminator).
     make_optimizer: Callable[[Any], optax.GradientTransformation] | None = None
+    # An nnx filter of the Params that training updates (LoRA: lora.LoRAParam); None: all.
+    # The others are frozen: no gradient, no optimizer state, saved as they are.
+    trainable: Any = None
+
+
+def trained_paths(task: Task, model_state) -> frozenset | None:
+    """The flat param paths `task.trainable` selects; None when every Param trains."""
+    return None if task.trainable is None else state_lib.paths(model_state, task.trainable)
+
+
+def trained(task: Task, model_state, tree):
+    """The part of a params-like tree (params, shardings, abstract params) that the optimizer
+    holds state for: all of it, or the Params of `task.trainable`."""
+    keep = trained_paths(task, model_state)
+    return tree if keep is None else state_lib.select(tree, keep)
 
 
 def batch_shardings(task: Task, mesh: Mesh, rule_table=rules.DEFAULT_RULES) -> dict:
@@ -78,22 +99,33 @@ def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shar
 
     A step whose loss or gradient norm is not finite returns the old params and optimizer
     state unchanged and reports `nonfinite` = 1; the caller decides to stop or go on.
+    With `task.trainable`, `opt_state` is the state of `tx` over `trained(...)` params only;
+    the gradient norm is theirs.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
+    paths = trained_paths(task, model_state)
 
-    def loss_and_grads(params, batch):
+    def split(p):   # -> (trained, frozen)
+        if paths is None:
+            return p, {}
+        return state_lib.select(p, paths), state_lib.select(p, paths, inside=False)
+
+    def join(trained_part, frozen):
+        return trained_part if paths is None else state_lib.combine(trained_part, frozen)
+
+    def loss_and_grads(params, batch, frozen):
         def loss_of(p):
             with rules.use_mesh(mesh, rule_table):
-                return task.loss_fn(model_state.merge(p), batch)
+                return task.loss_fn(model_state.merge(join(p, frozen)), batch)
         return jax.value_and_grad(loss_of, has_aux=True)(params)
 
-    def accumulated(params, batch):
+    def accumulated(params, batch, frozen):
         micro = _microbatches(batch, task, grad_accum, mesh, rule_table)
 
         def weighted(mb):
             w = task.batch_weight(mb) if task.batch_weight else jnp.float32(1.0)
             w = jnp.asarray(w, jnp.float32)
-            return w, jax.tree.map(lambda x: w * x, loss_and_grads(params, mb))
+            return w, jax.tree.map(lambda x: w * x, loss_and_grads(params, mb, frozen))
 
         def body(total, mb):
             return jax.tree.map(jnp.add, total, weighted(mb)), None
@@ -104,11 +136,12 @@ def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shar
         (weight, total), _ = jax.lax.scan(body, zeros, micro)
         return jax.tree.map(lambda x: x / jnp.maximum(weight, 1e-9), total)
 
-    def step(params, opt_state, batch):
+    def step(all_params, opt_state, batch):
+        params, frozen = split(all_params)
         if grad_accum > 1:
-            (loss, metrics), grads = accumulated(params, batch)
+            (loss, metrics), grads = accumulated(params, batch, frozen)
         else:
-            (loss, metrics), grads = loss_and_grads(params, batch)
+            (loss, metrics), grads = loss_and_grads(params, batch, frozen)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, opt_state, params)
@@ -116,7 +149,7 @@ def make_train_step(task: Task, model_state, tx, mesh, param_shardings, opt_shar
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
-        return keep(new_params, params), keep(new_opt, opt_state), metrics
+        return join(keep(new_params, params), frozen), keep(new_opt, opt_state), metrics
 
     return jax.jit(step, in_shardings=(param_shardings, opt_shardings,
                                        batch_shardings(task, mesh, rule_table)),

@@ -84,13 +84,24 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
     grad_accum, on_nonfinite = int(cfg.grad_accum), cfg.on_nonfinite
     model_state, params = state_lib.create(task.make_module, mesh, seed, rule_table)
     tx = (task.make_optimizer or optim.make_optimizer)(cfg)
-    opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
+    # Optimizer state for the trained params only (LoRA: the adapters; the rest is frozen).
+    opt_state, opt_shardings = step_lib.init_optimizer(
+        tx, step_lib.trained(task, model_state, params), mesh)
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", max_to_keep=max_to_keep)
     start = 0
+    # A frozen-base task may start from a checkpoint of its base model (without the trained
+    # params): those keep their initial values.
+    fresh = step_lib.trained_paths(task, model_state) or frozenset()
     restored = ckpt.restore_newest_good(params=params, param_shardings=model_state.shardings,
                                         opt_state=opt_state, opt_shardings=opt_shardings,
-                                        data_iter=data_iter, log=log)
-    if restored is not None and "opt_state" not in restored:
+                                        data_iter=data_iter, fresh=fresh, log=log)
+    if restored is not None and "fresh" in restored:
+        params, start = restored["params"], restored["step"]
+        log(f"[{task.name}] initialised the frozen parameters from step {start} in "
+            f"{ckpt.directory}, which has no {len(restored['fresh'])} trained ones (e.g. "
+            f"{restored['fresh'][0]}): those start fresh, with a fresh optimizer and data "
+            "order")
+    elif restored is not None and "opt_state" not in restored:
         params, start = restored["params"], restored["step"]     # e.g. from `mmar import`
         log(f"[{task.name}] initialised from the parameters of step {start} in "
             f"{ckpt.directory} (a params-only checkpoint: fresh optimizer and data order)")
@@ -101,7 +112,10 @@ def train(task: step_lib.Task, *, cfg, mesh: Mesh, data_iter: Iterator, workdir,
         (workdir / "parameters.txt").parent.mkdir(parents=True, exist_ok=True)
         (workdir / "parameters.txt").write_text(
             state_lib.parameter_overview(params, model_state.shardings))
-    log(f"[{task.name}] {state_lib.param_count(params):,} parameters (table in "
+    trained_note = "" if task.trainable is None else (
+        f", {state_lib.param_count(step_lib.trained(task, model_state, params)):,} of them "
+        "trained (the rest frozen)")
+    log(f"[{task.name}] {state_lib.param_count(params):,} parameters{trained_note} (table in "
         f"{workdir / 'parameters.txt'}), mesh {dict(mesh.shape)}, steps {cfg.steps}, "
         f"grad_accum {grad_accum}")
 

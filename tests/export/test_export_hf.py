@@ -194,3 +194,36 @@ def test_native_layout_round_trip(tmp_path):
     _, params2, _ = import_hf.load_params(tmp_path / "native")
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "mmar"])
+def test_lora_run_exports_with_the_adapters_merged(tmp_path, fmt):
+    """A LoRA run (model.lora.rank > 0, every adapter non-zero) exports as the plain model:
+    no adapter tensor, the config's rank 0, and the logits of the unmerged run (transformers
+    for hf; the native layout imports back to `lora.merge` of the params)."""
+    from mmar.model import lora
+    cfg = helpers.make_config(**CASES["qwen3_gqa"])
+    with cfg.unlocked():
+        cfg.model.lora.update(rank=3, alpha=6.0, targets=("q", "v", "o", "down"))
+    params = helpers.write_run(tmp_path / "run", cfg)
+    logs = []
+    hf.export(tmp_path / "run", tmp_path / "out", fmt=fmt, log=logs.append)
+    assert any("merged the LoRA adapters into 4 weights" in m for m in logs)
+    assert not [n for n in st.SafetensorsDir(tmp_path / "out").keys() if "lora" in n]
+    exported_cfg = json.loads((tmp_path / "out/mmar_config.json").read_text())
+    assert exported_cfg["model"]["lora"]["rank"] == 0
+    tokens = np.random.default_rng(2).integers(0, cfg.model.vocab_size, (2, 24)).astype(np.int32)
+    want = helpers.mmar_logits(cfg, params, tokens)
+    plain = lora.merge(params, alpha=6.0)
+    if fmt == "hf":
+        with torch.no_grad():
+            got = load_hf(tmp_path / "out")(torch.tensor(tokens, dtype=torch.long)).logits
+        assert np.abs(got.numpy() - want).max() < 1e-4
+    else:
+        _, imported, _ = import_hf.load_params(tmp_path / "out")
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(imported)):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    # The adapters matter: the base weights alone give other logits.
+    base = lora.merge(params, alpha=0.0)
+    plain_cfg = helpers.make_config(**CASES["qwen3_gqa"])
+    assert np.abs(helpers.mmar_logits(plain_cfg, base, tokens) - want).max() > 1e-3

@@ -19,68 +19,10 @@ from mmar import rundir  # noqa: E402
 from mmar.export import hf, import_hf, unified  # noqa: E402
 from mmar.export import safetensors_io as st  # noqa: E402
 from tests.helpers import export_runs as helpers  # noqa: E402
+from tests.helpers import unified_models as models  # noqa: E402
 
-VOCAB, CODES, IMAGE_AT = 128, 64, 40
-
-
-def _letters(code: int) -> str:
-    return "".join("ABCDEFGHIJ"[int(c)] for c in str(code))
-
-
-def vocabulary(kind: str) -> dict[str, int]:
-    """token -> id: specials, then the image tokens at IMAGE_AT.., the rest plain words."""
-    names = {}
-    if kind == "chameleon":
-        specials = ["<unk>", "<s>", "</s>", "<pad>", "<racm3:break>", "<eoss>", "<image>"]
-        code_name = "IMGIMG{}Z"
-    else:
-        specials = ["<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|image start|>",
-                    "<|image end|>", "<|image token|>", "<|extra_200|>", "<|extra_201|>",
-                    "<image>"]
-        code_name = "<|visual token {:06d}|>"
-    for i, s in enumerate(specials):
-        names[s] = i
-    for c in range(CODES):
-        names[code_name.format(_letters(c) if kind == "chameleon" else c)] = IMAGE_AT + c
-    for i in range(VOCAB):
-        if i not in names.values():
-            names[f"w{i}"] = i
-    return names
-
-
-def save_unified(directory, kind: str):
-    """A random tiny Chameleon (swin-norm on) or Emu3 saved as transformers does, plus a
-    WordLevel tokenizer.json holding the same ids."""
-    names = vocabulary(kind)
-    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                rms_norm_eps=1e-5)
-    if kind == "chameleon":
-        vq = dict(embed_dim=8, num_embeddings=CODES, latent_channels=8, resolution=32,
-                  base_channels=32, channel_multiplier=[1, 1, 2, 2], num_res_blocks=1,
-                  attn_resolutions=[])
-        config = transformers.ChameleonConfig(**text, swin_norm=True, vq_config=vq,
-                                              vocabulary_map=names, bos_token_id=1,
-                                              eos_token_id=2, pad_token_id=3)
-        cls = transformers.ChameleonForConditionalGeneration
-    else:
-        vq = dict(codebook_size=CODES, embed_dim=4, latent_channels=4, base_channels=32,
-                  channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[],
-                  hidden_size=32, num_attention_heads=1, temporal_downsample_factor=4)
-        config = transformers.Emu3Config(
-            text_config=dict(text, head_dim=8, bos_token_id=1, eos_token_id=2, pad_token_id=0),
-            vq_config=vq, vocabulary_map=names)
-        cls = transformers.Emu3ForConditionalGeneration
-    torch.manual_seed(0)
-    model = cls(config).float().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(directory)
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(names, unk_token=list(names)[0]))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.save(str(directory / "tokenizer.json"))
-    return model
+VOCAB, CODES, IMAGE_AT = models.VOCAB, models.CODES, models.IMAGE_AT
+vocabulary, save_unified = models.vocabulary, models.save_unified
 
 
 @pytest.fixture(scope="module", params=["chameleon", "emu3"])

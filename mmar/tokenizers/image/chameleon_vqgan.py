@@ -331,6 +331,11 @@ class Quantizer(nnx.Module):
     def lookup(self, codes: jax.Array) -> jax.Array:
         return jnp.take(self.embedding.weight[...], codes, axis=0)
 
+    def codes_to_vectors(self, codes: jax.Array) -> jax.Array:
+        """`lookup` under the name mmar's quantizers give it (LANTERN's latent neighbours,
+        mmar/sample/sjd.py)."""
+        return self.lookup(jnp.asarray(codes, jnp.int32))
+
 
 class ChameleonVQGAN(nnx.Module):
     """Chameleon's VQ-GAN: images [N, H, W, 3] in [-1, 1] <-> int32 codes [N, H/16, W/16].

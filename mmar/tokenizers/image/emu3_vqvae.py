@@ -375,6 +375,11 @@ class VectorQuantizer(nnx.Module):
         dist = jnp.sum(flat ** 2, axis=1, keepdims=True) + jnp.sum(e ** 2, axis=1) - dots
         return jnp.argmin(dist, axis=1).astype(jnp.int32).reshape(z.shape[:-1])
 
+    def codes_to_vectors(self, codes: jax.Array) -> jax.Array:
+        """The codebook rows of int `codes` (what mmar's quantizers call this: LANTERN's
+        latent neighbours, mmar/sample/sjd.py)."""
+        return self.embedding(jnp.asarray(codes, jnp.int32))
+
 
 class Emu3VQVAE(nnx.Module):
     """Emu3's VQ tokenizer for still images: ``encode`` [N, H, W, 3] in [-1, 1] -> codes
