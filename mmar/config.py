@@ -189,6 +189,10 @@ def validate(cfg) -> ml_collections.ConfigDict:
                           "trained on square images (data.keep_aspect=False); leave it '' for "
                           f"{cfg.data.image_size} pixels")
     decoder = cfg.sample.image_decoder
+    if cfg.sample.negative_prompt and (decoder != "plain" or image_order(cfg) == "randar"):
+        raise ConfigError(f"sample.negative_prompt={cfg.sample.negative_prompt!r}: plain "
+                          "decoding of a raster or RAR model only (sample.image_decoder="
+                          f"{decoder!r}, data.image_order={image_order(cfg)!r})")
     if decoder != "plain" and image_order(cfg) != "raster":
         raise ConfigError(f"sample.image_decoder={decoder!r}: SJD / LANTERN / ZipAR decode "
                           f"raster-order models; data.image_order={image_order(cfg)!r} "

@@ -359,6 +359,10 @@ SCHEMA: dict[str, Any] = {
                                     "[a, b)",
                                     check=lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 1,
                                     want="(a, b) with 0 <= a < b <= 1"),
+        "negative_prompt": Field(
+            "", "text-to-image guidance: the text of the unconditional twin (Emu3's release "
+            "guides with one; docs/pretrained.md); '' = no text, the twin is <bos> <boi>",
+            check=lambda v: isinstance(v, str), want="a string"),
         "image_shape": Field("", "text-to-image 'HxW' in pixels (data.keep_aspect models; "
                              "'' = square data.image_size)", check=_image_shape,
                              want="'' or 'HxW' with positive ints, e.g. '256x512'"),

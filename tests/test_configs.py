@@ -86,6 +86,9 @@ def test_unknown_preset_and_missing_file():
     ({"data.image_order": "rar", "image_tokenizer.quantizer": "rq"}, "data.image_order='rar'"),
     ({"sample.randar.schedule": "linear"}, "sample.randar.schedule='linear'"),
     ({"data.image_order": "rar", "sample.image_decoder": "sjd"}, "sample.image_decoder='sjd'"),
+    ({"sample.negative_prompt": "lowres", "sample.image_decoder": "zipar"},
+     "sample.negative_prompt='lowres'"),
+    ({"vocab.emu3_layout_ids": tuple(range(14))}, "vocab.emu3_layout_ids="),
 ])
 def test_image_order_errors_name_the_field(overrides, message):
     cfg = config_lib.load(f"{ROOT / 'configs/t2i_shapes.py'}:test")

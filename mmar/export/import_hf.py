@@ -230,9 +230,8 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0,
     if image_decoder is not None and not pathlib.Path(image_decoder).is_dir():
         raise FileNotFoundError(f"--image_decoder={image_decoder}: not a directory")
     cfg, params, text_size = load_params(hf_dir, base_cfg, seed)
-    if image_decoder is not None and cfg.model.hf_class != "chameleon":
-        raise ValueError(f"--image_decoder={image_decoder}: only a Chameleon / Anole import "
-                         "takes one (Emu3's checkpoint holds its decoder)")
+    if image_decoder is not None:   # checked before anything is written
+        unified.add_vq_decoder(image_decoder, hf_dir)
     out = pathlib.Path(out) / "decoder"
     ckpt = checkpoint_lib.Checkpointer(out / "checkpoints", async_save=False)
     try:
@@ -263,7 +262,7 @@ def import_hf(hf_dir, out, base_cfg=None, *, step: int = 0, seed: int = 0,
         log(f"[import] {unified.ARCHS[cfg.model.hf_class].hf_class}: {n_vq} image tokenizer "
             f"tensors -> {out.parent / 'tokenizer' / unified.PRETRAINED_DIR}")
         if image_decoder is not None:
-            n_dec = unified.add_vq_decoder(image_decoder,
+            n_dec = unified.add_vq_decoder(image_decoder, hf_dir,
                                            out.parent / "tokenizer" / unified.PRETRAINED_DIR)
             log(f"[import] the VQ-GAN decoder of {image_decoder}: {n_dec} tensors")
     kept = pathlib.Path(hf_dir) / text_lib.RUN_SUBDIR / text_lib.FILENAME

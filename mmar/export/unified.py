@@ -200,41 +200,44 @@ _VQ_SHAPE_FIELDS = ("embed_dim", "num_embeddings", "latent_channels", "base_chan
                     "channel_multiplier", "resolution")
 
 
-def add_vq_decoder(converted_dir, out_dir) -> int:
+def add_vq_decoder(converted_dir, hf_dir, out_dir=None) -> int:
     """Chameleon's decoder half (`decoder.*`, `post_quant_conv.*`) from a VQ-GAN converted by
     `python -m mmar.tokenizers.image.convert_vqgan` -> out_dir/decoder.safetensors, beside the
-    encoder `copy_vq_tensors` wrote. transformers' Chameleon holds the encoder only; images
-    are drawn with the released VQ-GAN's decoder. Refused, naming the file, when the
-    converted VQ-GAN is not the imported one (another config, or another codebook). Returns
-    the tensor count."""
-    converted_dir, out_dir = pathlib.Path(converted_dir), pathlib.Path(out_dir)
-    imported = json.loads((out_dir / "config.json").read_text())
-    if imported.get("kind") != ARCHS["chameleon"].vq_kind:
-        raise ValueError(f"--image_decoder: only a Chameleon / Anole import takes one (the "
-                         f"imported image tokenizer is {imported.get('kind')!r}, which has its "
-                         "decoder in the checkpoint)")
+    encoder `copy_vq_tensors` wrote (out_dir None: only the checks, which the import runs
+    before it writes anything). transformers' Chameleon holds the encoder only; images are
+    drawn with the released VQ-GAN's decoder. Refused, naming the file, when the converted
+    VQ-GAN is not the one of the checkpoint in `hf_dir` (another config, or another
+    codebook). Returns the tensor count."""
+    converted_dir, hf_dir = pathlib.Path(converted_dir), pathlib.Path(hf_dir)
+    hf_cfg = json.loads((hf_dir / "config.json").read_text())
+    if hf_cfg.get("model_type") != "chameleon":
+        raise ValueError(f"--image_decoder={converted_dir}: only a Chameleon / Anole import "
+                         "takes one (Emu3's checkpoint holds its decoder)")
     config_path = converted_dir / "config.json"
     try:
         converted = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{config_path}: cannot read the converted VQ-GAN's config ({e}); "
                          "write it with python -m mmar.tokenizers.image.convert_vqgan") from None
-    vq = imported.get("vq_config") or {}
+    vq = hf_cfg.get("vq_config") or {}
     for field in _VQ_SHAPE_FIELDS:
         if field in vq and field in converted and list(np.ravel(vq[field])) != list(
                 np.ravel(converted[field])):
             raise ValueError(f"{config_path}: {field}={converted[field]!r}, the imported "
                              f"checkpoint's vq_config has {vq[field]!r}: not its VQ-GAN")
-    tensors, encoder = st.SafetensorsDir(converted_dir), st.SafetensorsDir(out_dir)
-    codebook = "quantize.embedding.weight"
-    if codebook in tensors and codebook in encoder and not np.array_equal(
-            tensors.get(codebook).astype(np.float32), encoder.get(codebook).astype(np.float32)):
+    tensors, encoder = st.SafetensorsDir(converted_dir), st.SafetensorsDir(hf_dir)
+    codebook, theirs = "quantize.embedding.weight", ARCHS["chameleon"].vq_prefix
+    if codebook in tensors and theirs + codebook in encoder and not np.array_equal(
+            tensors.get(codebook).astype(np.float32),
+            encoder.get(theirs + codebook).astype(np.float32)):
         raise ValueError(f"{converted_dir}: its codebook ({codebook}) differs from the imported "
                          "checkpoint's: the decoder of another VQ-GAN would draw other images")
     names = [n for n in tensors.keys() if n.startswith(("decoder.", "post_quant_conv."))]
     if not names:
         raise ValueError(f"{converted_dir}: no decoder.* tensors (a converted release has them)")
-    st.write_file(out_dir / DECODER_FILE, [
+    if out_dir is None:
+        return len(names)
+    st.write_file(pathlib.Path(out_dir) / DECODER_FILE, [
         st.Planned(n, tensors.shape(n), tensors.dtype(n), lambda n=n: tensors.get(n))
         for n in names])
     return len(names)

@@ -157,6 +157,8 @@ def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np
     text, key, images, passes = models.text, jax.random.key(seed), [], []
     grid = image_grid_of(models.cfg)
     shape = {} if grid is None else {"grid": grid}   # only the plain sampler draws grids
+    if models.cfg.sample.negative_prompt:   # plain decoding only (validated)
+        shape["negative"] = text.encode(models.cfg.sample.negative_prompt)
     for chunk in _batches(captions, models.cfg.sample.batch_size):
         key, sub = jax.random.split(key)
         ids = [text.encode(c) for c in chunk]

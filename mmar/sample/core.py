@@ -65,16 +65,19 @@ def image_prompt(caption, vocab: Vocab) -> list[int]:
     return [vocab.bos, *caption, vocab.boi]
 
 
-def unconditional_prompt(vocab: Vocab, tail=()) -> list[int]:
+def unconditional_prompt(vocab: Vocab, tail=(), negative=()) -> list[int]:
     """`<bos> <boi> tail`: the caption-free twin of a guided image prompt (tail: what the
-    image already has, e.g. codes drawn so far or RandAR's known pairs)."""
-    return [vocab.bos, vocab.boi, *tail]
+    image already has, e.g. codes drawn so far, an image's size, or RandAR's known pairs).
+    `negative`: text ids in the caption's place (`sample.negative_prompt`, as Emu3's
+    release guides: away from "lowres, bad anatomy, ...")."""
+    return [vocab.bos, *negative, vocab.boi, *tail]
 
 
-def with_twins(prompts, tails, vocab: Vocab, guided: bool) -> list[list[int]]:
+def with_twins(prompts, tails, vocab: Vocab, guided: bool, negative=()) -> list[list[int]]:
     """The prompts, followed when `guided` by one unconditional twin per prompt."""
     prompts = [list(p) for p in prompts]
-    return prompts + [unconditional_prompt(vocab, t) for t in tails] if guided else prompts
+    return prompts + [unconditional_prompt(vocab, t, negative) for t in tails] if guided else (
+        prompts)
 
 
 def raster_image_prompt(codes, vocab: Vocab) -> tuple[list[int], list[int]]:

@@ -172,16 +172,17 @@ class Sampler:
         of its fields (`core.section`)."""
         return core.sampling_settings(core.section(self.cfg, **overrides))
 
-    def images(self, params, caption_ids, num_codes: int, key, grid=None,
+    def images(self, params, caption_ids, num_codes: int, key, grid=None, negative=(),
                **overrides) -> tuple[np.ndarray, int]:
         """(Image codes [B, num_codes] for each caption (ids without specials), forward passes
         for the batch: one per code, the prefill included). Keep-aspect: codes [B, h * w] of
-        `grid` (h, w) (default: the square of `num_codes`), one pass per code and <eol>."""
+        `grid` (h, w) (default: the square of `num_codes`), one pass per code and <eol>.
+        `negative`: text ids of the guidance twin (`core.unconditional_prompt`)."""
         v = self.vocab
         if not v.has_rows:
             prompts = [core.image_prompt(c, v) for c in caption_ids]
             ids = self.run(params, prompts, num_codes, key, n=num_codes, allow_images=False,
-                           **overrides)
+                           negative=negative, **overrides)
             return v.codes_from_ids(ids), num_codes
         h, w = grid if grid is not None else square_grid(num_codes)
         if h * w > num_codes:
@@ -190,7 +191,7 @@ class Sampler:
         steps = h * (w + 1)
         prompts = [image_prompt(c, v, (h, w)) for c in caption_ids]
         ids = self.run(params, prompts, steps, key, n=num_codes, allow_images=False,
-                       **overrides)
+                       negative=negative, **overrides)
         rows = ids.reshape(len(ids), h, w + 1)[:, :, :w]
         return v.codes_from_ids(rows.reshape(len(ids), -1)), steps
 
@@ -224,7 +225,7 @@ class Sampler:
         return [row[:row.index(v.eos) + 1] if v.eos in row else row for row in ids.tolist()]
 
     def run(self, params, prompts, steps: int, key, *, n: int, allow_images: bool,
-            positions=None, **overrides) -> np.ndarray:
+            positions=None, negative=(), **overrides) -> np.ndarray:
         """Generated ids [B, steps] after each prompt (lists of ids); see the module doc.
         `positions`: per-prompt RoPE positions (default 0, 1, ...; not with guidance)."""
         v, s = self.vocab, self.settings(**overrides)
@@ -241,7 +242,7 @@ class Sampler:
         if guided and positions is not None:
             raise ValueError("explicit prompt positions are for unguided prompts (captions)")
         prompts = core.with_twins(prompts, [p[len(p) - c:] for p, (_, c) in zip(prompts, starts)],
-                                  v, guided)
+                                  v, guided, negative)
         tokens, positions, segments = core.left_pad(prompts, v.pad, positions)
         targets = None
         if self.target_aware:

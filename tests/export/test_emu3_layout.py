@@ -88,3 +88,25 @@ def test_greedy_codes_equal_transformers_generate(emu3):
     print(f"\n[generate] emu3: {h}x{w} codes, first {got[:6].tolist()}")
     assert len(set(got.tolist())) > 1
     np.testing.assert_array_equal(np.asarray(codes)[0], got)
+
+
+def test_negative_prompt_is_the_guidance_twins_text(emu3):
+    """Guidance scale 0 samples from the unconditional twin alone: with a negative prompt N
+    that twin is `<bos> N <boi> h*w <image token>`, so its greedy codes are those of caption
+    N unguided (and differ from the caption-free twin's)."""
+    _, cfg, params = emu3
+    vocab = config_lib.make_vocab(cfg)
+    model_state, _ = state_lib.create_abstract(helpers.decoder_module(cfg),
+                                               helpers.one_device_mesh())
+    sampler = Sampler(model_state, vocab, cfg.model.vocab_size, ml_collections.ConfigDict(
+        dict(temperature_image=0.0, top_k_image=0)))
+    caption, negative = [60, 61, 62], [100, 101, 102, 103]
+
+    def draw(ids, **kw):
+        return np.asarray(sampler.images(params, [ids], 16, jax.random.key(1), grid=(4, 4),
+                                         **kw)[0])
+
+    unguided_negative = draw(negative, cfg_scale_image=1.0)
+    np.testing.assert_array_equal(draw(caption, negative=negative, cfg_scale_image=0.0),
+                                  unguided_negative)
+    assert not np.array_equal(draw(caption, cfg_scale_image=0.0), unguided_negative)

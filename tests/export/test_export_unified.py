@@ -114,3 +114,24 @@ def test_the_imported_image_tokenizer_encodes_as_transformers(imported):
     want = want.reshape(3, -1).numpy()
     assert got.shape == (3, 16) and len(np.unique(got)) > 1
     np.testing.assert_array_equal(got, want)
+
+
+def test_image_decoder_must_be_the_checkpoints(tmp_path):
+    """`mmar import --image_decoder=DIR`: a converted VQ-GAN with another codebook is refused
+    by name, and an Emu3 import (its decoder is in the checkpoint) refuses one before
+    writing anything."""
+    from safetensors.numpy import load_file, save_file
+    save_unified(tmp_path / "cham", "chameleon")
+    models.save_converted_vqgan(tmp_path / "vqgan", tmp_path / "cham")
+    tensors = load_file(tmp_path / "vqgan/model.safetensors")
+    tensors["quantize.embedding.weight"] = tensors["quantize.embedding.weight"] + 1
+    save_file(tensors, str(tmp_path / "vqgan/model.safetensors"))
+    with pytest.raises(ValueError, match="codebook"):
+        import_hf.import_hf(tmp_path / "cham", tmp_path / "run", helpers.make_config(),
+                            image_decoder=tmp_path / "vqgan", log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+    save_unified(tmp_path / "emu3", "emu3")
+    with pytest.raises(ValueError, match="only a Chameleon"):
+        import_hf.import_hf(tmp_path / "emu3", tmp_path / "run_emu3", helpers.make_config(),
+                            image_decoder=tmp_path / "vqgan", log=lambda _: None)
+    assert not (tmp_path / "run_emu3").exists()
