@@ -84,7 +84,8 @@ def load_tokenizer(cfg, workdir, devices=None) -> ImageTokenizer:
             raise MissingStageError(f"image_tokenizer.pretrained="
                                     f"{cfg.image_tokenizer.pretrained!r}: no {directory} "
                                     "(`mmar import` writes it)")
-        return pretrained_tokenizer.load(directory, cfg.image_tokenizer)
+        return pretrained_tokenizer.load(directory, cfg.image_tokenizer,
+                                         mesh_lib.from_config(cfg.mesh, devices)[0])
     require(workdir, TOKENIZER)
     mesh, rule_table = mesh_lib.from_config(cfg.mesh, devices)
     model_state, params, step = trainer.load_params(

@@ -7,6 +7,7 @@ models' form (named image tokens, contiguous ids in code order) at toy size.
 """
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from mmar import config as config_lib  # noqa: E402
 from mmar import rundir  # noqa: E402
 from mmar.export import hf, import_hf, unified  # noqa: E402
 from mmar.export import safetensors_io as st  # noqa: E402
+from mmar.tokenizers.image import pretrained  # noqa: E402
 from tests.helpers import export_runs as helpers  # noqa: E402
 from tests.helpers import unified_models as models  # noqa: E402
 
@@ -114,6 +116,16 @@ def test_the_imported_image_tokenizer_encodes_as_transformers(imported):
     want = want.reshape(3, -1).numpy()
     assert got.shape == (3, 16) and len(np.unique(got)) > 1
     np.testing.assert_array_equal(got, want)
+    # data parallel on the run's mesh (every device; 3 images padded to the device count),
+    # the parameters replicated: the same codes and pixels as on one device
+    n = len(jax.devices())
+    assert tok.batch_sharding.mesh.size == n
+    assert all(len(x.sharding.device_set) == n for x in jax.tree.leaves(tok.params))
+    single = pretrained.load(root / "run/tokenizer/pretrained", cfg.image_tokenizer)
+    np.testing.assert_array_equal(single.encode(images), got)
+    if kind == "emu3":   # uint8 pixels: float rounding of another batch size moves a few by 1
+        diff = np.abs(single.decode(got).astype(int) - tok.decode(got).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_image_decoder_must_be_the_checkpoints(tmp_path):

@@ -6,7 +6,10 @@ into WORKDIR/tokenizer/pretrained/ (model.safetensors + config.json: {kind, vq_c
 mmar/export/unified.py). Here they fill the JAX ports; nothing is trained
 (`image_tokenizer.pretrained` names which port). A Chameleon import has the encoder only
 (transformers' class has no decoder) until the released VQ-GAN's decoder weights, converted by
-mmar/tokenizers/image/convert_vqgan.py, are placed in the same file.
+mmar/tokenizers/image/convert_vqgan.py, are placed beside it (`mmar import --image_decoder`).
+
+On a mesh the tokenizer is data parallel: its parameters (tens of millions) replicated on
+every device, each call's images split over all of them (`ImageTokenizer.batch_sharding`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import json
 import pathlib
 from typing import Any
 
+import jax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mmar.tokenizers.image import chameleon_vqgan, emu3_vqvae_weights
 from mmar.tokenizers.image.runtime import ImageTokenizer
@@ -33,9 +38,10 @@ class _Graph:
         return nnx.merge(self.graphdef, params)
 
 
-def load(directory, tok_cfg) -> ImageTokenizer:
+def load(directory, tok_cfg, mesh=None) -> ImageTokenizer:
     """The runtime tokenizer of an imported image tokenizer directory; ValueError naming the
-    file when it is not the kind `image_tokenizer.pretrained` says."""
+    file when it is not the kind `image_tokenizer.pretrained` says. `mesh`: replicate the
+    parameters on it and split each call's images over all its devices."""
     directory = pathlib.Path(directory)
     config_path = directory / "config.json"
     try:
@@ -55,4 +61,8 @@ def load(directory, tok_cfg) -> ImageTokenizer:
         module = emu3_vqvae_weights.from_torch_names(
             {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}, vq_cfg)
     graphdef, params = nnx.split(module)
-    return ImageTokenizer(_Graph(graphdef), params, 0, tok_cfg)
+    if mesh is None:
+        return ImageTokenizer(_Graph(graphdef), params, 0, tok_cfg)
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    batch = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+    return ImageTokenizer(_Graph(graphdef), params, 0, tok_cfg, batch_sharding=batch)

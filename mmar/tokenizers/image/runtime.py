@@ -35,10 +35,14 @@ def check_depths(codes: np.ndarray, depth: int, codes_per_depth: int) -> None:
 class ImageTokenizer:
     """uint8 images [N, H, W, 3] <-> codes [N, h*w*depth] for one trained autoencoder."""
 
-    def __init__(self, model_state, params, step: int, tok_cfg):
+    def __init__(self, model_state, params, step: int, tok_cfg, batch_sharding=None):
         """`model_state` / `params`: the autoencoder's graph and parameters
-        (`trainer.load_params` of `tokenizer_task`); `tok_cfg`: its `image_tokenizer`."""
+        (`trainer.load_params` of `tokenizer_task`); `tok_cfg`: its `image_tokenizer`.
+        `batch_sharding`: a NamedSharding that splits the images of one call over its mesh
+        (data parallel, params replicated: an imported tokenizer, `pretrained.load`); each
+        chunk is padded to a multiple of the mesh size and the padding cut off again."""
         self.model_state, self.params, self.step = model_state, params, step
+        self.batch_sharding = batch_sharding
         self.num_codes = derived.num_image_codes(tok_cfg)
         self.depth = derived.quantizer_depth(tok_cfg)
         self.codes_per_depth = self.num_codes // self.depth
@@ -50,9 +54,18 @@ class ImageTokenizer:
     def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 [N, H, W, 3] -> codes [N, h*w*depth] (raster order; RQ: the depth codes of
         one position next to each other, each depth in its own id range)."""
-        out = [np.asarray(self._encode(self.params, images[i:i + batch_size]))
+        out = [self._run(self._encode, images[i:i + batch_size])
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out).reshape(len(images), -1)
+
+    def _run(self, fn, chunk: np.ndarray) -> np.ndarray:
+        """`fn(params, chunk)` as numpy; with `batch_sharding`, the chunk split over its
+        mesh (padded with copies of its first row to a multiple of the device count)."""
+        if self.batch_sharding is None:
+            return np.asarray(fn(self.params, chunk))
+        n, size = len(chunk), self.batch_sharding.mesh.size
+        padded = np.concatenate([chunk, np.repeat(chunk[:1], -n % size, axis=0)])
+        return np.asarray(fn(self.params, jax.device_put(padded, self.batch_sharding)))[:n]
 
     def decode(self, codes: np.ndarray, batch_size: int = 256, grid=None) -> np.ndarray:
         """codes [N, h*w*depth] -> uint8 [N, H, W, 3]; ValueError for a code outside
@@ -71,7 +84,7 @@ class ImageTokenizer:
             raise ValueError(f"{codes.shape[1]} codes per image do not fill a {h}x{w} grid"
                              + (f" of depth {self.depth}" if self.depth > 1 else ""))
         codes = codes.reshape(len(codes), h, w, *([self.depth] if self.depth > 1 else []))
-        out = [np.asarray(self._decode(self.params, codes[i:i + batch_size]))
+        out = [self._run(self._decode, codes[i:i + batch_size])
                for i in range(0, len(codes), batch_size)]
         return np.concatenate(out)
 
