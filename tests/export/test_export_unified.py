@@ -20,6 +20,7 @@ from mmar import rundir  # noqa: E402
 from mmar.export import hf, import_hf, unified  # noqa: E402
 from mmar.export import safetensors_io as st  # noqa: E402
 from mmar.tokenizers.image import pretrained  # noqa: E402
+from mmar.train import state as state_lib  # noqa: E402
 from tests.helpers import export_runs as helpers  # noqa: E402
 from tests.helpers import unified_models as models  # noqa: E402
 
@@ -147,3 +148,29 @@ def test_image_decoder_must_be_the_checkpoints(tmp_path):
         import_hf.import_hf(tmp_path / "emu3", tmp_path / "run_emu3", helpers.make_config(),
                             image_decoder=tmp_path / "vqgan", log=lambda _: None)
     assert not (tmp_path / "run_emu3").exists()
+
+
+def test_sjd_on_an_imported_chameleon_is_plain_greedy(imported):
+    """mmar's decoders on the checkpoint's own vocabulary: greedy SJD (with guidance, whose
+    twin is `<bos> <racm3:break>`) draws the codes of plain greedy decoding."""
+    import ml_collections
+
+    from mmar.sample import dispatch
+    kind, _, root = imported
+    if kind != "chameleon":
+        pytest.skip("Emu3's rows sample with 'plain' only (validated)")
+    cfg, params, _ = import_hf.load_params(root / "hf", helpers.make_config())
+    vocab = config_lib.make_vocab(cfg)
+    model_state, _ = state_lib.create_abstract(helpers.decoder_module(cfg),
+                                               helpers.one_device_mesh())
+    captions = [[60, 61, 62], [100, 101]]
+    draws = {}
+    for method, temperature in (("plain", 0.0), ("sjd", 1.0)):
+        sample_cfg = ml_collections.ConfigDict(dict(
+            temperature_image=temperature, cfg_scale_image=2.0, image_decoder=method,
+            sjd=dict(acceptance="greedy", window=4)))
+        sampler = dispatch.image_sampler("raster", model_state, vocab, cfg.model.vocab_size,
+                                         sample_cfg, num_codes=16)
+        draws[method] = np.asarray(sampler.images(params, captions, 16, jax.random.key(0))[0])
+    assert len(np.unique(draws["plain"])) > 1
+    np.testing.assert_array_equal(draws["sjd"], draws["plain"])
