@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mmar.config_fields import ConfigError
 from mmar.parallel import rules
 from mmar.train import state as state_lib
 
@@ -78,7 +79,7 @@ def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, field="train.batch
     """The global batch must split evenly into microbatches and over data-parallel devices."""
     dp = data_parallel_size(mesh)
     if batch_size % (grad_accum * dp):
-        raise ValueError(f"{field}={batch_size}: must be a multiple of train.grad_accum="
+        raise ConfigError(f"{field}={batch_size}: must be a multiple of train.grad_accum="
                          f"{grad_accum} x {dp} data-parallel devices (mesh data x fsdp)")
 
 
