@@ -60,6 +60,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.vocab = dict(text_tokenizer="bpe", text_vocab_size=300)
         c.image_tokenizer.update(arch="conv", channels=8, channel_mult=(1, 1, 1))
         c.image_tokenizer.train.update(steps=20, batch_size=16, log_every=10)
+        c.image_tokenizer.check = dict(mode="warn")   # 20 steps do not separate contents
         c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                        mlp_dim=64)
         c.train.update(steps=12, batch_size=8, warmup_steps=2, log_every=4)

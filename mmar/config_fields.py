@@ -231,9 +231,19 @@ SCHEMA: dict[str, Any] = {
                             **choice("", "chameleon_vqgan", "emu3_vqvae")),
         "loss": Field("l2", "reconstruction loss", **choice("l2", "l1", "l1+l2")),
         "aux_loss_weight": Field(1.0, "weight of the quantizer's aux loss", **NONNEG),
+        # min_lr_ratio 0.1, not 0: a cosine to zero froze two cell contents in one FSQ code
+        # (1 seed of 12 on `tiny`); at 0.1 of the peak they keep separating (0 of 12:
+        # docs/first_run.md, "The tokenizer check")
         "train": _train_section(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100,
-                                log_every=200, min_lr_ratio=0.0, weight_decay=0.0,
+                                log_every=200, min_lr_ratio=0.1, weight_decay=0.0,
                                 grad_clip=0.0, z_loss=0.0),
+        "check": {   # mmar/tokenizers/image/check.py, run at the end of tokenizer-train
+            "mode": Field("stop", "after training, on held-out shapes images: the judge on "
+                          "reconstructions, and no code standing for two cell contents. "
+                          "'stop' refuses a tokenizer that fails, 'warn' logs it, 'off'",
+                          **choice("stop", "warn", "off")),
+            "min_accuracy": Field(0.99, "least judge accuracy on reconstructions", **FRACTION),
+        },
         "fsq": {
             "levels": Field((5, 5, 5), "levels per channel; codes = their product",
                             check=lambda v: len(v) > 0 and all(positive_int(x) and x >= 2

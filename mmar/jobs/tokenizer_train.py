@@ -1,5 +1,7 @@
 """`mmar tokenizer-train`: train the image tokenizer -> WORKDIR/tokenizer/ (checkpoints,
-metrics.jsonl, TensorBoard events, summary.json). The task itself (model, loss, optimizer
+metrics.jsonl, TensorBoard events, summary.json), then check it on held-out images
+(check.json; `image_tokenizer.check`, mmar/tokenizers/image/check.py): a tokenizer whose
+codes lose what the images hold stops the job, so no decoder trains on it. The task itself (model, loss, optimizer
 groups) is mmar/tokenizers/image/train.py; later jobs load the result with mmar/rundir.py.
 """
 from __future__ import annotations
@@ -9,8 +11,11 @@ from etils import epath
 from mmar import rundir
 from mmar.data import pipeline
 from mmar.parallel import mesh as mesh_lib
+from mmar.tokenizers.image import check as check_lib
 from mmar.tokenizers.image.train import tokenizer_task
 from mmar.train import trainer
+
+CHECK_FILE = "check.json"   # WORKDIR/tokenizer/check.json: what the check measured
 
 
 def run(cfg, workdir, log=print) -> trainer.Result:
@@ -25,4 +30,8 @@ def run(cfg, workdir, log=print) -> trainer.Result:
                            data_iter=batches, workdir=workdir, config=cfg, seed=cfg.seed,
                            checkpoint_every=train_cfg.steps, log=log)
     trainer.write_summary(workdir / rundir.SUMMARY, result, log=log)
+    # Not handed to the decoder before it is measured (mmar/tokenizers/image/check.py).
+    if cfg.image_tokenizer.check.mode != "off":
+        tokenizer = rundir.load_tokenizer(cfg, workdir.parent)
+        check_lib.enforce(tokenizer, cfg, log=log, path=workdir / CHECK_FILE)
     return result
