@@ -29,6 +29,8 @@ import pathlib
 
 import ml_collections
 
+from mmar import config as config_lib
+
 PRESETS = ("100m", "1b", "7b")
 
 # (d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim, seq_len, global batch, lr)
@@ -42,12 +44,7 @@ SHAPES = {
 def get_config(arg: str = "100m") -> ml_collections.ConfigDict:
     if arg not in PRESETS:
         raise ValueError(f"unknown preset {arg!r} for configs/pretrain.py; one of {PRESETS}")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "t2i_shapes", pathlib.Path(__file__).with_name("t2i_shapes.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config("tiny")
+    c = config_lib.load(f"{pathlib.Path(__file__).with_name('t2i_shapes.py')}:tiny")
     d, layers, heads, kv, hd, mlp, seq_len, batch, lr = SHAPES[arg]
     with c.unlocked():
         c.preset = arg

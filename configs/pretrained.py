@@ -25,6 +25,8 @@ import pathlib
 
 import ml_collections
 
+from mmar import config as config_lib
+
 PRESETS = ("emu3_8b", "chameleon_7b")
 
 # (d_model, n_layers, n_heads, n_kv_heads, mlp_dim, vocab rows, rope theta, seq_len)
@@ -42,12 +44,7 @@ IMAGE_TOKENIZERS = {
 def get_config(arg: str = "emu3_8b") -> ml_collections.ConfigDict:
     if arg not in PRESETS:
         raise ValueError(f"unknown preset {arg!r} for configs/pretrained.py; one of {PRESETS}")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "pretrain", pathlib.Path(__file__).with_name("pretrain.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config("7b")
+    c = config_lib.load(f"{pathlib.Path(__file__).with_name('pretrain.py')}:7b")
     d, layers, heads, kv, mlp, rows, theta, seq_len = SHAPES[arg]
     kind, codes, dim, downsample = IMAGE_TOKENIZERS[arg]
     chameleon = arg.startswith("chameleon")

@@ -212,12 +212,13 @@ def export(checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
         raise ValueError(f"--format={fmt!r}: one of {FORMATS}")
     step_dir = orbax_reader.find_step_dir(checkpoint, "decoder")
     reader = orbax_reader.CheckpointReader(step_dir)
-    lora_rank = reader.config().model.lora.rank
-    if lora_rank:   # the adapters go into the weights: the export is the plain model
-        reader = orbax_reader.LoRAMergedReader(reader, reader.config().model.lora.alpha)
-        log(f"[export] model.lora.rank={lora_rank}: merged the LoRA adapters into "
-            f"{len(reader.adapted)} weights (W + alpha / rank * A @ B)")
     cfg = reader.config()
+    lora = cfg.model.lora
+    if lora.rank:   # the adapters go into the weights: the export is the plain model
+        reader = orbax_reader.LoRAMergedReader(reader, lora.alpha)
+        log(f"[export] model.lora.rank={lora.rank}: merged the LoRA adapters into "
+            f"{len(reader.adapted)} weights (W + alpha / rank * A @ B)")
+        cfg = reader.config()   # rank 0: what the merged weights are
     vocab = config_lib.make_vocab(cfg)
     if fmt == "hf":
         check_order(cfg)
