@@ -1,10 +1,12 @@
 r"""Text-to-image and image-to-text on the built-in shapes data set.
 
-Presets by argument: `tiny` (the demo: a 0.7M-parameter decoder and a patch FSQ tokenizer,
-trained and judged in about 15 minutes on 2 CPU cores), `tiny_rar` and `tiny_randar` (the
-same, trained in RAR's annealed random order or RandAR's random order with position
-instructions: docs/decoding.md) and `test` (seconds, for the tests; its text tokenizer is a
-tiny BPE, so its stages start with `mmar text-tokenizer-train`).
+Presets by argument: `tiny` (the demo: a 0.7M-parameter decoder and a factorised patch FSQ
+tokenizer, two sub-codes per cell naming its shape and its colour, with 2-D positions for
+image codes; trained and judged in about 15 minutes on 2 CPU cores), `tiny_flat` (the demo
+before that: one FSQ code per cell, 1-D positions; docs/first_run.md compares them),
+`tiny_rar` and `tiny_randar` (`tiny_flat` trained in RAR's annealed random order or RandAR's
+random order with position instructions: docs/decoding.md) and `test` (seconds, for the
+tests; its text tokenizer is a tiny BPE, so its stages start with `mmar text-tokenizer-train`).
 
     mmar demo --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
     mmar demo --config=configs/t2i_shapes.py:tiny_randar --workdir=runs/demo_randar
@@ -15,13 +17,14 @@ A preset lists what it chooses; every other field keeps its default from mmar/sc
 (`mmar train --config=configs/t2i_shapes.py:tiny --print-config` shows them all).
 
 Parameter counts (decoder, embeddings included; checked by tests/test_configs.py):
-    tiny: 722,304    tiny_rar: 724,480    tiny_randar: 722,304    test: 51,424
+    tiny: 722,304    tiny_flat: 722,304    tiny_rar: 724,480    tiny_randar: 722,304
+    test: 51,424
 """
 import ml_collections
 
 from mmar import schema
 
-PRESETS = ("tiny", "tiny_rar", "tiny_randar", "test")
+PRESETS = ("tiny", "tiny_flat", "tiny_rar", "tiny_randar", "test")
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -50,6 +53,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                     max_text_len=48, batch_size=50, seed=0)
     c.eval = dict(num_examples=200, grid_columns=10, tasks=("frechet",))
 
+    if arg == "tiny":
+        # Two sub-codes per 8x8 cell (fsq.groups): a mask and a colour (arch "patch_alpha"),
+        # so a colour-shape pair never seen in training is two sub-codes that were; 3 FSQ
+        # channels of 5 levels per sub-code (2 channels merged circles and squares on 1 seed
+        # of 8). 2-D positions let the decoder read rows and columns (relations).
+        # docs/first_run.md and docs/tokenizers.md give the measurements.
+        c.image_tokenizer.update(arch="patch_alpha", fsq=dict(levels=(5,) * 6, groups=2))
+        c.image_tokenizer.train.steps = 4000
+        c.data.seq_len = 80           # 16 cells x 2 sub-codes
+        c.model.image_positions = "2d"
     if arg == "tiny_rar":
         c.data.image_order = "rar"
     if arg == "tiny_randar":

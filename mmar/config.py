@@ -104,10 +104,10 @@ def _validate_order(cfg) -> None:
         _validate_keep_aspect(cfg)
     if order == "raster":
         return
-    if cfg.image_tokenizer.quantizer == "rq":
+    if derived.quantizer_depth(cfg.image_tokenizer) > 1:
         raise ConfigError(f"data.image_order={order!r}: residual quantization "
-                          "(image_tokenizer.quantizer='rq') is raster-only (several codes per "
-                          "grid position)")
+                          "(image_tokenizer.quantizer='rq') and factorised FSQ (fsq.groups > 1) "
+                          "are raster-only (several codes per grid position)")
     # Packing restarts positions per document and mixtures pack: neither knows the other
     # orders' positions / targets yet, so they are refused rather than silently wrong.
     for field, what in (("pack", "packing"), ("mixture", "mixtures")):
@@ -131,9 +131,9 @@ def _validate_keep_aspect(cfg) -> None:
     if image_order(cfg) != "raster":
         raise ConfigError(f"data.keep_aspect=True: images of any shape are written row by "
                           f"row (raster); data.image_order={image_order(cfg)!r} is square-only")
-    if cfg.image_tokenizer.quantizer == "rq":
-        raise ConfigError("data.keep_aspect=True: image_tokenizer.quantizer='rq' is "
-                          "square-only (several codes per grid position)")
+    if derived.quantizer_depth(cfg.image_tokenizer) > 1:
+        raise ConfigError("data.keep_aspect=True: image_tokenizer.quantizer='rq' and "
+                          "fsq.groups > 1 are square-only (several codes per grid position)")
     if cfg.sample.image_decoder != "plain":
         raise ConfigError(f"sample.image_decoder={cfg.sample.image_decoder!r}: SJD / ZipAR "
                           "decode square grids; data.keep_aspect=True samples with 'plain'")
@@ -145,10 +145,36 @@ def _validate_keep_aspect(cfg) -> None:
                           "size and <eol> ids (<bos> <boi> ... <eoi> <eos>), plus its caption")
 
 
+def _validate_image_positions(cfg, vocab) -> None:
+    """`model.image_positions='2d'`: fills model.image_layout from the vocabulary and the code
+    grid; refuses what cannot count codes in order (mmar/model/positions.py)."""
+    m = cfg.model
+    if m.image_positions != "2d":
+        with cfg.unlocked():
+            m.image_layout = ()
+        return
+    why = {"data.image_order": image_order(cfg) != "raster",
+           "sample.image_decoder": cfg.sample.image_decoder != "plain",
+           "data.keep_aspect": bool(cfg.data.keep_aspect),
+           "vocab.emu3_layout_ids": bool(vocab.emu3)}
+    for field, bad in why.items():
+        if bad:
+            value = cfg[field.split(".")[0]][field.split(".")[1]]
+            raise ConfigError(f"{field}={value!r}: model.image_positions='2d' counts image "
+                              "codes in raster order, one square grid per <boi> and one code "
+                              "after another (data.image_order='raster', sample.image_decoder="
+                              "'plain', data.keep_aspect=False, mmar's own image layout)")
+    _, width = derived.code_grid(cfg)
+    with cfg.unlocked():
+        m.image_layout = (vocab.boi, vocab.image_offset, vocab.image_offset
+                          + vocab.num_image_codes, width,
+                          derived.quantizer_depth(cfg.image_tokenizer))
+
+
 def validate(cfg) -> ml_collections.ConfigDict:
     """Completes `cfg` (mmar/schema.py: older names moved, defaults filled, unknown fields
     refused), checks every field's own rule and the cross-field rules below, and fills the
-    derived fields (model.vocab_size when 0, model.num_targets).
+    derived fields (model.vocab_size when 0, model.num_targets, model.image_layout).
 
     Returns the completed config; raises ConfigError naming the first bad field.
     """
@@ -193,10 +219,16 @@ def validate(cfg) -> ml_collections.ConfigDict:
         raise ConfigError(f"sample.negative_prompt={cfg.sample.negative_prompt!r}: plain "
                           "decoding of a raster or RAR model only (sample.image_decoder="
                           f"{decoder!r}, data.image_order={image_order(cfg)!r})")
+    depth = derived.quantizer_depth(cfg.image_tokenizer)
+    if decoder != "plain" and depth > 1:
+        raise ConfigError(f"sample.image_decoder={decoder!r}: SJD / LANTERN / ZipAR decode one "
+                          f"code per grid position; this image tokenizer writes {depth} (RQ "
+                          "depth or fsq.groups): use 'plain'")
     if decoder != "plain" and image_order(cfg) != "raster":
         raise ConfigError(f"sample.image_decoder={decoder!r}: SJD / LANTERN / ZipAR decode "
                           f"raster-order models; data.image_order={image_order(cfg)!r} "
                           "samples with 'plain' (RandAR: sample.randar.*, docs/decoding.md)")
+    _validate_image_positions(cfg, vocab)
     accum, batch = cfg.train.grad_accum, cfg.train.batch_size
     if batch % accum:
         raise ConfigError(f"train.batch_size={batch}: must be a multiple of "

@@ -219,8 +219,10 @@ SCHEMA: dict[str, Any] = {
     },
     "image_tokenizer": {
         "quantizer": Field("fsq", "docs/tokenizers.md", **choice("fsq", "vq", "lfq", "rq")),
-        "arch": Field("patch", "'patch': one code per downsample x downsample cell; 'conv'",
-                      **choice("patch", "conv")),
+        "arch": Field("patch", "'patch': one code per downsample x downsample cell; "
+                      "'patch_alpha': the same, drawn from two sub-codes as an alpha mask "
+                      "(where) and a colour (what) (fsq.groups=2, docs/tokenizers.md); 'conv'",
+                      **choice("patch", "patch_alpha", "conv")),
         "downsample": Field(8, "pixels per code side", **POSITIVE),
         "channels": Field(32, "conv: base channels", **POSITIVE),
         "channel_mult": Field((1, 2, 4), "conv: channel multiplier per stride-2 stage"),
@@ -249,6 +251,9 @@ SCHEMA: dict[str, Any] = {
                             check=lambda v: len(v) > 0 and all(positive_int(x) and x >= 2
                                                                for x in v),
                             want="a non-empty tuple of ints >= 2"),
+            "groups": Field(1, "sub-codebooks: the levels split into this many equal slices "
+                            "of equal product, one code (sub-token) per slice and position "
+                            "(docs/tokenizers.md, 'Factorised codes')", **POSITIVE),
         },
         "vq": {
             "codebook_size": Field(256, "codes", check=lambda v: positive_int(v) and v >= 2,
@@ -322,6 +327,12 @@ SCHEMA: dict[str, Any] = {
         "attention_block": Field(512, "blockwise: queries per block", **POSITIVE),
         "num_targets": Field(0, "derived: RAR target-position embeddings (set by validate)",
                              **NONNEG_INT),
+        "image_positions": Field("1d", "RoPE positions of image codes: '1d' (the sequence), "
+                                 "'2d' (sequence, row, column: mmar/model/positions.py; not "
+                                 "exportable)", **choice("1d", "2d")),
+        "image_layout": Field((), "derived with image_positions='2d' (set by validate): boi "
+                              "id, first and stop code id, grid width, codes per cell",
+                              check=lambda v: len(v) in (0, 5), want="() or five ints"),
         "mot": {
             "enabled": Field(False, "Mixture-of-Transformers: per-modality block weights",
                              **BOOL),

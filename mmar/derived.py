@@ -26,16 +26,20 @@ STREAM_KINDS = ("webdataset", "parquet", "obelics")  # `kind:GLOB`, streamed (mm
 
 
 def quantizer_depth(tok_cfg: Any) -> int:
-    """Codes per latent position: `rq.depth` for residual quantization, 1 otherwise."""
-    return int(tok_cfg.rq.depth) if tok_cfg.quantizer == "rq" else 1
+    """Codes per latent position: `rq.depth` for residual quantization, `fsq.groups` for FSQ
+    (its sub-codebooks), 1 otherwise."""
+    if tok_cfg.quantizer == "rq":
+        return int(tok_cfg.rq.depth)
+    return int(tok_cfg.fsq.groups) if tok_cfg.quantizer == "fsq" else 1
 
 
 def num_image_codes(tok_cfg: Any) -> int:
     """The number of image ids the `image_tokenizer` section needs, without building it
     (RQ: one id range of `codebook_size` per depth, mmar/tokenizers/image/codebooks.py)."""
     name = tok_cfg.quantizer
-    if name == "fsq":
-        return math.prod(tok_cfg.fsq.levels)
+    if name == "fsq":   # groups sub-codebooks of equal size (quantizers.FSQ)
+        slices = fsq_slices(tok_cfg.fsq.levels, tok_cfg.fsq.groups)
+        return len(slices) * math.prod(slices[0])
     if name == "vq":
         return int(tok_cfg.vq.codebook_size)
     if name == "lfq":
@@ -45,6 +49,23 @@ def num_image_codes(tok_cfg: Any) -> int:
     raise ValueError(
         f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
     )
+
+
+def fsq_slices(levels, groups) -> list[tuple[int, ...]]:
+    """FSQ's sub-codebooks: `levels` split into `groups` consecutive slices of equal length
+    and equal level product (one id range size per sub-codebook); ValueError naming the
+    fields otherwise."""
+    levels, groups = tuple(int(x) for x in levels), int(groups)
+    if groups < 1 or len(levels) % groups:
+        raise ValueError(f"image_tokenizer.fsq.groups={groups}: must divide the {len(levels)} "
+                         f"channels of image_tokenizer.fsq.levels={levels}")
+    size = len(levels) // groups
+    slices = [levels[g * size:(g + 1) * size] for g in range(groups)]
+    if len({math.prod(s) for s in slices}) > 1:
+        raise ValueError(f"image_tokenizer.fsq.groups={groups}: the slices {slices} of "
+                         "image_tokenizer.fsq.levels need equal level products (one id range "
+                         "size per sub-codebook)")
+    return slices
 
 
 def code_grid(cfg: Any) -> tuple[int, int]:
@@ -132,6 +153,15 @@ def autoencoder_shape(tok_cfg: Any) -> tuple[int, int, tuple[int, ...], int, str
     norm = tok_cfg.norm
     if norm not in NORMS:
         raise ValueError(f"image_tokenizer.norm: must be one of {NORMS}, got {norm!r}")
+    if tok_cfg.quantizer == "fsq":
+        fsq_slices(tok_cfg.fsq.levels, tok_cfg.fsq.groups)
+    if tok_cfg.arch == "patch_alpha" and (tok_cfg.quantizer != "fsq"
+                                          or int(tok_cfg.fsq.groups) != 2):
+        raise ValueError("image_tokenizer.arch='patch_alpha' draws each patch from two "
+                         "sub-codes (an alpha mask and a colour): it needs image_tokenizer.quantizer='fsq' "
+                         f"with fsq.groups=2, got quantizer={tok_cfg.quantizer!r}"
+                         + (f", fsq.groups={tok_cfg.fsq.groups}" if tok_cfg.quantizer == "fsq"
+                            else ""))
     return downsample, channels, channel_mult, num_res_blocks, norm
 
 

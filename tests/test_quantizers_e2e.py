@@ -1,6 +1,7 @@
 """Every image quantizer through every job (issue 25, item 7): `mmar demo` on the `test`
 preset (text tokenizer, image tokenizer, decoder, sample, eval) then `mmar export`, for FSQ,
-VQ, LFQ and RQ, in-process to stay fast. Before, an RQ demo trained both models and then
+VQ, LFQ and RQ, and the `tiny` preset's factorised FSQ with 2-D image positions (exported
+with --format mmar: the hf format refuses those positions), in-process to stay fast. Before, an RQ demo trained both models and then
 failed in sampling (the sampler drew codes per image without the RQ depth); a sampler that
 draws a code of another depth's range is an error at decoding (`check_depths`), so a demo
 that finishes has drawn every code from its own depth."""
@@ -21,6 +22,10 @@ QUANTIZERS = {  # the overrides a user passes on the command line (docs/tokenize
     "vq": {"image_tokenizer.quantizer": "vq"},
     "lfq": {"image_tokenizer.quantizer": "lfq"},
     "rq": {"image_tokenizer.quantizer": "rq", "data.seq_len": 96},
+    # the `tiny` preset's: factorised FSQ (where x what sub-codes) and 2-D image positions
+    "fsq_groups_2d": {"image_tokenizer.arch": "patch_alpha", "image_tokenizer.fsq.levels":
+                      (5,) * 6, "image_tokenizer.fsq.groups": 2, "data.seq_len": 96,
+                      "model.image_positions": "2d"},
 }
 
 
@@ -41,8 +46,15 @@ def test_demo_and_export(quantizer, test_config, tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["t2i_accuracy"] == report["t2i_accuracy"]
 
-    hf.export(tmp_path, tmp_path / "hf", log=lambda _: None)
-    decoder = assets.ImageDecoder.from_pretrained(tmp_path / "hf")
+    if cfg.model.image_positions == "2d":   # no transformers class has them: refused, named
+        with pytest.raises(ValueError, match=r"model\.image_positions='2d'.*--format mmar"):
+            hf.export(tmp_path, tmp_path / "hf", log=lambda _: None)
+        check = json.loads((tmp_path / "tokenizer" / "check.json").read_text())
+        assert len(check["sub_codes_name"]) == 2    # judged per sub-code
+        out = hf.export(tmp_path, tmp_path / "native", fmt="mmar", log=lambda _: None)
+    else:
+        out = hf.export(tmp_path, tmp_path / "hf", log=lambda _: None)
+    decoder = assets.ImageDecoder.from_pretrained(out)
     n = derived.codes_per_image(cfg)
     assert decoder.codes_per_image == n
     depth = derived.quantizer_depth(cfg.image_tokenizer)

@@ -33,11 +33,13 @@ def _preset_source_fields(path: pathlib.Path) -> set[str]:
             for kw in node.keywords if kw.arg}
 
 
-@pytest.mark.parametrize("preset", ["tiny", "test", "tiny_randar"])
-def test_an_old_flat_config_migrates_to_the_preset(preset):
-    """The flat config of the same preset as an older mmar wrote it (checkpoints save their
-    config) completes to exactly today's preset."""
-    old = json.loads((FIXTURES / f"t2i_shapes_{preset}_flat.json").read_text())
+@pytest.mark.parametrize("fixture,preset", [("tiny", "tiny_flat"), ("test", "test"),
+                                            ("tiny_randar", "tiny_randar")])
+def test_an_old_flat_config_migrates_to_the_preset(fixture, preset):
+    """The flat config of a preset as an older mmar wrote it (checkpoints save their config)
+    completes to exactly today's preset of the same settings (the `tiny` of then is
+    `tiny_flat` now: `tiny` moved to factorised codes)."""
+    old = json.loads((FIXTURES / f"t2i_shapes_{fixture}_flat.json").read_text())
     assert "sjd_window" in old["sample"] and "levels" in old["image_tokenizer"]
     migrated = schema.complete(old).to_dict()
     today = config_lib.load(f"configs/t2i_shapes.py:{preset}").to_dict()
@@ -59,8 +61,8 @@ def test_migration_moves_each_name_and_says_so():
 
 
 def test_every_preset_is_complete_and_valid():
-    for spec in ["configs/t2i_shapes.py:" + p for p in ("tiny", "tiny_rar", "tiny_randar",
-                                                         "test")] + \
+    for spec in ["configs/t2i_shapes.py:" + p for p in ("tiny", "tiny_flat", "tiny_rar",
+                                                         "tiny_randar", "test")] + \
                 ["configs/pretrain.py:100m", "configs/sweep_shapes.py:micro"]:
         cfg = config_lib.load(spec)
         schema.check(schema.complete(cfg))

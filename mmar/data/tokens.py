@@ -48,7 +48,7 @@ FORMAT = "mmar-tokens/1"
 # such as train.steps or lr do not: the checkpoint hash covers what training produced.
 SHAPE_FIELDS = ("quantizer", "downsample", "arch", "channels", "channel_mult",
                 "num_res_blocks", "norm")
-QUANTIZER_FIELDS = {"fsq": ("levels",), "vq": ("codebook_size", "codebook_dim", "l2_norm"),
+QUANTIZER_FIELDS = {"fsq": ("levels", "groups"), "vq": ("codebook_size", "codebook_dim", "l2_norm"),
                     "lfq": ("bits",), "rq": ("depth", "shared", "codebook_size",
                                              "codebook_dim")}
 # data fields that define which images a built-in source holds (shapes, stories).

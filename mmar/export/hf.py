@@ -132,6 +132,11 @@ def check_mappable(model_cfg, names) -> None:
     if model_cfg.mot.enabled:
         raise ValueError("model.mot.enabled=True: a Mixture-of-Transformers decoder has no "
                          "transformers equivalent; export it with --format mmar (docs/export.md)")
+    if model_cfg.image_positions == "2d":
+        raise ValueError("model.image_positions='2d': transformers' Llama, Qwen3, Chameleon "
+                         "and Emu3 give image codes 1-D RoPE positions, so the exported model "
+                         "would read images differently; export it with --format mmar "
+                         "(docs/export.md)")
     extra = sorted(set(names) - expected_names(model_cfg))
     missing = sorted(expected_names(model_cfg) - set(names))
     if extra or missing:

@@ -50,7 +50,7 @@ class Models:
         # `image_sampler` draws every image, as data.image_order and sample.image_decoder
         # say (mmar/sample/dispatch.py); `sampler` (plain decoding) every text.
         self.code_vectors = None   # latent neighbours for LANTERN (sample.image_decoder="sjd")
-        if cfg.image_tokenizer.quantizer != "rq":
+        if self.tokenizer.depth == 1:   # one code per position (not RQ / factorised FSQ)
             self.code_vectors = sjd.code_vectors(self.tokenizer)
         self.sampler, self.image_sampler = dispatch.samplers(
             cfg, self.model_state, self.vocab, self.num_codes, code_vectors=self.code_vectors)

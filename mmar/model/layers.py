@@ -102,7 +102,8 @@ def qk_norms(cfg, dtype, param_dtype, rngs: nnx.Rngs):
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding of x [B, S, N, D] at integer `positions` [B, S].
+    """Rotary position embedding of x [B, S, N, D] at integer `positions` [B, S] (or
+    [B, S, 3]: `rope_angles`).
 
     Dimension i is rotated with dimension i + D/2 by angle position * theta^(-2i/D): the
     "rotate half" layout of Hugging Face Llama, so exported q/k weights need no permutation.
@@ -113,10 +114,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def rope_angles(positions: jax.Array, head_dim: int, theta: float):
     """(sin, cos) [B, S, 1, D/2] of RoPE at `positions` [B, S]: the same for every layer and
-    head, so the KV-cache step (model/kv_decode.py) computes them once per call."""
+    head, so the KV-cache step (model/kv_decode.py) computes them once per call. Positions
+    [B, S, 3] (sequence, row, column: mmar/model/positions.py) give frequency i the
+    component i % 3; three equal components are the 1-D angles exactly."""
     half = head_dim // 2
     inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
+    if positions.ndim == 3:
+        positions = positions[..., jnp.arange(half) % positions.shape[-1]]  # [B, S, D/2]
+        angles = positions.astype(jnp.float32) * inv_freq
+    else:
+        angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, D/2]
     return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
 
 

@@ -35,6 +35,7 @@ from flax import nnx
 from mmar import schema
 from mmar.model import attention, kv_decode
 from mmar.model import mot as mot_lib
+from mmar.model import positions as positions_lib
 from mmar.model.attention import Visible, attention_mask
 from mmar.model.layers import (MLP, Attention, Context, Embed, RMSNorm, param, project,
                                rope_angles)
@@ -136,6 +137,8 @@ class Decoder(nnx.Module):
         self.scan_layers = cfg.scan_layers
         self.attention = attention.implementation(cfg)
         self.mot = cfg.mot.enabled
+        self.image_layout = (positions_lib.ImageLayout(*(int(x) for x in cfg.image_layout))
+                             if cfg.image_positions == "2d" else None)
         self.num_modalities, self.mot_tile = cfg.mot.num_modalities, cfg.mot.tile
         self.kv_spec = None if self.mot else kv_decode.Spec(
             cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.norm_eps,
@@ -154,6 +157,8 @@ class Decoder(nnx.Module):
         1 image) is required with `mot.enabled=True` and ignored otherwise; `targets` [B, S] with
         `num_targets` > 0 (RAR) and ignored otherwise.
         """
+        if self.image_layout is not None:
+            positions, _ = positions_lib.components(tokens, positions, self.image_layout)
         ctx = Context(positions, self.attention.packed(segment_ids), self._route(modality))
         x = self._run_blocks(self._embed(tokens, targets, ctx), ctx)
         return self._logits(x, ctx)
@@ -161,12 +166,16 @@ class Decoder(nnx.Module):
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict:
         """An empty KV cache: k/v, one [B, KVH, max_len, D] array per layer (tuples of L;
         model/kv_decode.py says why), segment_ids [B, max_len] (0 = empty slot) and index
-        (the next slot to write, an int32 scalar)."""
+        (the next slot to write, an int32 scalar); with 2-D image positions also boi_slot [B]
+        (the slot of each row's last <boi>, -1 = none: mmar/model/positions.py)."""
         shape = (batch_size, self.n_kv_heads, max_len, self.head_dim)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(self.n_layers))
-        return {"k": zeros, "v": zeros,
-                "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
-                "index": jnp.zeros((), jnp.int32)}
+        cache = {"k": zeros, "v": zeros,
+                 "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
+                 "index": jnp.zeros((), jnp.int32)}
+        if self.image_layout is not None:   # 2-D positions: each row's last <boi> slot
+            cache["boi_slot"] = jnp.full((batch_size,), -1, jnp.int32)
+        return cache
 
     def decode_weights(self, logits_ids: tuple[int, int] | None = None):
         """What `decode(weights=...)` reads, prepared once (kv_decode.prepare: fused and
@@ -205,6 +214,9 @@ class Decoder(nnx.Module):
             cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
         mask = attention_mask(segment_ids, cache_segments, q_offset=index, visible=visible)
         new_cache = {"segment_ids": cache_segments, "index": index + tokens.shape[1]}
+        if self.image_layout is not None:
+            positions, new_cache["boi_slot"] = positions_lib.components(
+                tokens, positions, self.image_layout, index, cache["boi_slot"])
         if self.kv_spec is not None:
             spec = self.kv_spec
             w = self.decode_weights(logits_ids) if weights is None else weights

@@ -35,7 +35,7 @@ def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, 
     overrides = {} if method is None else {"image_decoder": method}
     method = core.section(sample_cfg, **overrides).image_decoder
     if depth > 1 and (method != "plain" or image_order == "randar"):
-        raise ValueError(f"image_tokenizer.quantizer='rq' (depth {depth}): its codes are "
+        raise ValueError(f"image_tokenizer (RQ depth or fsq.groups {depth}): its codes are "
                          f"{depth} per grid position, each depth in its own id range; "
                          f"{'randar' if image_order == 'randar' else method!r} decodes one "
                          "code per position: use sample.image_decoder='plain' with a raster "

@@ -56,7 +56,7 @@ def code_vectors(tokenizer) -> np.ndarray:
     quantizer = model.quantizer if hasattr(model, "quantizer") else model.quantize
     if getattr(quantizer, "depth", 1) > 1:
         raise ValueError("sample.sjd.lantern_delta: LANTERN needs one latent vector per code id; "
-                         "residual (rq) codes are depth-major ids, not supported")
+                         "codes several per position (RQ, factorised FSQ) are not supported")
     return np.asarray(quantizer.codes_to_vectors(jnp.arange(tokenizer.num_codes)), np.float64)
 
 

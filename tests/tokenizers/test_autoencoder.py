@@ -177,3 +177,33 @@ def test_patch_arch_codes_see_one_patch_each():
     recon = np.asarray(model.decode_codes(jnp.asarray(codes)))
     assert recon.shape == images.shape
     np.testing.assert_allclose(recon[0, :8, :8], recon[0, 24:, 24:], atol=1e-6)
+
+
+def test_alpha_patch_decoder_matches_numpy_and_needs_two_sub_codes():
+    """arch="patch_alpha": patch = base + m * colour with m = where^2 / max(where^2) (peak 1,
+    so the colour's scale is pinned), where from sub-code 0's half of the latent and colour
+    from sub-code 1's; codes come in [B, h, w, 2]."""
+    cfg = _cfg(arch="patch_alpha", fsq=dict(levels=(5, 5, 5, 5), groups=2), num_res_blocks=0)
+    model = Autoencoder(cfg, rngs=_rngs(1))
+    codes = np.asarray(model.encode(to_model_range(_shapes_images(2))))
+    assert codes.shape == (2, 4, 4, 2)
+    assert (codes[..., 0] < 25).all() and (codes[..., 1] >= 25).all()
+    z = np.asarray(model.quantizer.codes_to_vectors(jnp.asarray(codes)), np.float64)
+    dec = model.decoder
+
+    def mlp(layers, x):
+        for i, layer in enumerate(layers):
+            x = x @ np.asarray(layer.kernel[...])[0, 0] + np.asarray(layer.bias[...])
+            if i < len(layers) - 1:
+                x = x / (1 + np.exp(-x))         # silu
+        return x
+
+    where = mlp(dec.where, z[..., :2]) ** 2
+    mask = where / (where.max(-1, keepdims=True) + 1e-3)
+    colour = mlp(dec.what, z[..., 2:])
+    patch = np.asarray(dec.base[...]) + mask[..., None] * colour[..., None, :]  # [B,h,w,64,3]
+    want = patch.reshape(2, 4, 4, 8, 8, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 32, 32, 3)
+    np.testing.assert_allclose(np.asarray(model.decode_codes(jnp.asarray(codes))), want,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="patch_alpha.*fsq.groups=2"):
+        Autoencoder(_cfg(arch="patch_alpha"), rngs=_rngs(0))

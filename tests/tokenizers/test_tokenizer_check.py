@@ -20,7 +20,25 @@ def test_collisions_name_the_contents_a_code_holds():
     contents = np.array([["empty", "empty"], ["red circle", "blue square"]], dtype=object)
     assert check.collisions(codes, contents) == {}
     contents[0, 1] = "green triangle"
-    assert check.collisions(codes, contents) == {3: ["empty", "green triangle"]}
+    assert check.collisions(codes, contents) == {"3": ["empty", "green triangle"]}
+
+
+def test_sub_codes_are_one_code_per_cell_and_say_what_they_name():
+    """Factorised codes [N, g, g, 2]: a cell's pair is its code; `factors` says which
+    sub-code alone tells the shape and which the colour (empty cells ignored)."""
+    contents = np.array([[["red circle", "red square"], ["blue circle", "empty"]]], dtype=object)
+    where = {"circle": 0, "square": 1}
+    what = {"red": 10, "blue": 11}
+    codes = np.zeros((1, 2, 2, 2), np.int32)
+    for (r, c), name in np.ndenumerate(contents[0]):
+        codes[0, r, c] = ((where[name.split()[1]], what[name.split()[0]]) if name != "empty"
+                          else (1, 11))       # an empty cell may share sub-codes with objects
+    assert check.collisions(codes, contents) == {}
+    assert check.factors(codes, contents) == [{"shape": True, "colour": False},
+                                              {"shape": False, "colour": True}]
+    codes[0, 1, 0] = (0, 10)                  # blue circle drawn as red circle: one code
+    assert check.collisions(codes, contents) == {"0+10": ["blue circle", "red circle"]}
+    assert check.factors(codes, contents)[1] == {"shape": False, "colour": False}
 
 
 @pytest.mark.slow

@@ -42,13 +42,42 @@ def cell_contents(objects, grid: int) -> np.ndarray:
     return cells
 
 
-def collisions(codes: np.ndarray, contents: np.ndarray) -> dict[int, list[str]]:
+def _keys(codes: np.ndarray, cells: int) -> list[str]:
+    """One key per cell: its code, or its sub-codes joined by '+' (RQ, factorised FSQ)."""
+    per_cell = np.asarray(codes).reshape(cells, -1)
+    return ["+".join(str(int(c)) for c in row) for row in per_cell]
+
+
+def collisions(codes: np.ndarray, contents: np.ndarray) -> dict[str, list[str]]:
     """{code: the contents it stands for} for every code seen with more than one content;
-    codes [N, g, g] and contents [N, g, g] cell for cell."""
+    codes [N, g, g] (or [N, g, g, depth]: a cell's sub-codes together are its code) and
+    contents [N, g, g] cell for cell."""
+    contents = np.asarray(contents).reshape(-1)
     owners = collections.defaultdict(set)
-    for code, content in zip(np.asarray(codes).reshape(-1), np.asarray(contents).reshape(-1)):
-        owners[int(code)].add(str(content))
-    return {code: sorted(c) for code, c in sorted(owners.items()) if len(c) > 1}
+    for key, content in zip(_keys(codes, len(contents)), contents):
+        owners[key].add(str(content))
+    return {key: sorted(c) for key, c in sorted(owners.items()) if len(c) > 1}
+
+
+def factors(codes: np.ndarray, contents: np.ndarray) -> list[dict[str, bool]]:
+    """Per sub-code (depth index), whether its value alone tells an object's shape and
+    whether it tells its colour (over the cells that hold an object: an empty cell may share
+    either sub-code with an object, a black colour makes any mask empty): what a factorised
+    tokenizer's sub-codes name. A compositional pair of sub-codes has one naming each."""
+    contents = np.asarray(contents).reshape(-1)
+    per_cell = np.asarray(codes).reshape(len(contents), -1)
+    full = contents != "empty"
+    parts = [c.split(" ") for c in contents[full]]
+    out = []
+    for d in range(per_cell.shape[1]):
+        named = {}
+        for what, index in (("shape", 1), ("colour", 0)):
+            seen = collections.defaultdict(set)
+            for code, part in zip(per_cell[full, d], parts):
+                seen[int(code)].add(part[index])
+            named[what] = all(len(v) == 1 for v in seen.values())
+        out.append(named)
+    return out
 
 
 def check(tokenizer, cfg) -> dict:
@@ -67,12 +96,13 @@ def check(tokenizer, cfg) -> dict:
     out = {"applies": True, "images": len(records), "reconstruction_accuracy": accuracy,
            "distinct_codes": int(len(np.unique(codes)))}
     side = cfg.data.image_size // cfg.image_tokenizer.downsample
-    if tokenizer.depth == 1 and side == spec.grid:   # one code per object cell
+    if side == spec.grid:   # one code (or one tuple of sub-codes) per object cell
         contents = np.stack([cell_contents(synthetic.objects_from_json(r["objects"]), spec.grid)
                              for r in records])
         out["distinct_contents"] = int(len(np.unique(contents)))
-        out["collisions"] = {str(k): v for k, v in
-                             collisions(codes.reshape(contents.shape), contents).items()}
+        out["collisions"] = collisions(codes, contents)
+        if tokenizer.depth > 1:
+            out["sub_codes_name"] = factors(codes, contents)
     return out
 
 
@@ -94,13 +124,18 @@ def enforce(tokenizer, cfg, log=print, path=None) -> dict:
     log(f"[tokenizer-check] {figures['images']} held-out images: judge on reconstructions "
         f"{figures['reconstruction_accuracy']:.3f} (need {need}), "
         f"{figures['distinct_codes']} distinct codes{contents}")
+    for d, named in enumerate(figures.get("sub_codes_name", ())):
+        what = " and ".join(k for k, v in named.items() if v) or "neither shape nor colour"
+        log(f"[tokenizer-check] sub-code {d} alone names the cell's {what}")
     problems = []
     if figures["reconstruction_accuracy"] < need:
         problems.append(f"the judge accepts {figures['reconstruction_accuracy']:.3f} of the "
                         f"reconstructions (image_tokenizer.check.min_accuracy={need})")
     if lost:
-        code, names = next(iter(lost.items()))
-        problems.append(f"code {code} stands for {' and '.join(names)}"
+        code, names = next(iter(lost.items()))   # a code, or sub-codes 'a+b' 
+        shown = " and ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3
+                                           else "")
+        problems.append(f"code {code} stands for {shown}"
                         + (f" ({len(lost) - 1} more such codes)" if len(lost) > 1 else ""))
     figures["passed"] = not problems
     if path is not None:

@@ -11,10 +11,10 @@ trainer and the pretokenize job never look at which one they hold:
   commitment / codebook / entropy terms for VQ and LFQ; 0 for FSQ) and may add more metrics;
 - ``codes_to_vectors(codes int [...]) -> z_q [..., dim]``: what the decoder consumes;
 - ``vectors_to_codes(z_q [..., dim]) -> codes int32 [...]``;
-- ``depth``: codes per latent position (1, or the RQ depth). With ``depth > 1`` every
-  ``codes`` array above has a trailing ``[..., depth]`` axis, and depth ``d``'s codes are
-  offset by ``d * codebook_size``, so ``num_codes`` still bounds all of them and maps
-  straight into the vocabulary (one id range per depth; docs/tokenizers.md);
+- ``depth``: codes per latent position (1, the RQ depth, or FSQ's sub-codebooks). With
+  ``depth > 1`` every ``codes`` array above has a trailing ``[..., depth]`` axis, and depth
+  ``d``'s codes are offset by ``d * codes_per_depth``, so ``num_codes`` still bounds all of
+  them and maps straight into the vocabulary (one id range per depth; docs/tokenizers.md);
 - ``aux["assign"]`` (optional): a zero-valued term that updates ``Buffer``s (codebooks.py).
 
 FSQ is here; VQ, LFQ and RQ are in codebooks.py. ``make_quantizer`` is the one place that
@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from mmar import schema
+from mmar import derived
 from mmar.derived import QUANTIZERS
 from mmar.tokenizers.image import codebooks
 
@@ -57,22 +58,33 @@ class FSQ(nnx.Module):
     digit ``i`` (least significant first) is the level index of dim ``i``. No parameters, no aux
     loss. ``eps`` keeps the tanh range strictly inside the outermost rounding cells.
 
+    ``groups > 1`` factorises the code (Open-MAGVIT2's asymmetric token factorisation, applied
+    to FSQ): the channels split into ``groups`` consecutive slices of equal size and equal
+    level product ``K``, each slice is a sub-codebook of ``K`` codes, and a position gets one
+    code per slice (``depth = groups``; slice ``g``'s code offset by ``g * K``). The vectors
+    are the same; only the indexing changes, so a decoder model predicts sub-tokens of ``K``
+    ids instead of one token of ``K ** groups``, and a combination of sub-codes it has seen
+    apart is one it can write together (docs/tokenizers.md, "Factorised codes").
+
     Deviation from the paper's listing: the listing uses ``tan(offset / half_l)`` for the inner
     shift; ``arctanh`` is the value that makes ``bound(0) == 0`` exactly (the later reference
     implementations use it). The grid and the code indices are identical either way.
     """
 
-    def __init__(self, levels: Sequence[int], eps: float = 1e-3):
+    def __init__(self, levels: Sequence[int], eps: float = 1e-3, groups: int = 1):
         levels = tuple(int(l) for l in levels)
+        groups = int(groups)
         if not levels or any(l < 2 for l in levels):
             raise ValueError(f"image_tokenizer.fsq.levels: every FSQ level must be an integer "
                              f">= 2, got {levels}")
         if math.prod(levels) > np.iinfo(np.int32).max:
             raise ValueError(f"image_tokenizer.fsq.levels: prod(levels) = {math.prod(levels)} "
                              "does not fit int32")
+        slices = derived.fsq_slices(levels, groups)
         self.levels = levels
         self.eps = float(eps)
-        self.depth = 1
+        self.depth = groups
+        self.codes_per_depth = math.prod(slices[0])   # ids per sub-codebook
 
     # ---- static properties -------------------------------------------------------------------
 
@@ -82,7 +94,7 @@ class FSQ(nnx.Module):
 
     @property
     def num_codes(self) -> int:
-        return math.prod(self.levels)
+        return self.depth * self.codes_per_depth
 
     def _levels(self) -> np.ndarray:
         return np.asarray(self.levels, np.float32)
@@ -91,7 +103,19 @@ class FSQ(nnx.Module):
         return np.asarray([l // 2 for l in self.levels], np.float32)
 
     def _basis(self) -> np.ndarray:
-        return np.concatenate([[1], np.cumprod(self.levels[:-1])]).astype(np.int32)
+        """Mixed-radix place value of each channel inside its sub-codebook."""
+        size = len(self.levels) // self.depth
+        out = []
+        for g in range(self.depth):
+            part = self.levels[g * size:(g + 1) * size]
+            out.append(np.concatenate([[1], np.cumprod(part[:-1])]))
+        return np.concatenate(out).astype(np.int32)
+
+    def _group_of_channel(self) -> np.ndarray:
+        return np.repeat(np.arange(self.depth), len(self.levels) // self.depth)
+
+    def _offsets(self) -> np.ndarray:
+        return (np.arange(self.depth) * self.codes_per_depth).astype(np.int32)
 
     # ---- quantization ------------------------------------------------------------------------
 
@@ -121,20 +145,33 @@ class FSQ(nnx.Module):
     # ---- code <-> vector ---------------------------------------------------------------------
 
     def vectors_to_codes(self, z_q: jax.Array) -> jax.Array:
-        """Quantized vectors in [-1, 1] -> int32 code indices in ``[0, num_codes)``."""
+        """Quantized vectors in [-1, 1] -> int32 code indices in ``[0, num_codes)`` (``[...,
+        groups]`` with each group's offset when factorised)."""
         half = self._half_width()
         digits = jnp.round(jax.lax.stop_gradient(z_q) * half + half).astype(jnp.int32)
-        return jnp.sum(digits * self._basis(), axis=-1).astype(jnp.int32)
+        place = digits * self._basis()
+        if self.depth == 1:
+            return jnp.sum(place, axis=-1).astype(jnp.int32)
+        place = place.reshape(*place.shape[:-1], self.depth, -1)
+        return (jnp.sum(place, axis=-1) + self._offsets()).astype(jnp.int32)
 
     def codes_to_vectors(self, codes: jax.Array) -> jax.Array:
-        """int code indices ``[...]`` -> quantized vectors ``[..., dim]`` (exact inverse)."""
-        codes = jnp.asarray(codes).astype(jnp.int32)[..., None]
+        """int code indices ``[...]`` (``[..., groups]`` when factorised) -> quantized vectors
+        ``[..., dim]`` (exact inverse)."""
+        codes = jnp.asarray(codes).astype(jnp.int32)
+        if self.depth == 1:
+            codes = codes[..., None]
+        else:   # each channel reads its own group's code, less the group's offset
+            codes = (codes - self._offsets())[..., self._group_of_channel()]
         digits = (codes // self._basis()) % np.asarray(self.levels, np.int32)
         half = self._half_width()
         return (digits.astype(jnp.float32) - half) / half
 
     def implicit_codebook(self) -> jax.Array:
-        """All ``num_codes`` vectors, ``[num_codes, dim]``, row ``k`` is code ``k``."""
+        """All ``num_codes`` vectors, ``[num_codes, dim]``, row ``k`` is code ``k`` (flat
+        codebooks only: a factorised code is a tuple, not a row)."""
+        if self.depth > 1:
+            raise ValueError("a factorised FSQ (fsq.groups > 1) has no flat codebook")
         return self.codes_to_vectors(jnp.arange(self.num_codes, dtype=jnp.int32))
 
 
@@ -162,7 +199,7 @@ def make_quantizer(cfg: Any, rngs: nnx.Rngs | None = None) -> nnx.Module:
     name = cfg.quantizer
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     if name == "fsq":
-        return FSQ(cfg.fsq.levels)
+        return FSQ(cfg.fsq.levels, groups=cfg.fsq.groups)
     if name == "vq":
         vq = cfg.vq
         return codebooks.VQ(vq.codebook_size, vq.codebook_dim, l2_norm=vq.l2_norm,
