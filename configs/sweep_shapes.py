@@ -8,7 +8,8 @@ largest too long, both left out), end to end on 2 CPU cores (time in docs/scalin
     mmar sweep --config=configs/sweep_shapes.py:mini --workdir=runs/sweep
     mmar sweep --config=configs/sweep_shapes.py:mini --workdir=runs/sweep --dry-run
 
-The base config is configs/t2i_shapes.py (`tiny` for mini, `test` for micro); the `sweep`
+The base config is configs/t2i_shapes.py (`tiny_flat` for mini: one code per cell, the sweep of docs/scaling.md; `test`
+for micro); the `sweep`
 section (mmar/scaling/sweep.py) sets the budgets and the model-shape family, and each run is
 the base config plus `--config.model.*`, `--config.train.steps` and friends. Every run
 shares one image tokenizer, trained once in WORKDIR/tokenizer.
@@ -35,7 +36,7 @@ def _base(preset):
 def get_config(arg: str = "mini") -> ml_collections.ConfigDict:
     if arg not in PRESETS:
         raise ValueError(f"unknown preset {arg!r} for configs/sweep_shapes.py; one of {PRESETS}")
-    c = _base("tiny" if arg == "mini" else "test")
+    c = _base("tiny_flat" if arg == "mini" else "test")
     with c.unlocked():
         c.preset = arg
         c.sweep = ml_collections.ConfigDict(dict(

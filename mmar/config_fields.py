@@ -390,7 +390,9 @@ SCHEMA: dict[str, Any] = {
         "interleaved_tokens": Field(64, "new tokens per continued story", **POSITIVE),
         "max_text_len": Field(48, "longest generated caption", **POSITIVE),
         "batch_size": Field(50, "prompts per sampling batch", **POSITIVE),
-        "seed": Field(0, "sampling key", **NONNEG_INT),
+        "seed": Field(0, "sampling key; -1 = the run's `seed` (so one override re-seeds "
+                      "everything)", check=lambda v: _int(v) and v >= -1,
+                      want="an int >= -1"),
         "image_decoder": Field("plain", "raster models: 'sjd' (speculative Jacobi, LANTERN) "
                                "or 'zipar' parallel decoding", **choice("plain", "sjd",
                                                                        "zipar")),

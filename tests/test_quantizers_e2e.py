@@ -1,8 +1,8 @@
 """Every image quantizer through every job (issue 25, item 7): `mmar demo` on the `test`
 preset (text tokenizer, image tokenizer, decoder, sample, eval) then `mmar export`, for FSQ,
 VQ, LFQ and RQ, and the `tiny` preset's factorised FSQ with 2-D image positions (exported
-with --format mmar: the hf format refuses those positions), in-process to stay fast. Before, an RQ demo trained both models and then
-failed in sampling (the sampler drew codes per image without the RQ depth); a sampler that
+with --format mmar: the hf format refuses those positions), in-process to stay fast.
+Before, an RQ demo trained both models and then failed in sampling (the sampler drew codes per image without the RQ depth); a sampler that
 draws a code of another depth's range is an error at decoding (`check_depths`), so a demo
 that finishes has drawn every code from its own depth."""
 import json

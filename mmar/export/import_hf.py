@@ -87,6 +87,7 @@ def model_section(hf_cfg: dict, path) -> dict:
         "norm_eps": float(hf_cfg.get("rms_norm_eps", 1e-6)),
         "qk_norm": model_type == "qwen3", "qk_norm_kind": "rms", "norm_placement": "pre",
         "hf_class": "",
+        "image_positions": "1d",   # transformers' classes: 1-D RoPE for every token
         "tie_embeddings": bool(hf_cfg.get("tie_word_embeddings", False)),
         "init_std": float(hf_cfg.get("initializer_range", 0.02)),
     }

@@ -166,7 +166,8 @@ def image_tokenizer_fields(hf_cfg: dict, path) -> tuple[dict, int | None]:
     if size is None or dim is None:
         raise ValueError(f"{path}: vq_config needs the codebook size and embed_dim")
     downsample = 2 ** (len(mult) - 1)
-    fields = {"pretrained": arch.vq_kind, "quantizer": "vq", "downsample": downsample,
+    fields = {"pretrained": arch.vq_kind, "quantizer": "vq", "arch": "conv",
+              "downsample": downsample,
               "vq": {"codebook_size": int(size), "codebook_dim": int(dim)}}
     return fields, vq.get("resolution")
 

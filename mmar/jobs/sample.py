@@ -129,6 +129,11 @@ def _batches(items, size):
         yield items[i:i + size]
 
 
+def sample_seed(cfg) -> int:
+    """The sampling key's seed: `sample.seed`, or the run's `seed` when it is -1."""
+    return int(cfg.sample.seed) if cfg.sample.seed >= 0 else int(cfg.seed)
+
+
 def provenance(models: Models, seed: int, index: int) -> dict:
     """What re-draws sample `index`: its settings, seed, batch and row in the batch.
 
@@ -177,12 +182,12 @@ def text_to_image(models: Models, split: str, out_dir: pathlib.Path, log=print) 
     spec = synthetic.ShapesSpec.from_config(cfg.data)
     captions = [r["caption"] for r in models.records(split)]
     n = len(captions)
-    images = draw_images(models, captions, cfg.sample.seed, log)
+    images = draw_images(models, captions, sample_seed(cfg), log)
     models.images[f"t2i_{split}"] = images  # for the Frechet distance in `mmar eval`
     records = [{"index": i, "caption": c, "correct": bool(judge.judge_image(img, c, spec)),
                 "read": judge.describe(judge.read_image(img, spec)),
                 "categories": geneval.categories(img, c, spec),
-                **provenance(models, cfg.sample.seed, i)}
+                **provenance(models, sample_seed(cfg), i)}
                for i, (c, img) in enumerate(zip(captions, images))]
     image_grid(images, cfg.eval.grid_columns,
                labels=[(r["caption"], r["correct"]) for r in records]).save(
@@ -199,7 +204,7 @@ def image_to_text(models: Models, split: str, out_dir: pathlib.Path, log=print) 
     recs = models.records(split)
     n = len(recs)
     codes = models.tokenizer.encode(np.stack([r["image"] for r in recs]))
-    key = jax.random.key(cfg.sample.seed + 1)
+    key = jax.random.key(sample_seed(cfg) + 1)
     generated = []
     for chunk in _batches(codes, cfg.sample.batch_size):
         key, sub = jax.random.split(key)
@@ -208,7 +213,7 @@ def image_to_text(models: Models, split: str, out_dir: pathlib.Path, log=print) 
     records = [{"index": i, "caption": r["caption"], "generated": g,
                 "correct": bool(judge.judge_caption(synthetic.objects_from_json(r["objects"]),
                                                     g, spec)),
-                **provenance(models, cfg.sample.seed + 1, i)}
+                **provenance(models, sample_seed(cfg) + 1, i)}
                for i, (r, g) in enumerate(zip(recs, generated))]
     _write_jsonl(out_dir / f"i2t_{split}.jsonl", records)
     acc = np.mean([r["correct"] for r in records])
@@ -245,13 +250,13 @@ def digits_to_image(models: Models, out_dir: pathlib.Path, log=print) -> list[di
     cfg = models.cfg
     n = min(cfg.eval.num_examples, 1000)
     labels = [i % 10 for i in range(n)]
-    images = draw_images(models, [f"the digit {k}" for k in labels], cfg.sample.seed + 2,
+    images = draw_images(models, [f"the digit {k}" for k in labels], sample_seed(cfg) + 2,
                          log)
     size = cfg.data.image_size   # keep-aspect images are read at the square, as the judge does
     predicted = digits.classifier(size).predict(
         np.stack([judge.square_view(im, size) for im in images]))
     records = [{"index": i, "caption": f"the digit {k}", "label": k, "predicted": int(p),
-                "correct": bool(p == k), **provenance(models, cfg.sample.seed + 2, i)}
+                "correct": bool(p == k), **provenance(models, sample_seed(cfg) + 2, i)}
                for i, (k, p) in enumerate(zip(labels, predicted))]
     image_grid(images, 10, labels=[(f"{r['label']}: read {r['predicted']}", r["correct"])
                                    for r in records]).save(out_dir / "digits_test.png")
@@ -284,7 +289,7 @@ def continue_stories(models, out_dir: pathlib.Path, log=print) -> list[dict]:
     # the first image whole: its codes and <eoi> (keep-aspect: its size ids and <eol>s too)
     steps = max(int(cfg.sample.interleaved_tokens), models.num_codes + 1 + (
         2 + v.grid_sides if v.grid_sides else 0))
-    key, seed = jax.random.key(cfg.sample.seed + 3), cfg.sample.seed + 3
+    key, seed = jax.random.key(sample_seed(cfg) + 3), sample_seed(cfg) + 3
     records, grid = [], []
     for chunk in _batches(items, cfg.sample.batch_size):
         key, sub = jax.random.split(key)

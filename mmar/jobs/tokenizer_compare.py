@@ -1,6 +1,6 @@
 """Train FSQ, VQ, LFQ and RQ tokenizers on equal terms and write the comparison table.
 
-    python -m mmar.jobs.tokenizer_compare --config=configs/t2i_shapes.py:tiny \\
+    python -m mmar.jobs.tokenizer_compare --config=configs/t2i_shapes.py:tiny_flat \\
         --workdir=runs/tokenizers --steps=600
 
 Every quantizer gets the same autoencoder, data, steps and 6 bits per image position (FSQ
