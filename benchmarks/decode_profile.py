@@ -119,7 +119,7 @@ def op_times(trace_dir: str, names: set) -> collections.Counter:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "configs/t2i_shapes.py") + ":tiny")
+    ap.add_argument("--config", default=str(ROOT / "configs/t2i_shapes.py") + ":tiny_flat")
     ap.add_argument("--shape", default="25m")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--codes", type=int, default=64)

@@ -68,7 +68,7 @@ def write_data(folder: pathlib.Path, fmt: str, size: int, files: int) -> str:
     return f"{fmt}:{folder}/{GLOBS[fmt]}"
 
 
-def tokenizer(preset: str = "tiny"):
+def tokenizer(preset: str = "tiny_flat"):
     """The preset's image tokenizer with random weights on one local device."""
     import jax
     from mmar import config as config_lib

@@ -153,7 +153,7 @@ def cell_row(shape, params_count, batch, n, times, load) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "configs/t2i_shapes.py") + ":tiny")
+    ap.add_argument("--config", default=str(ROOT / "configs/t2i_shapes.py") + ":tiny_flat")
     ap.add_argument("--shapes", default="tiny,25m", help=f"comma list of {sorted(SHAPES)}")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--codes", default="64,256", help="codes per image")

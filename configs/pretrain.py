@@ -44,7 +44,7 @@ SHAPES = {
 def get_config(arg: str = "100m") -> ml_collections.ConfigDict:
     if arg not in PRESETS:
         raise ValueError(f"unknown preset {arg!r} for configs/pretrain.py; one of {PRESETS}")
-    c = config_lib.load(f"{pathlib.Path(__file__).with_name('t2i_shapes.py')}:tiny")
+    c = config_lib.load(f"{pathlib.Path(__file__).with_name('t2i_shapes.py')}:tiny_flat")
     d, layers, heads, kv, hd, mlp, seq_len, batch, lr = SHAPES[arg]
     with c.unlocked():
         c.preset = arg

@@ -17,7 +17,7 @@ A preset lists what it chooses; every other field keeps its default from mmar/sc
 (`mmar train --config=configs/t2i_shapes.py:tiny --print-config` shows them all).
 
 Parameter counts (decoder, embeddings included; checked by tests/test_configs.py):
-    tiny: 722,304    tiny_flat: 722,304    tiny_rar: 724,480    tiny_randar: 722,304
+    tiny: 689,536    tiny_flat: 722,304    tiny_rar: 724,480    tiny_randar: 722,304
     test: 51,424
 """
 import ml_collections
@@ -55,11 +55,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     if arg == "tiny":
         # Two sub-codes per 8x8 cell (fsq.groups): a mask and a colour (arch "patch_alpha"),
-        # so a colour-shape pair never seen in training is two sub-codes that were; 3 FSQ
-        # channels of 5 levels per sub-code (2 channels merged circles and squares on 1 seed
-        # of 8). 2-D positions let the decoder read rows and columns (relations).
+        # so a colour-shape pair never seen in training is two sub-codes that were; 2 FSQ
+        # channels of 5 levels per sub-code (25 ids each; 1 seed of 8 merged circles and
+        # squares, which the tokenizer check stops; 3 channels merged shapes on 2 seeds of 3).
+        # 2-D positions let the decoder read rows and columns (relations).
         # docs/first_run.md and docs/tokenizers.md give the measurements.
-        c.image_tokenizer.update(arch="patch_alpha", fsq=dict(levels=(5,) * 6, groups=2))
+        c.image_tokenizer.update(arch="patch_alpha", fsq=dict(levels=(5,) * 4, groups=2))
         c.image_tokenizer.train.steps = 4000
         c.data.seq_len = 80           # 16 cells x 2 sub-codes
         c.model.image_positions = "2d"

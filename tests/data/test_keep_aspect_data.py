@@ -90,7 +90,7 @@ def test_documents_carry_the_layout(test_config):
 
 @pytest.mark.parametrize("fields,match", [
     ({"data.image_order": "rar"}, "data.image_order='rar' is square-only"),
-    ({"image_tokenizer.quantizer": "rq"}, "quantizer='rq' is square-only"),
+    ({"image_tokenizer.quantizer": "rq"}, "quantizer='rq' and fsq.groups > 1 are square-only"),
     ({"sample.image_decoder": "sjd"}, "keep_aspect=True samples with 'plain'"),
     ({"data.seq_len": 24}, "data.seq_len=24: data.keep_aspect=True needs at least"),
     ({"data.max_aspect_ratio": 0.5}, "data.max_aspect_ratio"),
