@@ -102,21 +102,38 @@ def _validate_order(cfg) -> None:
         cfg.model.num_targets = derived.codes_per_image(cfg) + 1 if order == "rar" else 0
     if cfg.data.keep_aspect:
         _validate_keep_aspect(cfg)
+    multiscale = cfg.image_tokenizer.quantizer == "msrq"
+    if multiscale != (order == "next_scale"):
+        raise ConfigError(
+            f"data.image_order={order!r}: " + (
+                "image_tokenizer.quantizer='msrq' writes an image as token maps of growing "
+                "size, decoded coarse to fine: it needs data.image_order='next_scale'"
+                if multiscale else "next-scale prediction reads the token maps of a "
+                "multi-scale tokenizer: it needs image_tokenizer.quantizer='msrq', got "
+                f"{cfg.image_tokenizer.quantizer!r}"))
+    if multiscale:
+        side = derived.code_grid(cfg)[0]
+        scales = tuple(cfg.image_tokenizer.msrq.scales)
+        if scales[-1] != side:
+            raise ConfigError(f"image_tokenizer.msrq.scales={scales}: the last scale must be "
+                              f"the code grid side, data.image_size / image_tokenizer."
+                              f"downsample = {side}")
     if order == "raster":
         return
     if derived.quantizer_depth(cfg.image_tokenizer) > 1:
         raise ConfigError(f"data.image_order={order!r}: residual quantization "
                           "(image_tokenizer.quantizer='rq') and factorised FSQ (fsq.groups > 1) "
                           "are raster-only (several codes per grid position)")
-    # Packing restarts positions per document and mixtures pack: neither knows the other
-    # orders' positions / targets yet, so they are refused rather than silently wrong.
+    # Packing restarts positions per document and mixtures pack: neither knows the RAR /
+    # RandAR positions and targets yet, so they are refused rather than silently wrong
+    # (next-scale rows are raster rows: their structure follows from the tokens).
     for field, what in (("pack", "packing"), ("mixture", "mixtures")):
-        if cfg.data[field]:
+        if cfg.data[field] and order != "next_scale":
             raise ConfigError(f"data.{field}={cfg.data[field]!r}: {what} support only "
                               f"data.image_order='raster', not {order!r}")
-    if "stories" in cfg.eval.tasks and order == "randar":
+    if "stories" in cfg.eval.tasks and order in ("randar", "next_scale"):
         raise ConfigError("eval.tasks: 'stories' (interleaved continuation) needs "
-                          "data.image_order 'raster' or 'rar', not 'randar'")
+                          f"data.image_order 'raster' or 'rar', not {order!r}")
     n = derived.codes_per_image(cfg)
     need = 2 * n + 4 if order == "randar" else n + 4
     if cfg.data.seq_len < need:
@@ -169,6 +186,20 @@ def _validate_image_positions(cfg, vocab) -> None:
         m.image_layout = (vocab.boi, vocab.image_offset, vocab.image_offset
                           + vocab.num_image_codes, width,
                           derived.quantizer_depth(cfg.image_tokenizer))
+
+
+def _validate_next_scale(cfg, vocab) -> None:
+    """`data.image_order='next_scale'`: fills model.scale_layout (mmar/model/next_scale.py).
+    Its images have positions of their own (`_validate_image_positions` refuses '2d')."""
+    m = cfg.model
+    if image_order(cfg) != "next_scale":
+        with cfg.unlocked():
+            m.scale_layout = ()
+        return
+    with cfg.unlocked():
+        m.scale_layout = (vocab.boi, vocab.image_offset,
+                          vocab.image_offset + vocab.num_image_codes,
+                          *(int(k) for k in cfg.image_tokenizer.msrq.scales))
 
 
 def validate(cfg) -> ml_collections.ConfigDict:
@@ -229,6 +260,7 @@ def validate(cfg) -> ml_collections.ConfigDict:
                           f"raster-order models; data.image_order={image_order(cfg)!r} "
                           "samples with 'plain' (RandAR: sample.randar.*, docs/decoding.md)")
     _validate_image_positions(cfg, vocab)
+    _validate_next_scale(cfg, vocab)
     accum, batch = cfg.train.grad_accum, cfg.train.batch_size
     if batch % accum:
         raise ConfigError(f"train.batch_size={batch}: must be a multiple of "

@@ -184,7 +184,7 @@ SCHEMA: dict[str, Any] = {
                               **BOOL),
         "shard_records": Field(1024, "records per token shard", **POSITIVE),
         "image_order": Field("raster", "order of an image's codes (docs/decoding.md)",
-                             **choice("raster", "rar", "randar")),
+                             **choice("raster", "rar", "randar", "next_scale")),
         "rar": {
             "anneal_start": Field(0.25, "permute every row until this fraction of "
                                   "train.steps", **FRACTION),
@@ -218,7 +218,9 @@ SCHEMA: dict[str, Any] = {
             want="() or 14 ints >= 0 (eol, eof, image token, '*', the digits 0 to 9)"),
     },
     "image_tokenizer": {
-        "quantizer": Field("fsq", "docs/tokenizers.md", **choice("fsq", "vq", "lfq", "rq")),
+        "quantizer": Field("fsq", "docs/tokenizers.md; 'msrq': VAR's multi-scale residual "
+                           "codes (data.image_order='next_scale')",
+                           **choice("fsq", "vq", "lfq", "rq", "msrq")),
         "arch": Field("patch", "'patch': one code per downsample x downsample cell; "
                       "'patch_alpha': the same, drawn from two sub-codes as an alpha mask "
                       "(where) and a colour (what) (fsq.groups=2, docs/tokenizers.md); 'conv'",
@@ -286,6 +288,18 @@ SCHEMA: dict[str, Any] = {
             "codebook_dim": Field(8, "code vector size", **POSITIVE),
             "commitment": Field(0.25, "commitment loss weight", **NONNEG),
         },
+        "msrq": {   # mmar/tokenizers/image/multiscale.py
+            "scales": Field((1, 2, 3, 4), "token map sides, coarse to fine; the last is the "
+                            "code grid side (data.image_size / downsample)",
+                            check=lambda v: len(v) > 0 and all(positive_int(x) for x in v)
+                            and list(v) == sorted(set(v)),
+                            want="increasing positive ints"),
+            "codebook_size": Field(256, "codes (one codebook for every scale)",
+                                   check=lambda v: positive_int(v) and v >= 2,
+                                   want="an int >= 2"),
+            "codebook_dim": Field(8, "code vector size", **POSITIVE),
+            "commitment": Field(0.25, "commitment loss weight", **NONNEG),
+        },
         "disc": {
             "weight": Field(0.0, "PatchGAN adversarial loss weight (0 = no discriminator)",
                             **NONNEG),
@@ -333,6 +347,10 @@ SCHEMA: dict[str, Any] = {
         "image_layout": Field((), "derived with image_positions='2d' (set by validate): boi "
                               "id, first and stop code id, grid width, codes per cell",
                               check=lambda v: len(v) in (0, 5), want="() or five ints"),
+        "scale_layout": Field((), "derived with data.image_order='next_scale' (set by "
+                              "validate): boi id, first and stop code id, then the scales",
+                              check=lambda v: len(v) == 0 or len(v) >= 4,
+                              want="() or at least four ints"),
         "mot": {
             "enabled": Field(False, "Mixture-of-Transformers: per-modality block weights",
                              **BOOL),

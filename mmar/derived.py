@@ -17,8 +17,8 @@ import math
 import os
 from typing import Any
 
-QUANTIZERS = ("fsq", "vq", "lfq", "rq")
-IMAGE_ORDERS = ("raster", "rar", "randar")
+QUANTIZERS = ("fsq", "vq", "lfq", "rq", "msrq")
+IMAGE_ORDERS = ("raster", "rar", "randar", "next_scale")
 DOWNSAMPLES = (4, 8, 16)
 NORMS = ("group", "none")
 BUILT_IN_SOURCES = ("shapes", "stories", "digits")
@@ -46,6 +46,8 @@ def num_image_codes(tok_cfg: Any) -> int:
         return 2 ** int(tok_cfg.lfq.bits)
     if name == "rq":
         return int(tok_cfg.rq.depth) * int(tok_cfg.rq.codebook_size)
+    if name == "msrq":   # one codebook for every scale
+        return int(tok_cfg.msrq.codebook_size)
     raise ValueError(
         f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
     )
@@ -123,7 +125,10 @@ def parse_image_shape(text: str) -> tuple[int, int] | None:
 
 def codes_per_image(cfg: Any) -> int:
     """Image codes of one square image in a sequence: h * w positions times the RQ depth
-    (with `data.keep_aspect` also the most any image has: `grid_for`)."""
+    (with `data.keep_aspect` also the most any image has: `grid_for`); multi-scale codes:
+    the sum of the token maps, sum k^2 over `msrq.scales`."""
+    if cfg.image_tokenizer.quantizer == "msrq":
+        return sum(int(k) ** 2 for k in cfg.image_tokenizer.msrq.scales)
     h, w = code_grid(cfg)
     return h * w * quantizer_depth(cfg.image_tokenizer)
 

@@ -35,6 +35,7 @@ from flax import nnx
 from mmar import schema
 from mmar.model import attention, kv_decode
 from mmar.model import mot as mot_lib
+from mmar.model import next_scale
 from mmar.model import positions as positions_lib
 from mmar.model.attention import Visible, attention_mask
 from mmar.model.layers import (MLP, Attention, Context, Embed, RMSNorm, param, project,
@@ -139,6 +140,14 @@ class Decoder(nnx.Module):
         self.mot = cfg.mot.enabled
         self.image_layout = (positions_lib.ImageLayout(*(int(x) for x in cfg.image_layout))
                              if cfg.image_positions == "2d" else None)
+        # Next-scale prediction (mmar/model/next_scale.py): the layout of its rows, derived
+        # from data.image_order='next_scale', and one embedding per scale.
+        layout = tuple(int(x) for x in cfg.scale_layout)
+        self.scale_layout = (next_scale.ScaleLayout(*layout[:3], layout[3:])
+                             if layout else None)
+        self.scale_embed = param(
+            rngs, nnx.initializers.normal(cfg.init_std), (len(layout) - 3, cfg.d_model),
+            ("scales", "embed"), jnp.dtype(cfg.param_dtype)) if layout else None
         self.num_modalities, self.mot_tile = cfg.mot.num_modalities, cfg.mot.tile
         self.kv_spec = None if self.mot else kv_decode.Spec(
             cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.norm_eps,
@@ -159,9 +168,17 @@ class Decoder(nnx.Module):
         """
         if self.image_layout is not None:
             positions, _ = positions_lib.components(tokens, positions, self.image_layout)
-        ctx = Context(positions, self.attention.packed(segment_ids), self._route(modality))
-        x = self._run_blocks(self._embed(tokens, targets, ctx), ctx)
-        return self._logits(x, ctx)
+        if self.scale_layout is not None:   # block-causal: an explicit mask (`attend`)
+            st = next_scale.structure(tokens, positions, self.scale_layout)
+            mask = attention_mask(segment_ids, segment_ids,
+                                  visible=next_scale.visible(st.horizon, tokens.shape[1]))
+            ctx = Context(st.positions, Visible(segment_ids, mask), self._route(modality))
+            x = self._blocks_input(self.embed(tokens), st)
+            x = x if ctx.routing is None else mot_lib.sort_rows(x, ctx.routing)
+        else:
+            ctx = Context(positions, self.attention.packed(segment_ids), self._route(modality))
+            x = self._embed(tokens, targets, ctx)
+        return self._logits(self._run_blocks(x, ctx), ctx)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=jnp.float32) -> dict:
         """An empty KV cache: k/v, one [B, KVH, max_len, D] array per layer (tuples of L;
@@ -187,8 +204,8 @@ class Decoder(nnx.Module):
     def decode(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                cache: dict, modality: jax.Array | None = None,
                visible: jax.Array | None = None, targets: jax.Array | None = None, *,
-               weights=None, logits_ids: tuple[int, int] | None = None
-               ) -> tuple[jax.Array, dict]:
+               weights=None, logits_ids: tuple[int, int] | None = None,
+               inputs: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """Runs T new tokens [B, T] against the cache -> (logits [B, T, vocab], new cache).
 
         The tokens are written at slots index..index+T-1 of every row; each attends to the
@@ -208,8 +225,17 @@ class Decoder(nnx.Module):
         `weights`: `decode_weights(logits_ids)` prepared once outside a sampler's loop
         (prepared here when not given); `logits_ids=(start, stop)` returns only the logits of
         ids [start, stop) (column j is id start + j), and must match the weights' own.
+
+        Next-scale decoders (mmar/model/next_scale.py): a call whose images are whole (a
+        prompt) gets its inputs, positions and block-causal mask from its tokens; the
+        next-scale sampler instead passes one scale's `inputs` [B, T, E]
+        (`next_scale.scale_inputs`), their positions [B, T, 3] and `visible`.
         """
         index = cache["index"]
+        if self.scale_layout is not None and inputs is None:
+            st = next_scale.structure(tokens, positions, self.scale_layout, index)
+            positions = st.positions
+            visible = next_scale.visible(st.horizon, cache["segment_ids"].shape[1])
         cache_segments = jax.lax.dynamic_update_slice(
             cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
         mask = attention_mask(segment_ids, cache_segments, q_offset=index, visible=visible)
@@ -222,12 +248,23 @@ class Decoder(nnx.Module):
             w = self.decode_weights(logits_ids) if weights is None else weights
             self._check_targets(targets)
             sin, cos = rope_angles(positions, spec.head_dim, spec.rope_theta)
+            if inputs is None:
+                inputs = kv_decode.embed(spec, w, tokens, targets)
+                if self.scale_layout is not None:
+                    inputs = self._blocks_input(inputs, st)
             logits, new_cache["k"], new_cache["v"] = kv_decode.run(
-                spec, w, kv_decode.embed(spec, w, tokens, targets), sin, cos, mask,
-                cache["k"], cache["v"], index)
+                spec, w, inputs.astype(spec.dtype), sin, cos, mask, cache["k"], cache["v"],
+                index)
             return logits, new_cache
         ctx = Context(positions, Visible(mask=mask), self._route(modality))
-        x, k, v = self._run_blocks_cached(self._embed(tokens, targets, ctx), ctx,
+        if inputs is None:
+            x = self._embed(tokens, targets, ctx) if self.scale_layout is None else (
+                self._blocks_input(self.embed(tokens), st))
+        else:
+            x = inputs.astype(self.dtype)
+        if self.scale_layout is not None and ctx.routing is not None:
+            x = mot_lib.sort_rows(x, ctx.routing)
+        x, k, v = self._run_blocks_cached(x, ctx,
                                           jnp.stack(cache["k"]), jnp.stack(cache["v"]), index)
         new_cache["k"], new_cache["v"] = tuple(k), tuple(v)
         logits = self._logits(x, ctx)
@@ -254,6 +291,19 @@ class Decoder(nnx.Module):
             table = constrain(self.target_embed[...], (None, None))
             x = x + jnp.take(table, targets, axis=0).astype(x.dtype)
         return x if ctx.routing is None else mot_lib.sort_rows(x, ctx.routing)
+
+    def _blocks_input(self, embedded, st) -> jax.Array:
+        """Next-scale decoders: token embeddings [B, S, E] -> the inputs of the block slots
+        (`next_scale.block_inputs`)."""
+        table = constrain(self.scale_embed[...], (None, None))
+        return next_scale.block_inputs(embedded, st, table, self.scale_layout)
+
+    def scale_inputs(self, code_ids: jax.Array, scale: int) -> jax.Array:
+        """The inputs [B, n_s, E] of scale `scale` (0-based, > 0) from the ids of an image's
+        codes so far [B, N] (ids of that scale and later are ignored): what the next-scale
+        sampler feeds `decode(inputs=...)`."""
+        table = constrain(self.scale_embed[...], (None, None))
+        return next_scale.scale_inputs(self.embed(code_ids), scale, table, self.scale_layout)
 
     def _check_targets(self, targets) -> None:
         if self.target_embed is not None and targets is None:

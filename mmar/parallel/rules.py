@@ -39,7 +39,8 @@ _ACTIVATIONS = (
 # `lora_rank`: the small inner axis of LoRA adapters (mmar/model/lora.py); their other axis
 # shards as its weight's does.
 _ALWAYS_REPLICATED = (("head_dim", None), ("layers", None), ("norm", None), ("modality", None),
-                      ("targets", None), ("lora_rank", None))
+                      ("targets", None), ("scales", None),
+                      ("lora_rank", None))
 
 # One short table per strategy: (logical parameter name, mesh axes). A strategy names the
 # mesh axes it uses; `mesh.validate_strategy` refuses a mesh whose other axes are > 1.

@@ -348,9 +348,9 @@ class Autoencoder(nnx.Module):
         return h // self.downsample, w // self.downsample
 
     def codes_per_image(self, image_size) -> int:
-        """Image tokens per image: ``h * w * depth``."""
+        """Image tokens per image: ``h * w * depth`` (multi-scale: the token maps' sum)."""
         h, w = self.codes_shape(image_size)
-        return h * w * self.depth
+        return getattr(self.quantizer, "codes_per_image", h * w * self.depth)
 
     def _check_images(self, images: jax.Array) -> None:
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -364,7 +364,7 @@ class Autoencoder(nnx.Module):
 
     def encode(self, images: jax.Array) -> jax.Array:
         """images float [-1, 1] ``[B, H, W, 3]`` -> codes int32 ``[B, h, w]`` (``[B, h, w,
-        depth]`` for RQ and factorised FSQ)."""
+        depth]`` for RQ and factorised FSQ; ``[B, N]`` for multi-scale codes)."""
         _, codes, _ = self.quantizer(self.encode_latents(images))
         return codes
 

@@ -36,6 +36,7 @@ from mmar import schema
 from mmar import derived
 from mmar.derived import QUANTIZERS
 from mmar.tokenizers.image import codebooks
+from mmar.tokenizers.image.multiscale import MultiScaleRQ
 
 
 def round_ste(x: jax.Array) -> jax.Array:
@@ -214,6 +215,10 @@ def make_quantizer(cfg: Any, rngs: nnx.Rngs | None = None) -> nnx.Module:
         rq = cfg.rq
         return codebooks.RQ(rq.codebook_size, rq.codebook_dim, rq.depth, shared=rq.shared,
                             commitment=rq.commitment, rngs=rngs)
+    if name == "msrq":
+        ms = cfg.msrq
+        return MultiScaleRQ(ms.scales, ms.codebook_size, ms.codebook_dim,
+                            commitment=ms.commitment, rngs=rngs)
     raise ValueError(
         f"image_tokenizer.quantizer: unknown quantizer {name!r}; allowed values: {QUANTIZERS}"
     )

@@ -46,6 +46,10 @@ class ImageTokenizer:
         self.num_codes = derived.num_image_codes(tok_cfg)
         self.depth = derived.quantizer_depth(tok_cfg)
         self.codes_per_depth = self.num_codes // self.depth
+        # multi-scale codes (multiscale.py) are one flat list per image, not a grid
+        self.flat = tok_cfg.quantizer == "msrq"
+        self.codes_per_image = (sum(int(k) ** 2 for k in tok_cfg.msrq.scales)
+                                if self.flat else None)
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))
         self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
@@ -78,6 +82,12 @@ class ImageTokenizer:
             raise ValueError(f"image codes must be in [0, {self.num_codes}), got "
                              f"[{codes.min()}, {codes.max()}]")
         check_depths(codes, self.depth, self.codes_per_depth)
+        if self.flat:
+            if codes.ndim != 2 or codes.shape[1] != self.codes_per_image:
+                raise ValueError(f"multi-scale codes: {self.codes_per_image} per image "
+                                 f"expected, got shape {codes.shape}")
+            return np.concatenate([self._run(self._decode, codes[i:i + batch_size])
+                                   for i in range(0, len(codes), batch_size)])
         positions = codes.shape[1] // self.depth
         h, w = grid if grid is not None else vocab_lib.square_grid(positions)
         if h * w != positions:
