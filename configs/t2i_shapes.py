@@ -24,7 +24,7 @@ import ml_collections
 
 from mmar import schema
 
-PRESETS = ("tiny", "tiny_flat", "tiny_rar", "tiny_randar", "test")
+PRESETS = ("tiny", "tiny_flat", "tiny_rar", "tiny_randar", "tiny_var", "test")
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -71,6 +71,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.image_order = "rar"
     if arg == "tiny_randar":
         c.data.update(image_order="randar", seq_len=80)  # 16 more tokens: the P tokens
+    if arg == "tiny_var":
+        # Next-scale prediction (VAR): token maps of side 1, 2, 3, 4 from one multi-scale
+        # codebook, each map drawn in one forward pass (docs/decoding.md). The budget of
+        # `tiny`: its tokenizer and decoder steps, its sampling settings.
+        c.image_tokenizer.update(quantizer="msrq", msrq=dict(scales=(1, 2, 3, 4),
+                                                             codebook_size=256,
+                                                             codebook_dim=8))
+        c.image_tokenizer.train.steps = 4000
+        c.data.update(image_order="next_scale", seq_len=80)   # 30 codes per image
+        c.train.steps = 6000
+        c.sample.update(temperature_image=0.7, seed=-1)
     if arg == "test":
         c.data.update(num_train=256, num_test=16, num_unseen=16, shard_records=64)
         # a tiny byte-level BPE (`mmar text-tokenizer-train`): 44 merges over the 256 bytes

@@ -1,7 +1,8 @@
 """Every image quantizer through every job (issue 25, item 7): `mmar demo` on the `test`
 preset (text tokenizer, image tokenizer, decoder, sample, eval) then `mmar export`, for FSQ,
-VQ, LFQ and RQ, and the `tiny` preset's factorised FSQ with 2-D image positions (exported
-with --format mmar: the hf format refuses those positions), in-process to stay fast.
+VQ, LFQ and RQ, the `tiny` preset's factorised FSQ with 2-D image positions, and VAR's
+multi-scale codes decoded next-scale (both exported with --format mmar: the hf format refuses
+them), in-process to stay fast.
 Before, an RQ demo trained both models and then failed in sampling (the sampler drew codes per image without the RQ depth); a sampler that
 draws a code of another depth's range is an error at decoding (`check_depths`), so a demo
 that finishes has drawn every code from its own depth."""
@@ -26,6 +27,9 @@ QUANTIZERS = {  # the overrides a user passes on the command line (docs/tokenize
     "fsq_groups_2d": {"image_tokenizer.arch": "patch_alpha", "image_tokenizer.fsq.levels":
                       (5,) * 6, "image_tokenizer.fsq.groups": 2, "data.seq_len": 96,
                       "model.image_positions": "2d"},
+    # VAR's multi-scale codes, decoded next-scale (docs/decoding.md)
+    "msrq_next_scale": {"image_tokenizer.quantizer": "msrq",
+                        "data.image_order": "next_scale", "data.seq_len": 96},
 }
 
 
@@ -46,7 +50,16 @@ def test_demo_and_export(quantizer, test_config, tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["t2i_accuracy"] == report["t2i_accuracy"]
 
-    if cfg.model.image_positions == "2d":   # no transformers class has them: refused, named
+    if cfg.data.image_order == "next_scale":   # block-causal: refused by hf, named
+        assert any("next-scale: 4 images of 30 codes in 1 batches, 4 forward passes" in line
+                   for line in logs)
+        with pytest.raises(ValueError, match=r"data\.image_order='next_scale'.*--format mmar"):
+            hf.export(tmp_path, tmp_path / "hf", log=lambda _: None)
+        check = json.loads((tmp_path / "tokenizer" / "check.json").read_text())
+        assert list(check["judge_by_scales"]) == ["1", "2", "3", "4"]
+        assert "collisions" not in check          # no code covers one cell
+        out = hf.export(tmp_path, tmp_path / "native", fmt="mmar", log=lambda _: None)
+    elif cfg.model.image_positions == "2d":   # no transformers class has them: refused, named
         with pytest.raises(ValueError, match=r"model\.image_positions='2d'.*--format mmar"):
             hf.export(tmp_path, tmp_path / "hf", log=lambda _: None)
         check = json.loads((tmp_path / "tokenizer" / "check.json").read_text())

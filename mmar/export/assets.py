@@ -121,7 +121,7 @@ def _autoencoder(tok_cfg):
 
 def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, ...]:
     """Image tokenizer weights (names as in the checkpoint) + config; returns the codes'
-    shape of one image: (h, w), or (h, w, depth) for RQ."""
+    shape of one image: (h, w), (h, w, depth) for RQ, (N,) for multi-scale codes."""
     reader = orbax_reader.CheckpointReader(step_dir)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,8 @@ def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, ...]:
     size = int(cfg.data.image_size)
     depth = derived.quantizer_depth(cfg.image_tokenizer)
     codes_shape = derived.code_grid(cfg) + ((depth,) if depth > 1 else ())
+    if cfg.image_tokenizer.quantizer == "msrq":   # token maps coarse to fine, one flat list
+        codes_shape = (derived.codes_per_image(cfg),)
     (out_dir / "config.json").write_text(json.dumps({
         "image_tokenizer": cfg.image_tokenizer.to_dict(), "image_size": [size, size],
         "codes_shape": list(codes_shape),

@@ -118,6 +118,10 @@ def check_order(cfg) -> None:
         raise ValueError("data.image_order='rar': a transformers Llama cannot hold RAR's "
                          "target embeddings (model.num_targets); export it with --format mmar "
                          "(docs/export.md)")
+    if cfg.data.image_order == "next_scale":
+        raise ValueError("data.image_order='next_scale': a transformers Llama has no "
+                         "block-causal mask, scale inputs or scale embeddings (mmar/model/"
+                         "next_scale.py); export it with --format mmar (docs/export.md)")
 
 
 def check_mappable(model_cfg, names) -> None:

@@ -50,7 +50,7 @@ class Models:
         # `image_sampler` draws every image, as data.image_order and sample.image_decoder
         # say (mmar/sample/dispatch.py); `sampler` (plain decoding) every text.
         self.code_vectors = None   # latent neighbours for LANTERN (sample.image_decoder="sjd")
-        if self.tokenizer.depth == 1:   # one code per position (not RQ / factorised FSQ)
+        if self.tokenizer.depth == 1 and not self.tokenizer.flat:   # one code per position
             self.code_vectors = sjd.code_vectors(self.tokenizer)
         self.sampler, self.image_sampler = dispatch.samplers(
             cfg, self.model_state, self.vocab, self.num_codes, code_vectors=self.code_vectors)
@@ -171,8 +171,10 @@ def draw_images(models: Models, captions: list[str], seed: int, log=print) -> np
                                                           models.num_codes, sub, **shape)
         passes.append(batch_passes)
         images.append(models.tokenizer.decode(codes, grid=grid))
-    if config_lib.image_order(models.cfg) == "randar":
-        log(f"[sample] RandAR: {len(captions)} images of {models.num_codes} codes in "
+    order = config_lib.image_order(models.cfg)
+    if order in ("randar", "next_scale"):
+        name = {"randar": "RandAR", "next_scale": "next-scale"}[order]
+        log(f"[sample] {name}: {len(captions)} images of {models.num_codes} codes in "
             f"{len(passes)} batches, {passes[0]} forward passes per batch")
     return np.concatenate(images)
 

@@ -2,13 +2,15 @@
 
 A model's training order (`data.image_order`, mmar/data/orders.py) fixes how its images can
 be decoded: "raster" by any image decoder, "rar" by plain decoding fed the target embeddings,
-"randar" by the RandAR sampler. Among the decoders of raster-order models,
+"randar" by the RandAR sampler, "next_scale" by the next-scale sampler (one pass per
+scale). Among the decoders of raster-order models,
 `sample.image_decoder` chooses:
 
     "plain"  one code per forward pass               mmar/sample/plain.py
     "sjd"    speculative Jacobi decoding (+ LANTERN)  mmar/sample/sjd.py
     "zipar"  rows of the code grid in parallel        mmar/sample/zipar.py
     (randar) any order, m codes per pass              mmar/sample/randar.py
+    (next_scale) one token map per pass, coarse to fine  mmar/sample/next_scale.py
 
 Every image sampler reads the `sample` section (its decoder's options under `sample.sjd`,
 `sample.zipar`, `sample.randar`: mmar/schema.py) and has `images(params, caption_ids,
@@ -21,17 +23,19 @@ from __future__ import annotations
 
 from mmar import config as config_lib
 from mmar import derived
-from mmar.sample import core, plain, randar, sjd, zipar
+from mmar.model.next_scale import ScaleLayout
+from mmar.sample import core, next_scale, plain, randar, sjd, zipar
 from mmar.vocab import Vocab
 
 
 def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, sample_cfg, *,
                   num_codes: int | None = None, code_vectors=None, method: str | None = None,
-                  depth: int = 1):
+                  depth: int = 1, layout: ScaleLayout | None = None):
     """The image sampler of a model trained in `image_order`. `method` (default:
     `sample.image_decoder`) picks among the raster-order decoders; `code_vectors` (the image
     tokenizer's, `sjd.code_vectors`) are LANTERN's, `num_codes` plain decoding's documents;
-    `depth` the RQ depth (codes per latent position: plain decoding only)."""
+    `depth` the RQ depth (codes per latent position: plain decoding only); `layout` a
+    next-scale decoder's (model.scale_layout)."""
     overrides = {} if method is None else {"image_decoder": method}
     method = core.section(sample_cfg, **overrides).image_decoder
     if depth > 1 and (method != "plain" or image_order == "randar"):
@@ -48,6 +52,9 @@ def image_sampler(image_order: str, model_state, vocab: Vocab, vocab_rows: int, 
     if image_order == "randar":
         return randar.RandarSampler(model_state, vocab, vocab_rows, sample_cfg,
                                     num_codes=num_codes)
+    if image_order == "next_scale":
+        return next_scale.NextScaleSampler(model_state, vocab, vocab_rows, sample_cfg,
+                                           layout)
     if method == "sjd":
         return sjd.SJDSampler(model_state, vocab, vocab_rows, sample_cfg,
                               code_vectors=code_vectors)
@@ -65,7 +72,9 @@ def samplers(cfg, model_state, vocab: Vocab, num_codes: int, code_vectors=None):
     depth = derived.quantizer_depth(cfg.image_tokenizer)
     text = plain.Sampler(model_state, vocab, cfg.model.vocab_size, cfg.sample,
                          num_codes=num_codes, target_aware=order == "rar", depth=depth)
-    if order != "randar" and cfg.sample.image_decoder == "plain":
+    if order not in ("randar", "next_scale") and cfg.sample.image_decoder == "plain":
         return text, text
+    layout = tuple(cfg.model.scale_layout)
     return text, image_sampler(order, model_state, vocab, cfg.model.vocab_size, cfg.sample,
-                               num_codes=num_codes, code_vectors=code_vectors, depth=depth)
+                               num_codes=num_codes, code_vectors=code_vectors, depth=depth,
+                               layout=ScaleLayout(*layout[:3], layout[3:]) if layout else None)

@@ -368,10 +368,13 @@ class Autoencoder(nnx.Module):
         _, codes, _ = self.quantizer(self.encode_latents(images))
         return codes
 
-    def decode_codes(self, codes: jax.Array) -> jax.Array:
-        """codes int ``[B, h, w]`` (``[..., depth]`` for RQ and factorised FSQ) -> images float (roughly [-1, 1])
-        ``[B, H, W, 3]``."""
-        return self.decoder(self.quantizer.codes_to_vectors(codes))
+    def decode_codes(self, codes: jax.Array, scales_used: int | None = None) -> jax.Array:
+        """codes int ``[B, h, w]`` (``[..., depth]`` for RQ and factorised FSQ, ``[B, N]``
+        multi-scale) -> images float (roughly [-1, 1]) ``[B, H, W, 3]``. `scales_used`
+        (multi-scale only): decode the first that many token maps (the coarse image)."""
+        if scales_used is None:
+            return self.decoder(self.quantizer.codes_to_vectors(codes))
+        return self.decoder(self.quantizer.codes_to_vectors(codes, scales_used))
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
         """Training path: ``(recon, codes, aux)``; gradients pass the quantizer (straight-through)."""

@@ -9,6 +9,9 @@ Two measurements on the shapes data's test split (`image_tokenizer.check`):
   no code may stand for two contents. Two contents in one code are lost for good: no decoder
   can draw them apart. This is the failure that the demo's cosine schedule to zero caused
   (one seed of twelve: two purple and blue triangles in one FSQ code; docs/first_run.md).
+  Multi-scale codes (quantizer 'msrq') cover no single cell; for them the judge is also run
+  on the images of the first 1, 2, ... token maps (`judge_by_scales`): how coarse to fine
+  the decoder's image becomes pass by pass.
 
 `check` returns the figures and the collisions; `enforce` logs them and, in mode "stop",
 raises `TokenizerCheckError` (one line: what collided and what to change) before a decoder
@@ -26,6 +29,7 @@ from etils import epath
 from mmar.data import pipeline, synthetic
 from mmar.errors import UserError
 from mmar.eval import judge
+from mmar.tokenizers.image import metrics
 
 MAX_IMAGES = 200
 
@@ -96,7 +100,16 @@ def check(tokenizer, cfg) -> dict:
     out = {"applies": True, "images": len(records), "reconstruction_accuracy": accuracy,
            "distinct_codes": int(len(np.unique(codes)))}
     side = cfg.data.image_size // cfg.image_tokenizer.downsample
-    if side == spec.grid:   # one code (or one tuple of sub-codes) per object cell
+    if tokenizer.flat:   # multi-scale: the coarse images after each token map
+        coarse = [tokenizer.decode_scales(codes, m + 1)
+                  for m in range(len(cfg.image_tokenizer.msrq.scales))]
+        sides = [str(k) for k in cfg.image_tokenizer.msrq.scales]
+        out["judge_by_scales"] = {k: float(np.mean([
+            judge.judge_image(img, r["caption"], spec) for img, r in zip(c, records)]))
+            for k, c in zip(sides, coarse)}
+        out["psnr_by_scales"] = {k: metrics.reconstruction(images, c)["psnr"]
+                                 for k, c in zip(sides, coarse)}
+    elif side == spec.grid:   # one code (or one tuple of sub-codes) per object cell
         contents = np.stack([cell_contents(synthetic.objects_from_json(r["objects"]), spec.grid)
                              for r in records])
         out["distinct_contents"] = int(len(np.unique(contents)))
@@ -124,6 +137,10 @@ def enforce(tokenizer, cfg, log=print, path=None) -> dict:
     log(f"[tokenizer-check] {figures['images']} held-out images: judge on reconstructions "
         f"{figures['reconstruction_accuracy']:.3f} (need {need}), "
         f"{figures['distinct_codes']} distinct codes{contents}")
+    if "judge_by_scales" in figures:
+        log("[tokenizer-check] the first maps only (up to side: judge, PSNR): " + ", ".join(
+            f"{k}: {v:.3f}, {figures['psnr_by_scales'][k]:.1f} dB"
+            for k, v in figures["judge_by_scales"].items()))
     for d, named in enumerate(figures.get("sub_codes_name", ())):
         what = " and ".join(k for k, v in named.items() if v) or "neither shape nor colour"
         log(f"[tokenizer-check] sub-code {d} alone names the cell's {what}")

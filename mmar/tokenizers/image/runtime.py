@@ -55,6 +55,15 @@ class ImageTokenizer:
         self._decode = jax.jit(lambda p, c: autoencoder.to_uint8(
             self.model_state.merge(p).decode_codes(c)))
 
+    def decode_scales(self, codes: np.ndarray, scales_used: int) -> np.ndarray:
+        """Multi-scale codes [N, n] -> uint8 images from their first `scales_used` token
+        maps: what a next-scale decoder has drawn after that many passes."""
+        if not self.flat:
+            raise ValueError("decode_scales: a multi-scale tokenizer (quantizer 'msrq') only")
+        fn = jax.jit(lambda p, c: autoencoder.to_uint8(
+            self.model_state.merge(p).decode_codes(c, scales_used)))
+        return self._run(fn, np.asarray(codes))
+
     def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 [N, H, W, 3] -> codes [N, h*w*depth] (raster order; RQ: the depth codes of
         one position next to each other, each depth in its own id range)."""
