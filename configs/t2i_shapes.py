@@ -5,7 +5,9 @@ tokenizer, two sub-codes per cell naming its shape and its colour, with 2-D posi
 image codes; trained and judged in about 15 minutes on 2 CPU cores), `tiny_flat` (the demo
 before that: one FSQ code per cell, 1-D positions; docs/first_run.md compares them),
 `tiny_rar` and `tiny_randar` (`tiny_flat` trained in RAR's annealed random order or RandAR's
-random order with position instructions: docs/decoding.md) and `test` (seconds, for the
+random order with position instructions: docs/decoding.md), `tiny_var` (next-scale prediction,
+VAR: token maps of side 1 to 4 from a multi-scale tokenizer, one forward pass per map, on
+`tiny`'s budget: docs/decoding.md) and `test` (seconds, for the
 tests; its text tokenizer is a tiny BPE, so its stages start with `mmar text-tokenizer-train`).
 
     mmar demo --config=configs/t2i_shapes.py:tiny --workdir=runs/demo
@@ -18,7 +20,7 @@ A preset lists what it chooses; every other field keeps its default from mmar/sc
 
 Parameter counts (decoder, embeddings included; checked by tests/test_configs.py):
     tiny: 689,536    tiny_flat: 722,304    tiny_rar: 724,480    tiny_randar: 722,304
-    test: 51,424
+    tiny_var: 755,584    test: 51,424
 """
 import ml_collections
 

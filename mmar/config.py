@@ -196,6 +196,10 @@ def _validate_next_scale(cfg, vocab) -> None:
         with cfg.unlocked():
             m.scale_layout = ()
         return
+    if m.attention == "splash":
+        raise ConfigError("model.attention='splash': the splash kernel has no block-causal "
+                          "mask (data.image_order='next_scale'); use 'xla', 'blockwise' or "
+                          "'cudnn'")
     with cfg.unlocked():
         m.scale_layout = (vocab.boi, vocab.image_offset,
                           vocab.image_offset + vocab.num_image_codes,

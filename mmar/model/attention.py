@@ -37,7 +37,8 @@ IMPLEMENTATIONS = ("xla", "blockwise", "cudnn", "splash")
 
 
 def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_offset=0,
-                   visible: jax.Array | None = None) -> jax.Array:
+                   visible: jax.Array | None = None, horizon: jax.Array | None = None
+                   ) -> jax.Array:
     """Which keys each query may see: [B, S, T] bool.
 
     Query i sits at slot q_offset + i and key j at slot j (a KV cache writes new tokens at
@@ -45,9 +46,13 @@ def attention_mask(q_segments: jax.Array, k_segments: jax.Array, q_offset=0,
     (causal), belongs to the same document (packing never mixes documents), and is not
     padding (segment 0). `visible` [B, S, T], when given, replaces the causal rule (decoders
     whose tokens enter the cache in another order than they condition on); the document and
-    padding rules still apply.
+    padding rules still apply. `horizon` [B, S] (next-scale decoders, model/next_scale.py):
+    the last key slot each query sees, at or after its own (block-causal).
     """
-    if visible is None:
+    if visible is None and horizon is not None:
+        k_slots = jnp.arange(k_segments.shape[1])
+        visible = k_slots[None, None, :] <= horizon[:, :, None]
+    elif visible is None:
         q_slots = q_offset + jnp.arange(q_segments.shape[1])
         k_slots = jnp.arange(k_segments.shape[1])
         visible = k_slots[None, None, :] <= q_slots[None, :, None]
@@ -65,6 +70,10 @@ class Visible(NamedTuple):
     """
     segments: jax.Array | None = None
     mask: jax.Array | None = None
+    # [B, S]: the last key slot each query sees (block-causal next-scale rows), with the
+    # block size it may exceed its own slot by (static); None: causal
+    horizon: jax.Array | None = None
+    extent: int = 0
 
 
 # ---- xla: the plain path, and the building blocks of `blockwise` ----
@@ -172,7 +181,8 @@ attend_saving_lse.defvjp(_attend_lse_fwd, _attend_lse_bwd)
 
 # ---- blockwise ----
 
-def attend_blockwise(q, k, v, segments, block: int, per_kv_head: bool = False) -> jax.Array:
+def attend_blockwise(q, k, v, segments, block: int, per_kv_head: bool = False,
+                     horizon=None, extent: int = 0) -> jax.Array:
     """`attend` over packed rows, one block of `block` queries at a time.
 
     Query block i reads only keys [0, (i + 1) * block) (causality, decided statically, so
@@ -187,10 +197,16 @@ def attend_blockwise(q, k, v, segments, block: int, per_kv_head: bool = False) -
     [B, KVH, G, block, S] through memory (docs/performance.md). Under a multi-device mesh
     the loop would run over a sharded dimension, so the batched form is kept there (the mesh
     is entered after the model is built, so this is checked when the call is traced).
+
+    `horizon` [B, S] (block-causal rows): query block i then reads keys up to
+    (i + 1) * block + `extent`, the furthest any of its queries may look ahead.
     """
+    if horizon is None:
+        horizon = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segments.shape)
+    fn = functools.partial(_query_blocks, block=block, extent=extent)
     if per_kv_head and not _multi_device_mesh():
-        return _per_kv_head(functools.partial(_query_blocks, block=block), q, k, v, segments)
-    return _query_blocks(q, k, v, segments, block)
+        return _per_kv_head(fn, q, k, v, segments, horizon)
+    return fn(q, k, v, segments, horizon)
 
 
 def _multi_device_mesh() -> bool:
@@ -198,34 +214,43 @@ def _multi_device_mesh() -> bool:
     return active() is not None and active()[0].size > 1
 
 
-def _query_blocks(q, k, v, segments, block: int) -> jax.Array:
+def _query_blocks(q, k, v, segments, horizon, block: int, extent: int = 0) -> jax.Array:
     outs = []
     for start in range(0, q.shape[1], block):
         stop = min(start + block, q.shape[1])
-        mask = attention_mask(segments[:, start:stop], segments[:, :stop], q_offset=start)
-        outs.append(attend_saving_lse(q[:, start:stop], k[:, :stop], v[:, :stop], mask))
+        keys = min(stop + extent, q.shape[1])
+        mask = attention_mask(segments[:, start:stop], segments[:, :keys],
+                              horizon=horizon[:, start:stop])
+        outs.append(attend_saving_lse(q[:, start:stop], k[:, :keys], v[:, :keys], mask))
     return jnp.concatenate(outs, axis=1)
 
 
-def _per_kv_head(fn, q, k, v, segments):
-    """fn(q [1, S, G, D], k / v [1, S, 1, D], segments [1, S]) over every (row, KV head)."""
+def _per_kv_head(fn, q, k, v, segments, horizon):
+    """fn(q [1, S, G, D], k / v [1, S, 1, D], segments [1, S], horizon [1, S]) over every
+    (row, KV head)."""
     b, s, h, d = q.shape
     kvh = k.shape[2]
     qh = q.reshape(b, s, kvh, h // kvh, d).transpose(0, 2, 1, 3, 4).reshape(b * kvh, 1, s,
                                                                              h // kvh, d)
     kh, vh = (x.transpose(0, 2, 1, 3).reshape(b * kvh, 1, s, 1, d) for x in (k, v))
     seg = jnp.repeat(segments, kvh, axis=0)[:, None]
-    out = jax.lax.map(lambda a: fn(*a), (qh, kh, vh, seg))  # [B * KVH, 1, S, G, D]
+    hor = jnp.repeat(horizon, kvh, axis=0)[:, None]
+    out = jax.lax.map(lambda a: fn(*a), (qh, kh, vh, seg, hor))  # [B * KVH, 1, S, G, D]
     return out.reshape(b, kvh, s, h // kvh, d).transpose(0, 2, 1, 3, 4).reshape(b, s, h, d)
 
 
 # ---- cudnn ----
 
-def attend_cudnn(q, k, v, segments) -> jax.Array:
+def attend_cudnn(q, k, v, segments, horizon=None) -> jax.Array:
     """`jax.nn.dot_product_attention` with cuDNN's fused (flash) kernel: GPU only.
 
-    Causal, plus a [B, 1, S, S] mask for packing; cuDNN wants bf16/fp16 inputs.
-    """
+    Causal, plus a [B, 1, S, S] mask for packing; cuDNN wants bf16/fp16 inputs. With a
+    `horizon` (block-causal rows) the whole rule is the mask (`attention_mask`)."""
+    if horizon is not None:
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=attention_mask(segments, segments, horizon=horizon)[:, None],
+            implementation="cudnn")
+        return out.astype(q.dtype)
     same_doc = (segments[:, :, None] == segments[:, None, :]) & (segments != 0)[:, None, :]
     out = jax.nn.dot_product_attention(q, k, v, mask=same_doc[:, None], is_causal=True,
                                        implementation="cudnn")
@@ -244,11 +269,18 @@ class Implementation:
     per_kv_head: bool    # `blockwise`: one (row, KV head) at a time (`attend_blockwise`)
     interpret: bool      # `splash`: run the Pallas kernel in interpret mode
 
-    def packed(self, segments: jax.Array) -> Visible:
+    def packed(self, segments: jax.Array, horizon: jax.Array | None = None,
+               extent: int = 0) -> Visible:
         """The `Visible` of a forward over packed rows [B, S], built once per forward: the
-        [B, S, S] mask for `xla`, only the segment ids for the kernels that build their own."""
-        mask = attention_mask(segments, segments) if self.name == "xla" else None
-        return Visible(segments, mask)
+        [B, S, S] mask for `xla`, only the segment ids (and a block-causal `horizon`, with
+        its static `extent`) for the kernels that build their own."""
+        if self.name == "splash" and horizon is not None:
+            raise ValueError("model.attention='splash' has no block-causal mask (next-scale "
+                             "decoders, data.image_order='next_scale'): use 'xla', "
+                             "'blockwise' or 'cudnn'")
+        mask = attention_mask(segments, segments, horizon=horizon) if self.name == "xla" else (
+            None)
+        return Visible(segments, mask, horizon, extent)
 
     def __call__(self, q, k, v, visible: Visible) -> jax.Array:
         """Attention of q [B, S, H, D] over k, v [B, T, KVH, D] -> [B, S, H, D]: `attend`
@@ -258,11 +290,13 @@ class Implementation:
             return attend(q, k.astype(q.dtype), v.astype(q.dtype), visible.mask)
         segments = visible.segments
         if self.name == "xla":
-            return attend(q, k, v, attention_mask(segments, segments))
+            return attend(q, k, v, attention_mask(segments, segments,
+                                                  horizon=visible.horizon))
         if self.name == "blockwise":
-            return attend_blockwise(q, k, v, segments, self.block, self.per_kv_head)
+            return attend_blockwise(q, k, v, segments, self.block, self.per_kv_head,
+                                    visible.horizon, visible.extent)
         if self.name == "cudnn":
-            return attend_cudnn(q, k, v, segments)
+            return attend_cudnn(q, k, v, segments, visible.horizon)
         return splash.attend_splash(q, k, v, segments, block=self.block,
                                     interpret=self.interpret)
 

@@ -61,7 +61,8 @@ def non_embedding_param_count(cfg) -> int:
 def param_count(cfg) -> int:
     """Exact number of parameters of `Decoder(cfg)`, embeddings (and the head) included."""
     d = cfg.d_model
-    embed = (cfg.vocab_size + cfg.num_targets) * d  # + RAR's target table
+    scales = max(len(cfg.scale_layout) - 3, 0)      # next-scale: one embedding per scale
+    embed = (cfg.vocab_size + cfg.num_targets + scales) * d  # + RAR's target table
     head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
     return embed + non_embedding_param_count(cfg) + head + lora_param_count(cfg)
 
@@ -75,10 +76,13 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
     over the whole row, 4 * L * S * H * D in all, halved because a causal query sees on
     average half the row: 2 * L * S * H * D (the MaxText / PaLM convention).
     MoT (`model.mot.enabled`): the same as dense, each token pays for one copy (`block_copies`).
+    Next-scale decoders (model/next_scale.py) add their input mix, a [S, S] x [S, d_model]
+    product per row: 2 * S * d_model per token.
     """
     matmul = cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
     attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
-    return float(2 * matmul + attention)
+    mix = 2 * seq_len * cfg.d_model if len(cfg.scale_layout) else 0
+    return float(2 * matmul + attention + mix)
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
@@ -90,4 +94,5 @@ def flops_per_token(cfg, seq_len: int) -> float:
         return 3 * forward_flops_per_token(cfg, seq_len)
     frozen = 2 * (cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size)
     attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
-    return float(2 * frozen + 3 * attention + 3 * 2 * lora_param_count(cfg))
+    mix = 2 * seq_len * cfg.d_model if len(cfg.scale_layout) else 0
+    return float(2 * frozen + 3 * (attention + mix) + 3 * 2 * lora_param_count(cfg))

@@ -168,11 +168,11 @@ class Decoder(nnx.Module):
         """
         if self.image_layout is not None:
             positions, _ = positions_lib.components(tokens, positions, self.image_layout)
-        if self.scale_layout is not None:   # block-causal: an explicit mask (`attend`)
+        if self.scale_layout is not None:   # block-causal: the kernels get the horizons
             st = next_scale.structure(tokens, positions, self.scale_layout)
-            mask = attention_mask(segment_ids, segment_ids,
-                                  visible=next_scale.visible(st.horizon, tokens.shape[1]))
-            ctx = Context(st.positions, Visible(segment_ids, mask), self._route(modality))
+            extent = self.scale_layout.scales[-1] ** 2 - 1   # the largest block's look-ahead
+            ctx = Context(st.positions, self.attention.packed(segment_ids, st.horizon, extent),
+                          self._route(modality))
             x = self._blocks_input(self.embed(tokens), st)
             x = x if ctx.routing is None else mot_lib.sort_rows(x, ctx.routing)
         else:

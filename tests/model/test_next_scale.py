@@ -96,6 +96,28 @@ def test_a_scale_never_reads_its_own_or_finer_codes():
         assert np.abs(other[0, end + 1:] - base[0, end + 1:]).max() > 1e-4
 
 
+@pytest.mark.parametrize("block", [4, 7])
+def test_blockwise_kernel_equals_the_explicit_mask_values_and_gradients(block):
+    """The blockwise kernel reads each query block's look-ahead (the horizon) and gives the
+    xla path's logits and parameter gradients; blocks of 4 and 7 queries cut the scale
+    blocks at different places."""
+    tokens, positions, _ = image_row(text_before=3, text_after=4)
+    seg = np.ones_like(tokens)
+    models = [Decoder(tiny_cfg(scale_layout=LAYOUT_FIELD, attention=a, attention_block=block),
+                      rngs=nnx.Rngs(4)) for a in ("xla", "blockwise")]
+
+    def loss(m):
+        logits = m(tokens, positions, seg)
+        return jnp.sum(jax.nn.log_softmax(logits)[0, :-1, :] * jax.nn.one_hot(
+            tokens[0, 1:], 48)), logits
+
+    (la, xa), ga = nnx.value_and_grad(loss, has_aux=True)(models[0])
+    (lb, xb), gb = nnx.value_and_grad(loss, has_aux=True)(models[1])
+    np.testing.assert_allclose(np.asarray(xb), np.asarray(xa), atol=1e-5)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
+
+
 def test_packed_rows_equal_single_documents():
     m = model(1)
     a, pa, _ = image_row(text_before=2, seed=3)
@@ -170,6 +192,10 @@ def test_config_derives_the_layout_and_refuses_mismatches(test_config):
     bad = next_scale_config(test_config)
     bad.image_tokenizer.quantizer = "fsq"
     with pytest.raises(config_lib.ConfigError, match="needs image_tokenizer.quantizer='msrq'"):
+        config_lib.validate(bad)
+    bad = next_scale_config(test_config)
+    bad.model.attention = "splash"
+    with pytest.raises(config_lib.ConfigError, match="model.attention='splash'"):
         config_lib.validate(bad)
     bad = next_scale_config(test_config)
     bad.data.image_order = "raster"
