@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/decoding.py --runs=runs/demo,runs/demo_rar,runs/demo_randar
 
 Each `--runs` entry is a run directory of configs/t2i_shapes.py (`mmar demo
---config=configs/t2i_shapes.py:tiny|tiny_rar|tiny_randar --workdir=DIR`; a missing one is
+--config=configs/t2i_shapes.py:tiny|tiny_rar|tiny_randar|tiny_var --workdir=DIR`; a missing one is
 skipped with that command printed); its config comes from its newest checkpoint. Every method applicable to a run's training order draws
 one image for each of the first `--num` test captions with the run's sampling settings
 (temperature, CFG scale: `sample.*` of the run), `sample.batch_size` captions per batch,
@@ -21,7 +21,9 @@ shape judge (mmar/eval/judge.py). Reported per method:
 Methods (docs/decoding.md): `plain` (one token per pass, every model), `sjd` / `lantern`
 (speculative Jacobi decoding, optionally with LANTERN's relaxed acceptance) and `zipar` on
 raster-trained models (`raster`, `rar`), `randar` (random order, several positions per
-pass) on RandAR models. `--out=FILE.json` also writes the rows.
+pass) on RandAR models, `next-scale` (one pass per token map) on next-scale models, whose
+ratios are against the plain decoding of the first run listed (list the raster run first).
+`--out=FILE.json` also writes the rows.
 """
 from __future__ import annotations
 
@@ -84,6 +86,13 @@ def randar(order=None, **options):
     return draw
 
 
+def next_scale(models, caption_ids, key):
+    """Next-scale prediction (mmar/sample/next_scale.py): one forward pass per token map."""
+    codes, passes = models.image_sampler.images(models.params, caption_ids, models.num_codes,
+                                                key)
+    return codes, passes, None
+
+
 def methods_for(order: str) -> list[tuple[str, object]]:
     """(label, draw function) of every method that applies to a model of this order; the
     first is the baseline of the ratios (one code per forward pass in raster order)."""
@@ -101,6 +110,8 @@ def methods_for(order: str) -> list[tuple[str, object]]:
                 ("randar cosine 4 passes", randar(**cosine(4)))]
     if order == "rar":
         return [("plain", plain)]
+    if order == "next_scale":
+        return [("next-scale", next_scale)]
     return [("plain", plain),
             ("sjd L4", parallel("sjd", sjd=dict(window=4))),
             ("sjd L8", parallel("sjd", sjd=dict(window=8))),
@@ -187,7 +198,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default="", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     wanted = {m for m in args.methods.split(",") if m}
-    rows = []
+    rows, first = [], None
     for workdir in args.runs.split(","):
         name = pathlib.Path(workdir).name
         if not pathlib.Path(workdir, "decoder").is_dir():
@@ -201,8 +212,11 @@ def main(argv=None) -> list[dict]:
         for label, draw in methods_for(order):
             if wanted and label not in wanted and label != "plain":
                 continue
-            result = run_method(models, draw, captions, models.cfg.sample.seed)
-            base = base or result
+            result = run_method(models, draw, captions, sample_job.sample_seed(models.cfg))
+            # a next-scale run has no raster decoding of its own: its ratios are against
+            # the plain decoding of the first run listed (the raster model, same machine)
+            base = base or (first if order == "next_scale" and first else result)
+            first = first or result
             row = {"model": name, "method": label, **result,
                    "passes_ratio": base["forward_passes_per_image"]
                    / result["forward_passes_per_image"],

@@ -155,12 +155,21 @@ def test_scale_by_scale_cache_equals_full_forward(mot):
     off = next_scale.offsets(SCALES)
     for s in range(1, len(SCALES)):
         n_s, start = SCALES[s] ** 2, int(cache["index"])
-        logits, cache = m.decode(
-            codes[:, :n_s], next_scale.block_positions(jnp.asarray(positions[:, b]), s, LAYOUT),
-            jnp.ones((2, n_s), jnp.int32), cache, jnp.ones((2, n_s), jnp.int32),
-            visible=next_scale.visible(jnp.full((2, n_s), start + n_s - 1), plen + N - 1),
-            inputs=m.scale_inputs(codes, s))
+        block_pos = next_scale.block_positions(jnp.asarray(positions[:, b]), s, LAYOUT)
+        inputs = m.scale_inputs(codes, s)
+        visible = next_scale.visible(jnp.full((2, n_s), start + n_s - 1), plen + N - 1)
+        ones = jnp.ones((2, n_s), jnp.int32)
+        before = cache
+        logits, cache = m.decode(codes[:, :n_s], block_pos, ones, cache, ones,
+                                 visible=visible, inputs=inputs)
         np.testing.assert_allclose(np.asarray(logits), full[:, b + off[s]:b + off[s + 1]],
+                                   atol=1e-4)
+        # the block's tokens in another order (inputs with their positions): the same
+        # predictions, permuted: nothing depends on the order inside a scale
+        perm = np.random.default_rng(s).permutation(n_s)
+        shuffled, _ = m.decode(codes[:, :n_s], block_pos[:, perm], ones, before, ones,
+                               visible=visible, inputs=inputs[:, perm])
+        np.testing.assert_allclose(np.asarray(shuffled), np.asarray(logits)[:, perm],
                                    atol=1e-4)
     # image-to-text: the whole image in one prefill
     cache = m.init_cache(2, tokens.shape[1])

@@ -1,6 +1,6 @@
 """A train step on 8 fake devices under every strategy (data parallel, FSDP, tensor parallel,
 both) gives the same loss, gradients (through the update) and parameters as on one device;
-so does gradient accumulation."""
+so does gradient accumulation, and so does a next-scale decoder's block-causal step."""
 import jax
 import numpy as np
 import pytest
@@ -38,30 +38,42 @@ def adam_param_atol(steps: int, tokens: int, kappa: float = 1e3) -> float:
     return steps * TRAIN.lr * tokens * float(np.finfo(np.float32).epsneg) * kappa
 
 
-def _task():
+# The same with next-scale images (mmar/model/next_scale.py): <boi> = 200, codes 210..249,
+# token maps of side 1 and 2, one image in each packed document.
+NEXT_SCALE = preset_model(vocab_size=256, n_heads=8, n_kv_heads=4, head_dim=8,
+                          scale_layout=(200, 210, 250, 1, 2))
+
+
+def _task(model_cfg=MODEL):
     def loss_fn(model, batch):
         logits = model(batch["tokens"], batch["positions"], batch["segment_ids"])
         return loss_lib.decoder_loss(logits, batch, z_loss=1e-4)
-    return step_lib.Task("decoder", lambda rngs: Decoder(MODEL, rngs=rngs), loss_fn, BATCH_AXES,
-                         batch_weight=loss_lib.scored_weight)
+    return step_lib.Task("decoder", lambda rngs: Decoder(model_cfg, rngs=rngs), loss_fn,
+                         BATCH_AXES, batch_weight=loss_lib.scored_weight)
 
 
-def _batch(seed=0, b=8, s=16):
+def _batch(seed=0, b=8, s=16, images=False):
     rng = np.random.default_rng(seed)
     seg = np.ones((b, s), np.int32)
     seg[:, s // 2:] = 2          # two packed documents per row
     seg[0, -3:] = 0              # and some padding
     pos = np.concatenate([np.arange(s // 2)] * 2)[None].repeat(b, 0).astype(np.int32)
-    return {"tokens": rng.integers(0, 256, (b, s), dtype=np.int32), "positions": pos,
+    tokens = rng.integers(0, 200, (b, s), dtype=np.int32)
+    if images:   # text, <boi>, 5 codes (1 + 4), <eoi> in each document of 8
+        for start in (0, s // 2):
+            tokens[:, start + 1] = 200
+            tokens[:, start + 2:start + 7] = rng.integers(210, 250, (b, 5))
+            tokens[:, start + 7] = 201
+    return {"tokens": tokens, "positions": pos,
             "segment_ids": seg, "modality": rng.integers(0, 2, (b, s), dtype=np.int32),
             "loss_weights": (seg > 0).astype(np.float32)}
 
 
-def _run(mesh_shape, strategy="fsdp_tp", grad_accum=1, steps=2):
+def _run(mesh_shape, strategy="fsdp_tp", grad_accum=1, steps=2, model_cfg=MODEL):
     devices = jax.devices()[:int(np.prod(mesh_shape))]
     mesh_cfg = {**dict(zip(mesh_lib.AXES, mesh_shape)), "strategy": strategy}
     mesh, rule_table = mesh_lib.from_config(mesh_cfg, devices)
-    task = _task()
+    task = _task(model_cfg)
     model_state, params = state.create(task.make_module, mesh, seed=0, rule_table=rule_table)
     tx = optim.make_optimizer(TRAIN)
     opt_state, opt_shardings = step_lib.init_optimizer(tx, params, mesh)
@@ -71,8 +83,9 @@ def _run(mesh_shape, strategy="fsdp_tp", grad_accum=1, steps=2):
     shardings = step_lib.batch_shardings(task, mesh, rule_table)
     losses = []
     for i in range(steps):
+        batch = _batch(i, images=model_cfg is NEXT_SCALE)
         params, opt_state, metrics = step(params, opt_state,
-                                          step_lib.global_batch(_batch(i), shardings))
+                                          step_lib.global_batch(batch, shardings))
         losses.append(float(metrics["loss"]))
         grad_norm = float(metrics["grad_norm"])
     return losses, grad_norm, jax.device_get(params), params
@@ -101,6 +114,22 @@ def test_sharded_step_matches_one_device(reference, name):
     if strategy == "tp":     # tensor parallel leaves the model dimension whole
         specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(device_params)}
         assert not any("fsdp" in spec for spec in specs)
+
+
+@pytest.mark.parametrize("name", ["dp", "fsdp_tp"])
+def test_next_scale_sharded_step_matches_one_device(name):
+    """Block-causal rows (the input mix is a [B, S, S] product over the batch-sharded rows)
+    shard like any other."""
+    if len(jax.devices()) < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (make test)")
+    ref_losses, ref_gnorm, ref_params, _ = _run((1, 1, 1), model_cfg=NEXT_SCALE)
+    strategy, shape, accum = CASES[name]
+    losses, gnorm, params, _ = _run(shape, strategy, accum, model_cfg=NEXT_SCALE)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(gnorm, ref_gnorm, rtol=1e-4)
+    atol = adam_param_atol(steps=2, tokens=8 * 16)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=atol, rtol=1e-4),
+                 params, ref_params)
 
 
 def test_grad_accum_matches_full_batch_on_one_device():
