@@ -16,9 +16,10 @@ decoder has after m passes; the tokenizer job reports its PSNR per m.
 
 Differences from VAR's tokenizer, on purpose: no phi convolutions after the upsampling
 (VAR's "quant_resi"; here f_hat is exactly the sum of the resized codes), bilinear rather
-than bicubic upsampling, and a Euclidean codebook trained by gradient as RQ's (residuals
-shrink with scale, so no l2 norm). Loss: each scale's codebook term on its residual, plus
-`commitment * |f - sg(f_hat)|^2`; the encoder gets f_hat's gradient straight through.
+than bicubic upsampling, and a Euclidean codebook trained by gradient (residuals shrink with
+scale, so no l2 norm). Loss, VAR's: `|f_hat - sg(f)|^2` (the codebook, through every scale's
+codes) plus `commitment * |f - sg(f_hat)|^2`; the encoder gets f_hat's gradient straight
+through.
 Depth is 1: one id range of `codebook_size` ids serves every scale.
 """
 from __future__ import annotations
@@ -72,20 +73,23 @@ class MultiScaleRQ(nnx.Module):
         return jnp.einsum("ih,bhwc,jw->bijc", matrix, x, matrix)
 
     def quantize(self, f: jax.Array):
-        """f [B, G, G, C] -> (f_hat with codebook gradients, codes [B, N], codebook loss)."""
-        f_hat, codes, book = jnp.zeros_like(f), [], 0.0
+        """f [B, G, G, C] -> (f_hat with codebook gradients, codes [B, N])."""
+        f_hat, codes = jnp.zeros_like(f), []
         for k, (down, up) in zip(self.scales, self._matrices()):
             r = self._resize(f - jax.lax.stop_gradient(f_hat), down)       # [B, k, k, C]
-            _, e_k, c, aux = self.vq.lookup(r.reshape(-1, self.dim))
+            _, e_k, c, _ = self.vq.lookup(r.reshape(-1, self.dim))
             f_hat = f_hat + self._resize(e_k.reshape(r.shape), up)
             codes.append(c.reshape(len(f), k * k))
-            book = book + aux["codebook"]
-        return f_hat, jnp.concatenate(codes, 1), book
+        return f_hat, jnp.concatenate(codes, 1)
 
     def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
         self._check(z)
         f = z.astype(jnp.float32)
-        f_hat, codes, book = self.quantize(f)
+        f_hat, codes = self.quantize(f)
+        # VAR's terms: the codebook learns to make the *sum* of the maps match f (one term
+        # per scale pulled one shared code towards residuals of very different sizes: the
+        # codebook loss grew without bound on the shapes data), the encoder commits to it.
+        book = jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(f)))
         commit = jnp.mean(jnp.square(f - jax.lax.stop_gradient(f_hat)))
         z_q = f + jax.lax.stop_gradient(f_hat - f)
         return z_q, codes, {"loss": book + self.commitment * commit, "codebook": book,
