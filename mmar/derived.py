@@ -123,12 +123,18 @@ def parse_image_shape(text: str) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
+def multiscale_codes(scales) -> int:
+    """Codes of one image written as token maps of the given sides: sum k^2 (VAR's
+    multi-scale codes, `image_tokenizer.msrq.scales`)."""
+    return sum(int(k) ** 2 for k in scales)
+
+
 def codes_per_image(cfg: Any) -> int:
     """Image codes of one square image in a sequence: h * w positions times the RQ depth
     (with `data.keep_aspect` also the most any image has: `grid_for`); multi-scale codes:
     the sum of the token maps, sum k^2 over `msrq.scales`."""
     if cfg.image_tokenizer.quantizer == "msrq":
-        return sum(int(k) ** 2 for k in cfg.image_tokenizer.msrq.scales)
+        return multiscale_codes(cfg.image_tokenizer.msrq.scales)
     h, w = code_grid(cfg)
     return h * w * quantizer_depth(cfg.image_tokenizer)
 

@@ -130,9 +130,10 @@ def export_image_tokenizer(step_dir, out_dir, cfg) -> tuple[int, ...]:
                               lambda n=n: reader.read(n)) for n in reader.names])
     size = int(cfg.data.image_size)
     depth = derived.quantizer_depth(cfg.image_tokenizer)
-    codes_shape = derived.code_grid(cfg) + ((depth,) if depth > 1 else ())
     if cfg.image_tokenizer.quantizer == "msrq":   # token maps coarse to fine, one flat list
         codes_shape = (derived.codes_per_image(cfg),)
+    else:
+        codes_shape = derived.code_grid(cfg) + ((depth,) if depth > 1 else ())
     (out_dir / "config.json").write_text(json.dumps({
         "image_tokenizer": cfg.image_tokenizer.to_dict(), "image_size": [size, size],
         "codes_shape": list(codes_shape),

@@ -80,9 +80,14 @@ def forward_flops_per_token(cfg, seq_len: int) -> float:
     product per row: 2 * S * d_model per token.
     """
     matmul = cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
+    return float(2 * matmul + _row_mixing_flops(cfg, seq_len))
+
+
+def _row_mixing_flops(cfg, seq_len: int) -> int:
+    """Forward FLOPs per token that grow with the row: causal attention, 2 * L * S * H * D,
+    and a next-scale decoder's input mix, 2 * S * d_model (`forward_flops_per_token`)."""
     attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
-    mix = 2 * seq_len * cfg.d_model if len(cfg.scale_layout) else 0
-    return float(2 * matmul + attention + mix)
+    return attention + (2 * seq_len * cfg.d_model if len(cfg.scale_layout) else 0)
 
 
 def flops_per_token(cfg, seq_len: int) -> float:
@@ -93,6 +98,5 @@ def flops_per_token(cfg, seq_len: int) -> float:
     if not cfg.lora.rank:
         return 3 * forward_flops_per_token(cfg, seq_len)
     frozen = 2 * (cfg.n_layers * _block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size)
-    attention = 2 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
-    mix = 2 * seq_len * cfg.d_model if len(cfg.scale_layout) else 0
-    return float(2 * frozen + 3 * (attention + mix) + 3 * 2 * lora_param_count(cfg))
+    return float(2 * frozen + 3 * _row_mixing_flops(cfg, seq_len)
+                 + 3 * 2 * lora_param_count(cfg))

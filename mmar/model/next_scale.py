@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmar import derived
+
 
 class ScaleLayout(NamedTuple):
     """Where next-scale codes sit in a row: the `<boi>` id, the code ids [start, stop) and
@@ -91,8 +93,8 @@ def offsets(scales) -> np.ndarray:
 
 
 def num_codes(scales) -> int:
-    """N: codes of one image over all scales."""
-    return int(sum(k * k for k in scales))
+    """N: codes of one image over all scales (`derived.multiscale_codes`)."""
+    return derived.multiscale_codes(scales)
 
 
 def input_matrix(scales) -> np.ndarray:

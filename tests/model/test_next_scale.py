@@ -194,22 +194,18 @@ def test_config_derives_the_layout_and_refuses_mismatches(test_config):
     vocab = config_lib.make_vocab(cfg)
     assert tuple(cfg.model.scale_layout) == (vocab.boi, vocab.image_offset,
                                              vocab.image_offset + 256, 1, 2, 3, 4)
-    bad = next_scale_config(test_config)
-    bad.image_tokenizer.msrq.scales = (1, 2, 3)
-    with pytest.raises(config_lib.ConfigError, match="the last scale must be the code grid"):
-        config_lib.validate(bad)
-    bad = next_scale_config(test_config)
-    bad.image_tokenizer.quantizer = "fsq"
-    with pytest.raises(config_lib.ConfigError, match="needs image_tokenizer.quantizer='msrq'"):
-        config_lib.validate(bad)
-    bad = next_scale_config(test_config)
-    bad.model.attention = "splash"
-    with pytest.raises(config_lib.ConfigError, match="model.attention='splash'"):
-        config_lib.validate(bad)
-    bad = next_scale_config(test_config)
-    bad.data.image_order = "raster"
-    with pytest.raises(config_lib.ConfigError, match="needs data.image_order='next_scale'"):
-        config_lib.validate(bad)
+    refusals = [("image_tokenizer", "msrq", {"scales": (1, 2, 3)},
+                 "the last scale must be the code grid"),
+                ("image_tokenizer", None, {"quantizer": "fsq"},
+                 "needs image_tokenizer.quantizer='msrq'"),
+                ("model", None, {"attention": "splash"}, "model.attention='splash'"),
+                ("data", None, {"image_order": "raster"},
+                 "needs data.image_order='next_scale'")]
+    for section, sub, fields, message in refusals:
+        bad = next_scale_config(test_config)
+        (bad[section] if sub is None else bad[section][sub]).update(fields)
+        with pytest.raises(config_lib.ConfigError, match=message):
+            config_lib.validate(bad)
 
 
 def test_sampler_draws_every_scale_in_one_pass_each(test_config):

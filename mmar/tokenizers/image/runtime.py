@@ -48,7 +48,7 @@ class ImageTokenizer:
         self.codes_per_depth = self.num_codes // self.depth
         # multi-scale codes (multiscale.py) are one flat list per image, not a grid
         self.flat = tok_cfg.quantizer == "msrq"
-        self.codes_per_image = (sum(int(k) ** 2 for k in tok_cfg.msrq.scales)
+        self.codes_per_image = (derived.multiscale_codes(tok_cfg.msrq.scales)
                                 if self.flat else None)
         self._encode = jax.jit(lambda p, x: self.model_state.merge(p).encode(
             autoencoder.to_model_range(x)))
@@ -62,14 +62,17 @@ class ImageTokenizer:
             raise ValueError("decode_scales: a multi-scale tokenizer (quantizer 'msrq') only")
         fn = jax.jit(lambda p, c: autoencoder.to_uint8(
             self.model_state.merge(p).decode_codes(c, scales_used)))
-        return self._run(fn, np.asarray(codes))
+        return self._batches(fn, np.asarray(codes))
 
     def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """uint8 [N, H, W, 3] -> codes [N, h*w*depth] (raster order; RQ: the depth codes of
         one position next to each other, each depth in its own id range)."""
-        out = [self._run(self._encode, images[i:i + batch_size])
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).reshape(len(images), -1)
+        return self._batches(self._encode, images, batch_size).reshape(len(images), -1)
+
+    def _batches(self, fn, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """`_run(fn, ...)` over chunks of `batch_size` rows of x, concatenated."""
+        return np.concatenate([self._run(fn, x[i:i + batch_size])
+                               for i in range(0, len(x), batch_size)])
 
     def _run(self, fn, chunk: np.ndarray) -> np.ndarray:
         """`fn(params, chunk)` as numpy; with `batch_sharding`, the chunk split over its
@@ -95,17 +98,14 @@ class ImageTokenizer:
             if codes.ndim != 2 or codes.shape[1] != self.codes_per_image:
                 raise ValueError(f"multi-scale codes: {self.codes_per_image} per image "
                                  f"expected, got shape {codes.shape}")
-            return np.concatenate([self._run(self._decode, codes[i:i + batch_size])
-                                   for i in range(0, len(codes), batch_size)])
+            return self._batches(self._decode, codes, batch_size)
         positions = codes.shape[1] // self.depth
         h, w = grid if grid is not None else vocab_lib.square_grid(positions)
         if h * w != positions:
             raise ValueError(f"{codes.shape[1]} codes per image do not fill a {h}x{w} grid"
                              + (f" of depth {self.depth}" if self.depth > 1 else ""))
         codes = codes.reshape(len(codes), h, w, *([self.depth] if self.depth > 1 else []))
-        out = [self._run(self._decode, codes[i:i + batch_size])
-               for i in range(0, len(codes), batch_size)]
-        return np.concatenate(out)
+        return self._batches(self._decode, codes, batch_size)
 
 
 def encode_source(tokenizer: ImageTokenizer, source, log=print, batch_size: int = 512):
