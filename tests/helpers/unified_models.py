@@ -84,7 +84,7 @@ def save_converted_vqgan(directory, hf_dir):
     from safetensors.numpy import save_file
 
     from mmar.export import safetensors_io as st
-    from mmar.tokenizers.image import chameleon_vqgan
+    from mmar.tokenizers.image import chameleon_vqgan, chameleon_vqgan_weights
 
     directory, hf_dir = pathlib.Path(directory), pathlib.Path(hf_dir)
     vq = json.loads((hf_dir / "config.json").read_text())["vq_config"]
@@ -94,7 +94,7 @@ def save_converted_vqgan(directory, hf_dir):
     rng = np.random.default_rng(3)
     module = chameleon_vqgan.ChameleonVQGAN(vq, decoder=True, rngs=nnx.Rngs(3))
     for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-        name = chameleon_vqgan.torch_name(path)
+        name = chameleon_vqgan_weights.torch_name(path)
         if name.startswith(("decoder.", "post_quant_conv.")):
             value = np.asarray(var[...], np.float32)
             value = value + rng.normal(0, 0.02, value.shape).astype(np.float32)

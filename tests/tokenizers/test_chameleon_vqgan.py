@@ -21,6 +21,7 @@ from torch import nn  # noqa: E402
 from transformers.models.chameleon import modeling_chameleon as hf  # noqa: E402
 
 from mmar.tokenizers.image import chameleon_vqgan as cv  # noqa: E402
+from mmar.tokenizers.image import chameleon_vqgan_weights as cvw  # noqa: E402
 from mmar.tokenizers.image import convert_vqgan  # noqa: E402
 
 # Two levels (32 px -> 16x16 codes), attention at the 16-px level: in the encoder's level 1,
@@ -127,7 +128,7 @@ def tensors(reference):
 
 @pytest.fixture(scope="module")
 def full(tensors):
-    return cv.from_torch_names(tensors, VQ)
+    return cvw.from_torch_names(tensors, VQ)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_encode_matches_transformers(reference, tensors, codes, images):
     hf_names = {cv.TRANSFORMERS_PREFIX + k: v for k, v in tensors.items()
                 if not k.startswith("decoder.")}
     hf_names["model.embed_tokens.weight"] = np.zeros((4, 2), np.float32)
-    enc = cv.from_torch_names(hf_names, VQ, cv.TRANSFORMERS_PREFIX, decoder=False)
+    enc = cvw.from_torch_names(hf_names, VQ, cv.TRANSFORMERS_PREFIX, decoder=False)
     got = np.asarray(enc.encode(images))
     assert got.dtype == np.int32 and got.shape == (3, 16, 16)
     assert len(np.unique(codes)) > 10
@@ -194,7 +195,7 @@ def test_convert_round_trip(tmp_path, reference, tensors, full, codes, images):
     assert convert_vqgan.main([str(tmp_path / "vqgan.ckpt"), str(tmp_path / "vqgan.yaml"),
                                "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text()) == VQ
-    loaded = cv.load(out)
+    loaded = cvw.load(out)
     np.testing.assert_array_equal(np.asarray(loaded.encode(images)), codes)
     np.testing.assert_array_equal(np.asarray(loaded.decode_codes(codes)),
                                   np.asarray(full.decode_codes(codes)))
@@ -210,7 +211,7 @@ def test_load_transformers_directory(tmp_path, tensors, codes, images):
     vq_config = {**VQ, "model_type": "chameleon_vqgan", "initializer_range": 0.02}
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "chameleon",
                                                       "vq_config": vq_config}))
-    enc = cv.load(tmp_path)
+    enc = cvw.load(tmp_path)
     assert not enc.has_decoder
     np.testing.assert_array_equal(np.asarray(enc.encode(images)), codes)
 
@@ -218,18 +219,18 @@ def test_load_transformers_directory(tmp_path, tensors, codes, images):
 def test_bad_checkpoints_name_the_tensor(tensors):
     missing = {k: v for k, v in tensors.items() if k != "decoder.up.1.attn.0.k.bias"}
     with pytest.raises(ValueError, match=r"missing tensor 'decoder\.up\.1\.attn\.0\.k\.bias'"):
-        cv.params_from_torch_names(missing, VQ)
+        cvw.params_from_torch_names(missing, VQ)
     with pytest.raises(ValueError, match="decoder=False"):   # encoder-only, loaded as full
-        cv.params_from_torch_names({k: v for k, v in tensors.items()
+        cvw.params_from_torch_names({k: v for k, v in tensors.items()
                                     if not k.startswith("decoder.")}, VQ)
     wrong = {**tensors, "encoder.conv_out.weight": np.zeros((8, 64, 1, 1), np.float32)}
     with pytest.raises(ValueError,
                        match=r"'encoder\.conv_out\.weight' has shape \(8, 64, 1, 1\)"):
-        cv.params_from_torch_names(wrong, VQ)
+        cvw.params_from_torch_names(wrong, VQ)
     extra = {**tensors, "encoder.down.0.attn.0.q.weight": np.zeros((32, 32, 1, 1), np.float32)}
     with pytest.raises(ValueError,
                        match=r"unexpected tensor 'encoder\.down\.0\.attn\.0\.q\.weight'"):
-        cv.params_from_torch_names(extra, VQ)
+        cvw.params_from_torch_names(extra, VQ)
 
 
 def test_convert_errors_name_file_and_field(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Convert the released Chameleon VQ-GAN (vqgan.ckpt + vqgan.yaml) for `chameleon_vqgan.load`.
+"""Convert the released Chameleon VQ-GAN (vqgan.ckpt + vqgan.yaml) for `chameleon_vqgan_weights.load`.
 
     python -m mmar.tokenizers.image.convert_vqgan vqgan.ckpt vqgan.yaml --out DIR
 
@@ -15,7 +15,7 @@ plain containers only) and writes what mmar reads without torch:
 - ``DIR/config.json``: the ``transformers.ChameleonVQVAEConfig`` fields, read from the yaml's
   ``model.params`` (``embed_dim``, ``n_embed``) and ``model.params.ddconfig``.
 
-The tensors are checked against the config by loading them (`chameleon_vqgan.from_torch_names`)
+The tensors are checked against the config by loading them (`chameleon_vqgan_weights.from_torch_names`)
 before anything is written, so a bad pair of files fails here, naming the tensor.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mmar.tokenizers.image import chameleon_vqgan
+from mmar.tokenizers.image import chameleon_vqgan, chameleon_vqgan_weights
 
 # ddconfig key -> ChameleonVQVAEConfig field.
 DDCONFIG_FIELDS = {
@@ -129,7 +129,7 @@ def convert(ckpt: str | pathlib.Path, config_yaml: str | pathlib.Path,
     cfg = config_from_yaml(config_yaml)
     tensors = read_state_dict(ckpt)
     try:   # the same check `load` will do, before writing anything
-        chameleon_vqgan.params_from_torch_names(tensors, cfg, decoder=True)
+        chameleon_vqgan_weights.params_from_torch_names(tensors, cfg, decoder=True)
     except ValueError as e:
         raise ValueError(f"{ckpt} with {config_yaml}: {e}") from e
     out = pathlib.Path(out)

@@ -22,7 +22,7 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mmar.tokenizers.image import chameleon_vqgan, emu3_vqvae_weights
+from mmar.tokenizers.image import chameleon_vqgan_weights, emu3_vqvae_weights
 from mmar.tokenizers.image.runtime import ImageTokenizer
 
 SUBDIR = "pretrained"   # WORKDIR/tokenizer/pretrained/
@@ -52,11 +52,11 @@ def load(directory, tok_cfg, mesh=None) -> ImageTokenizer:
     if config.get("kind") != tok_cfg.pretrained:
         raise ValueError(f"{config_path}: kind={config.get('kind')!r}, the config says "
                          f"image_tokenizer.pretrained={tok_cfg.pretrained!r}")
-    tensors = chameleon_vqgan.read_safetensors(sorted(directory.glob("*.safetensors")), "")
+    tensors = chameleon_vqgan_weights.read_safetensors(sorted(directory.glob("*.safetensors")), "")
     vq_cfg = config.get("vq_config") or {}
     if tok_cfg.pretrained == "chameleon_vqgan":
         decoder = any(name.startswith("decoder.") for name in tensors)
-        module = chameleon_vqgan.from_torch_names(tensors, vq_cfg, decoder=decoder)
+        module = chameleon_vqgan_weights.from_torch_names(tensors, vq_cfg, decoder=decoder)
     else:
         module = emu3_vqvae_weights.from_torch_names(
             {k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}, vq_cfg)
